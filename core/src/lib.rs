@@ -1,0 +1,3 @@
+//! The broker-neutral messaging contract of polybridge.
+
+pub mod topic;

@@ -1,0 +1,1 @@
+//! Topic patterns (placeholder: being written).
