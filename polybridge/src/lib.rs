@@ -1,0 +1,76 @@
+//! polybridge: write your messaging code once, run it on any broker.
+//!
+//! Pick the broker by URL with [`connect`], then publish, subscribe and settle through the
+//! same [`Broker`] interface everywhere:
+//!
+//! ```
+//! # async fn demo() -> polybridge::Result<()> {
+//! use std::time::Duration;
+//! use polybridge::{Deadline, Message, Subscription};
+//!
+//! let broker = polybridge::connect("memory://demo").await?;
+//! let mut greetings = broker.subscribe(Subscription::new("greetings.*".parse()?)).await?;
+//! broker
+//!     .publish("greetings.en", Message::new("Hello, World!"), Deadline::after(Duration::from_secs(5)))
+//!     .await?;
+//! let delivery = greetings.next().await.expect("subscribed")?;
+//! println!("{}: {:?}", delivery.info.topic, delivery.message.payload);
+//! delivery.ack()?;
+//! # Ok(()) }
+//! ```
+//!
+//! Adapters, by URL scheme (each behind a cargo feature of the same name, on by default,
+//! as it lands):
+//!
+//! | scheme | adapter | status |
+//! |---|---|---|
+//! | `memory://NAME` | in-process reference broker, always built | available |
+//! | `amqp://`, `kafka://`, `nats://`, `redis://`, `mqtt://`, `stomp://` | `polybridge-<broker>` | in progress |
+//!
+//! The contract itself — messages, errors, capabilities, topic patterns — is
+//! [`polybridge_core`], re-exported here.
+
+use std::sync::Arc;
+
+pub use polybridge_core::*;
+pub use polybridge_memory as memory;
+
+/// Connects to the broker named by `url`, choosing the adapter from its scheme.
+///
+/// The URL prints with its password redacted in every error.
+pub async fn connect(url: &str) -> Result<Arc<dyn Broker>> {
+    let url = BrokerUrl::parse(url)?;
+    match url.scheme() {
+        "memory" => Ok(Arc::new(memory::MemoryBroker::connect(&url)?)),
+        other => Err(Error::config(
+            "polybridge",
+            format!(
+                "no adapter for {other}:// in this build (URL {url}); built adapters: {}",
+                available_schemes().join(", ")
+            ),
+        )),
+    }
+}
+
+/// The URL schemes this build can connect to.
+pub fn available_schemes() -> Vec<&'static str> {
+    vec!["memory"]
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn unknown_schemes_are_refused_without_leaking_the_password() {
+        let e = connect("carrier-pigeon://me:hunter2@coop")
+            .await
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("no adapter for carrier-pigeon://"), "{e}");
+        assert!(!e.contains("hunter2"), "{e}");
+        assert!(connect("memory://facade").await.is_ok());
+    }
+}
