@@ -19,6 +19,16 @@ pub enum Segment {
 pub enum Syntax {
     /// `a.*.>`
     Canonical,
+    /// MQTT.
+    Mqtt,
+    /// NATS.
+    Nats,
+    /// AMQP.
+    Amqp,
+    /// Redis glob.
+    RedisGlob,
+    /// Kafka regex.
+    KafkaRegex,
 }
 
 /// An invalid or inexpressible pattern.
@@ -70,6 +80,42 @@ impl TopicPattern {
             }
         }
         Ok(TopicPattern { segments })
+    }
+
+    /// Parses in `syntax` (interim: canonical and MQTT only).
+    pub fn parse_as(syntax: Syntax, s: &str) -> Result<Self, PatternError> {
+        match syntax {
+            Syntax::Mqtt => TopicPattern::parse(&s.replace('+', "*").replace('/', ".")),
+            _ => TopicPattern::parse(s),
+        }
+    }
+
+    /// Wildcard captures (interim).
+    pub fn captures<'t>(&self, topic: &'t str, separator: char) -> Option<Vec<&'t str>> {
+        let levels: Vec<&str> = topic.split(separator).collect();
+        let mut out = Vec::new();
+        let mut pos = 0usize;
+        let n = self.segments.len();
+        for (i, seg) in self.segments.iter().enumerate() {
+            match seg {
+                Segment::Literal(_) => pos += 1,
+                Segment::Single if i + 2 == n && self.segments[i + 1] == Segment::AnyLevels => {
+                    let start: usize = levels[..pos].iter().map(|l| l.len() + 1).sum();
+                    out.push(topic.get(start..)?);
+                    return Some(out);
+                }
+                Segment::Single => {
+                    out.push(*levels.get(pos)?);
+                    pos += 1;
+                }
+                Segment::AnyLevels => {
+                    let start: usize = levels[..pos].iter().map(|l| l.len() + 1).sum();
+                    out.push(topic.get(start.min(topic.len())..)?);
+                    return Some(out);
+                }
+            }
+        }
+        Some(out)
     }
 
     /// The segments.

@@ -39,9 +39,28 @@ pub use polybridge_memory as memory;
 ///
 /// The URL prints with its password redacted in every error.
 pub async fn connect(url: &str) -> Result<Arc<dyn Broker>> {
-    let url = BrokerUrl::parse(url)?;
+    connect_url(&BrokerUrl::parse(url)?).await
+}
+
+/// Connects to the broker named by an already parsed URL.
+pub async fn connect_url(url: &BrokerUrl) -> Result<Arc<dyn Broker>> {
     match url.scheme() {
-        "memory" => Ok(Arc::new(memory::MemoryBroker::connect(&url)?)),
+        "memory" => Ok(Arc::new(memory::MemoryBroker::connect(url)?)),
+        other => Err(Error::config(
+            "polybridge",
+            format!(
+                "no adapter for {other}:// in this build (URL {url}); built adapters: {}",
+                available_schemes().join(", ")
+            ),
+        )),
+    }
+}
+
+/// What the adapter for `url` can do, without connecting: the bridge checks routes against
+/// it before it starts.
+pub fn capabilities_for(url: &BrokerUrl) -> Result<Capabilities> {
+    match url.scheme() {
+        "memory" => memory::MemoryBroker::capabilities_for(url),
         other => Err(Error::config(
             "polybridge",
             format!(

@@ -80,6 +80,11 @@ impl MemoryBroker {
             closed: AtomicBool::new(false),
         })
     }
+
+    /// What a connection to `url` can do, without connecting.
+    pub fn capabilities_for(url: &BrokerUrl) -> Result<Capabilities> {
+        Ok(capabilities(MemoryConfig::from_url(url)?.max_payload))
+    }
 }
 
 fn capabilities(max_payload: usize) -> Capabilities {

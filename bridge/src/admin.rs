@@ -1,0 +1,92 @@
+//! The admin HTTP server (127.0.0.1:9464 by default): `/metrics` (Prometheus), `/health`
+//! (the process is up), `/ready` (every route's source subscription is active) and
+//! `/api/routes` (JSON). Broker URLs appear with passwords redacted.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde_json::json;
+
+use crate::metrics;
+use crate::route::Route;
+
+/// What the admin server shows.
+pub struct AdminState {
+    /// The running routes.
+    pub routes: Vec<Arc<Route>>,
+}
+
+/// The admin router.
+pub fn router(state: Arc<AdminState>) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics_page))
+        .route("/health", get(|| async { "ok\n" }))
+        .route("/ready", get(ready))
+        .route("/api/routes", get(routes))
+        .with_state(state)
+}
+
+async fn metrics_page(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
+    let list: Vec<(&str, &metrics::RouteMetrics)> = state
+        .routes
+        .iter()
+        .map(|r| (r.config.name.as_str(), r.metrics.as_ref()))
+        .collect();
+    let mut out = String::new();
+    metrics::render(&list, &mut out);
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+}
+
+async fn ready(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
+    let waiting: Vec<&str> = state
+        .routes
+        .iter()
+        .filter(|r| !r.metrics.subscribed.load(Ordering::Relaxed))
+        .map(|r| r.config.name.as_str())
+        .collect();
+    if waiting.is_empty() {
+        (StatusCode::OK, Json(json!({ "ready": true })))
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "ready": false, "routes_not_subscribed": waiting })),
+        )
+    }
+}
+
+async fn routes(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
+    let list: Vec<_> = state
+        .routes
+        .iter()
+        .map(|r| {
+            let m = &r.metrics;
+            json!({
+                "name": r.config.name,
+                "source": {
+                    "broker": r.config.source.broker,
+                    "url": r.source.url().to_string(),
+                    "topic": r.config.source.topic,
+                    "group": r.config.source.subscription.group,
+                },
+                "sinks": r.config.sinks.iter().zip(&r.sinks).map(|(s, b)| json!({
+                    "broker": s.broker,
+                    "url": b.url().to_string(),
+                    "destination": s.destination.to_string(),
+                })).collect::<Vec<_>>(),
+                "subscribed": m.subscribed.load(Ordering::Relaxed),
+                "received": m.received.load(Ordering::Relaxed),
+                "acked": m.acked.load(Ordering::Relaxed),
+                "nacked": m.nacked.load(Ordering::Relaxed),
+                "dead_lettered": m.dead_lettered.load(Ordering::Relaxed),
+                "filtered": m.filtered.load(Ordering::Relaxed),
+                "in_flight": m.in_flight.load(Ordering::Relaxed),
+            })
+        })
+        .collect();
+    Json(json!({ "routes": list }))
+}

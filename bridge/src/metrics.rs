@@ -1,0 +1,224 @@
+//! Per-route counters and a latency histogram, updated with atomics on the hot path (no
+//! locks, no allocation) and rendered in the Prometheus text format by the admin server.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Error kinds counted separately (from `polybridge::Error::kind`, plus the bridge's own).
+pub const ERROR_KINDS: &[&str] = &[
+    "connection",
+    "auth",
+    "transient",
+    "permanent",
+    "unsupported",
+    "payload_too_large",
+    "config",
+    "closed",
+    "timeout",
+    "pattern",
+    "filter",
+    "template",
+    "other",
+];
+
+/// End-to-end latency buckets, in seconds.
+const BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Counters of one route.
+#[derive(Default)]
+pub struct RouteMetrics {
+    /// Deliveries taken from the source.
+    pub received: AtomicU64,
+    /// Deliveries the filter excluded (acknowledged, not routed).
+    pub filtered: AtomicU64,
+    /// Publishes confirmed by a sink.
+    pub delivered: AtomicU64,
+    /// Source deliveries acknowledged after every sink confirmed.
+    pub acked: AtomicU64,
+    /// Source deliveries nacked for redelivery.
+    pub nacked: AtomicU64,
+    /// Messages sent to the dead-letter destination.
+    pub dead_lettered: AtomicU64,
+    /// Retries of a publish.
+    pub retries: AtomicU64,
+    /// Errors by kind, indexed like [`ERROR_KINDS`].
+    pub errors: [AtomicU64; 13],
+    /// Deliveries being processed now.
+    pub in_flight: AtomicI64,
+    /// Whether the route's subscription is active.
+    pub subscribed: AtomicBool,
+    latency_buckets: [AtomicU64; 14],
+    latency_count: AtomicU64,
+    latency_sum_micros: AtomicU64,
+}
+
+impl RouteMetrics {
+    /// Counts an error of `kind`.
+    pub fn error(&self, kind: &str) {
+        let i = ERROR_KINDS
+            .iter()
+            .position(|k| *k == kind)
+            .unwrap_or(ERROR_KINDS.len() - 1);
+        self.errors[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Records one end-to-end latency (source delivery to source ack).
+    pub fn observe_latency(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        for (i, bound) in BUCKETS.iter().enumerate() {
+            if secs <= *bound {
+                self.latency_buckets[i].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.latency_count.fetch_add(1, Ordering::Relaxed);
+        self.latency_sum_micros.fetch_add(
+            u64::try_from(d.as_micros()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+    }
+}
+
+/// A counter's name, help text and where it lives in [`RouteMetrics`].
+type CounterSpec = (&'static str, &'static str, fn(&RouteMetrics) -> &AtomicU64);
+
+/// Writes the Prometheus text exposition of `routes` (name, metrics) into `out`.
+pub fn render(routes: &[(&str, &RouteMetrics)], out: &mut String) {
+    let counters: [CounterSpec; 7] = [
+        (
+            "polybridge_route_received_total",
+            "Deliveries taken from the source.",
+            |m| &m.received,
+        ),
+        (
+            "polybridge_route_filtered_total",
+            "Deliveries excluded by the filter (acknowledged, not routed).",
+            |m| &m.filtered,
+        ),
+        (
+            "polybridge_route_delivered_total",
+            "Publishes confirmed by a sink.",
+            |m| &m.delivered,
+        ),
+        (
+            "polybridge_route_acked_total",
+            "Source deliveries acknowledged after every sink confirmed.",
+            |m| &m.acked,
+        ),
+        (
+            "polybridge_route_nacked_total",
+            "Source deliveries nacked for redelivery.",
+            |m| &m.nacked,
+        ),
+        (
+            "polybridge_route_dead_lettered_total",
+            "Messages sent to the dead-letter destination.",
+            |m| &m.dead_lettered,
+        ),
+        ("polybridge_route_retries_total", "Publish retries.", |m| {
+            &m.retries
+        }),
+    ];
+    for (name, help, get) in counters {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        for (route, m) in routes {
+            let _ = writeln!(
+                out,
+                "{name}{{route=\"{}\"}} {}",
+                escape(route),
+                get(m).load(Ordering::Relaxed)
+            );
+        }
+    }
+    let name = "polybridge_route_errors_total";
+    let _ = writeln!(out, "# HELP {name} Errors by kind.\n# TYPE {name} counter");
+    for (route, m) in routes {
+        for (i, kind) in ERROR_KINDS.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "{name}{{route=\"{}\",kind=\"{kind}\"}} {}",
+                escape(route),
+                m.errors[i].load(Ordering::Relaxed)
+            );
+        }
+    }
+    let name = "polybridge_route_in_flight";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Deliveries being processed.\n# TYPE {name} gauge"
+    );
+    for (route, m) in routes {
+        let _ = writeln!(
+            out,
+            "{name}{{route=\"{}\"}} {}",
+            escape(route),
+            m.in_flight.load(Ordering::Relaxed)
+        );
+    }
+    let name = "polybridge_route_subscribed";
+    let _ = writeln!(
+        out,
+        "# HELP {name} 1 when the route's source subscription is active.\n# TYPE {name} gauge"
+    );
+    for (route, m) in routes {
+        let _ = writeln!(
+            out,
+            "{name}{{route=\"{}\"}} {}",
+            escape(route),
+            u8::from(m.subscribed.load(Ordering::Relaxed))
+        );
+    }
+    let name = "polybridge_route_latency_seconds";
+    let _ = writeln!(out, "# HELP {name} Time from source delivery to source acknowledgement.\n# TYPE {name} histogram");
+    for (route, m) in routes {
+        let r = escape(route);
+        for (i, bound) in BUCKETS.iter().enumerate() {
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{route=\"{r}\",le=\"{bound}\"}} {}",
+                m.latency_buckets[i].load(Ordering::Relaxed)
+            );
+        }
+        let count = m.latency_count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{route=\"{r}\",le=\"+Inf\"}} {count}");
+        let _ = writeln!(
+            out,
+            "{name}_sum{{route=\"{r}\"}} {}",
+            m.latency_sum_micros.load(Ordering::Relaxed) as f64 / 1e6
+        );
+        let _ = writeln!(out, "{name}_count{{route=\"{r}\"}} {count}");
+    }
+}
+
+fn escape(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_errors_and_histogram() {
+        let m = RouteMetrics::default();
+        m.received.fetch_add(3, Ordering::Relaxed);
+        m.error("timeout");
+        m.error("something-new");
+        m.observe_latency(Duration::from_micros(700));
+        let mut out = String::new();
+        render(&[("r\"1", &m)], &mut out);
+        assert!(
+            out.contains("polybridge_route_received_total{route=\"r\\\"1\"} 3"),
+            "{out}"
+        );
+        assert!(out.contains("kind=\"timeout\"} 1"));
+        assert!(out.contains("kind=\"other\"} 1"));
+        assert!(out.contains("le=\"0.0005\"} 0"));
+        assert!(out.contains("le=\"0.001\"} 1"));
+        assert!(out.contains("polybridge_route_latency_seconds_count{route=\"r\\\"1\"} 1"));
+    }
+}

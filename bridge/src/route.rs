@@ -1,0 +1,517 @@
+//! One route at run time. The data path reads top to bottom in [`Route::process`]:
+//! source delivery → rule match → mapping → publish to every sink → settle the source.
+//!
+//! Guarantees:
+//! - The source delivery is acknowledged only after every selected sink confirmed its
+//!   publish, or after the message reached the dead-letter destination.
+//! - A failed publish is retried with exponential backoff and jitter; after the last
+//!   attempt the message is dead-lettered, or, without a dead-letter destination, the
+//!   source delivery is nacked and the broker redelivers it later. Nothing is dropped.
+//! - Memory is bounded: at most `max_in_flight` source deliveries are in the route, so a
+//!   slow or dead sink holds the source back instead of growing a queue.
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::Ordering as AtomicOrdering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::stream::FuturesUnordered;
+use futures::StreamExt;
+use polybridge::{
+    well_known, AckHandle, Broker, Deadline, Delivery, DeliveryInfo, DeliveryStream, Error, Message,
+};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+
+use crate::config::{Dispatch, RouteConfig, RouteOrdering};
+use crate::mapping;
+use crate::metrics::RouteMetrics;
+use crate::template::TemplateInput;
+
+/// How long one publish may take before it counts as a failed attempt.
+const PUBLISH_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A route with its connections.
+pub struct Route {
+    /// The route's rules.
+    pub config: RouteConfig,
+    /// The source broker.
+    pub source: Arc<dyn Broker>,
+    /// One broker per `config.sinks` entry.
+    pub sinks: Vec<Arc<dyn Broker>>,
+    /// The dead-letter broker, if configured.
+    pub dead_letter: Option<Arc<dyn Broker>>,
+    /// Counters.
+    pub metrics: Arc<RouteMetrics>,
+}
+
+/// Why a message could not be delivered.
+struct Failure {
+    reason: String,
+    kind: &'static str,
+    attempts: u32,
+}
+
+impl Route {
+    /// Runs the route until `shutdown` turns true, then stops taking deliveries, lets the
+    /// ones in progress finish for up to `drain`, and nacks the rest.
+    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>, drain: Duration) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            let stream = match self
+                .source
+                .subscribe(self.config.source.subscription.clone())
+                .await
+            {
+                Ok(stream) => stream,
+                Err(e) => {
+                    self.metrics.error(e.kind());
+                    tracing::error!(route = %self.config.name, error = %e, retry_in = ?backoff, "cannot subscribe to the source");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = shutdown.changed() => return,
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(30));
+                    continue;
+                }
+            };
+            backoff = Duration::from_millis(100);
+            self.metrics.subscribed.store(true, AtomicOrdering::Relaxed);
+            tracing::info!(route = %self.config.name, source = %self.config.source.broker, topic = %self.config.source.topic, "route running");
+            let ended_by_shutdown = match self.config.ordering {
+                RouteOrdering::None => {
+                    self.clone()
+                        .run_concurrent(stream, &mut shutdown, drain)
+                        .await
+                }
+                RouteOrdering::PerKey => {
+                    self.clone().run_per_key(stream, &mut shutdown, drain).await
+                }
+            };
+            self.metrics
+                .subscribed
+                .store(false, AtomicOrdering::Relaxed);
+            if ended_by_shutdown {
+                return;
+            }
+            tracing::warn!(route = %self.config.name, "the source subscription ended; subscribing again");
+        }
+    }
+
+    /// Processes deliveries concurrently, up to `max_in_flight`. Returns true when it ended
+    /// because of shutdown.
+    async fn run_concurrent(
+        self: Arc<Self>,
+        mut stream: DeliveryStream,
+        shutdown: &mut watch::Receiver<bool>,
+        drain: Duration,
+    ) -> bool {
+        let mut in_flight = FuturesUnordered::new();
+        let limit = self.config.max_in_flight;
+        let by_shutdown = loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.changed() => break true,
+                Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
+                next = stream.next(), if in_flight.len() < limit => match next {
+                    Some(Ok(delivery)) => in_flight.push(self.clone().process(delivery)),
+                    Some(Err(e)) => {
+                        self.metrics.error(e.kind());
+                        tracing::error!(route = %self.config.name, error = %e, "source error");
+                        break false;
+                    }
+                    None => break false,
+                },
+            }
+        };
+        let drained =
+            tokio::time::timeout(drain, async { while in_flight.next().await.is_some() {} }).await;
+        if drained.is_err() {
+            tracing::warn!(route = %self.config.name, left = in_flight.len(), "drain timeout: nacking the deliveries still in progress");
+        }
+        // Dropping unfinished work drops its ack handles, which nacks them.
+        drop(in_flight);
+        stream.close().await;
+        by_shutdown
+    }
+
+    /// Processes deliveries in lanes: one lane per key (or source partition) hash, each lane
+    /// in order. Returns true when it ended because of shutdown.
+    async fn run_per_key(
+        self: Arc<Self>,
+        mut stream: DeliveryStream,
+        shutdown: &mut watch::Receiver<bool>,
+        drain: Duration,
+    ) -> bool {
+        let lanes = self.config.max_in_flight.clamp(1, 64);
+        let mut senders = Vec::with_capacity(lanes);
+        let mut workers = FuturesUnordered::new();
+        for _ in 0..lanes {
+            let (tx, mut rx) = mpsc::channel::<Delivery>(self.config.max_in_flight);
+            senders.push(tx);
+            let route = self.clone();
+            workers.push(tokio::spawn(async move {
+                while let Some(delivery) = rx.recv().await {
+                    route.clone().process(delivery).await;
+                }
+            }));
+        }
+        let by_shutdown = loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.changed() => break true,
+                next = stream.next() => match next {
+                    Some(Ok(delivery)) => {
+                        let lane = lane_of(&delivery, lanes);
+                        if senders[lane].send(delivery).await.is_err() {
+                            break false;
+                        }
+                    }
+                    Some(Err(e)) => {
+                        self.metrics.error(e.kind());
+                        tracing::error!(route = %self.config.name, error = %e, "source error");
+                        break false;
+                    }
+                    None => break false,
+                },
+            }
+        };
+        drop(senders);
+        let drained =
+            tokio::time::timeout(drain, async { while workers.next().await.is_some() {} }).await;
+        if drained.is_err() {
+            tracing::warn!(route = %self.config.name, "drain timeout: nacking the deliveries still in progress");
+            for w in workers.iter() {
+                w.abort();
+            }
+        }
+        stream.close().await;
+        by_shutdown
+    }
+
+    /// The data path for one delivery.
+    pub async fn process(self: Arc<Self>, delivery: Delivery) {
+        let started = Instant::now();
+        let Delivery {
+            message,
+            info,
+            handle,
+        } = delivery;
+        let m = &self.metrics;
+        m.received.fetch_add(1, AtomicOrdering::Relaxed);
+        m.in_flight.fetch_add(1, AtomicOrdering::Relaxed);
+
+        // Rule match: captures, filter, and which sinks.
+        let captures = self
+            .config
+            .source
+            .subscription
+            .pattern
+            .captures(&info.topic, self.config.source.separator)
+            .unwrap_or_default();
+        let input = TemplateInput {
+            route: &self.config.name,
+            topic: &info.topic,
+            captures: &captures,
+            message: &message,
+        };
+        let targets = match self.select_sinks(&input) {
+            Ok(targets) => targets,
+            Err(reason) => {
+                let failure = Failure {
+                    reason,
+                    kind: "filter",
+                    attempts: 1,
+                };
+                self.fail(handle, &message, &info, failure).await;
+                m.in_flight.fetch_sub(1, AtomicOrdering::Relaxed);
+                return;
+            }
+        };
+        if targets.is_empty() {
+            m.filtered.fetch_add(1, AtomicOrdering::Relaxed);
+            settle(&self.config.name, handle.ack());
+            m.in_flight.fetch_sub(1, AtomicOrdering::Relaxed);
+            return;
+        }
+
+        // Mapping, then publish to every selected sink concurrently, each with retries.
+        let publishes = targets.into_iter().map(|i| {
+            let input = &input;
+            let route = &self;
+            async move {
+                let sink = &route.config.sinks[i];
+                let prepared = mapping::prepare(sink, input).map_err(|e| Failure {
+                    reason: format!("destination {:?}: {e}", sink.broker),
+                    kind: "template",
+                    attempts: 1,
+                })?;
+                route.publish_with_retry(i, prepared).await
+            }
+        });
+        let results = futures::future::join_all(publishes).await;
+
+        // Settle the source.
+        match results.into_iter().find_map(Result::err) {
+            None => {
+                settle(&self.config.name, handle.ack());
+                m.acked.fetch_add(1, AtomicOrdering::Relaxed);
+                m.observe_latency(started.elapsed());
+            }
+            Some(failure) => self.fail(handle, &message, &info, failure).await,
+        }
+        m.in_flight.fetch_sub(1, AtomicOrdering::Relaxed);
+    }
+
+    /// The sinks this message goes to, by `dispatch` and each sink's `when`.
+    fn select_sinks(&self, input: &TemplateInput<'_>) -> Result<Vec<usize>, String> {
+        if let Some(filter) = &self.config.filter {
+            if !filter.matches(input.topic, input.captures, input.message)? {
+                return Ok(Vec::new());
+            }
+        }
+        let mut targets = Vec::new();
+        for (i, sink) in self.config.sinks.iter().enumerate() {
+            let selected = match &sink.when {
+                None => true,
+                Some(when) => when.matches(input.topic, input.captures, input.message)?,
+            };
+            if selected {
+                targets.push(i);
+                if self.config.dispatch == Dispatch::First {
+                    break;
+                }
+            }
+        }
+        Ok(targets)
+    }
+
+    /// Publishes to sink `i`, retrying retryable errors with backoff and jitter.
+    async fn publish_with_retry(
+        &self,
+        i: usize,
+        prepared: mapping::Prepared,
+    ) -> Result<(), Failure> {
+        let policy = &self.config.on_error;
+        let broker = &self.sinks[i];
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let result = broker
+                .publish(
+                    &prepared.destination,
+                    prepared.message.clone(),
+                    Deadline::after(PUBLISH_TIMEOUT),
+                )
+                .await;
+            match result {
+                Ok(_) => {
+                    self.metrics.delivered.fetch_add(1, AtomicOrdering::Relaxed);
+                    return Ok(());
+                }
+                Err(e) => {
+                    self.metrics.error(e.kind());
+                    if !e.is_retryable() || attempt >= policy.max_attempts {
+                        tracing::warn!(route = %self.config.name, sink = %self.config.sinks[i].broker, destination = %prepared.destination, attempts = attempt, error = %e, "publish failed");
+                        return Err(Failure {
+                            reason: e.to_string(),
+                            kind: e.kind(),
+                            attempts: attempt,
+                        });
+                    }
+                    self.metrics.retries.fetch_add(1, AtomicOrdering::Relaxed);
+                    let delay = backoff(policy.initial_backoff, policy.max_backoff, attempt);
+                    tracing::debug!(route = %self.config.name, destination = %prepared.destination, attempt, ?delay, error = %e, "publish failed, retrying");
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+
+    /// A message that could not be delivered: dead-letter it, or nack it for later.
+    async fn fail(
+        &self,
+        handle: AckHandle,
+        message: &Message,
+        info: &DeliveryInfo,
+        failure: Failure,
+    ) {
+        self.metrics.error(failure.kind);
+        let policy = &self.config.on_error;
+        if let (Some(dl), Some(broker)) = (&policy.dead_letter, &self.dead_letter) {
+            let captures = self
+                .config
+                .source
+                .subscription
+                .pattern
+                .captures(&info.topic, self.config.source.separator)
+                .unwrap_or_default();
+            let input = TemplateInput {
+                route: &self.config.name,
+                topic: &info.topic,
+                captures: &captures,
+                message,
+            };
+            match dl.destination.render(&input) {
+                Ok(destination) => {
+                    let envelope = self.error_envelope(message, info, &failure);
+                    let mut attempt = 0;
+                    loop {
+                        attempt += 1;
+                        match broker
+                            .publish(
+                                &destination,
+                                envelope.clone(),
+                                Deadline::after(PUBLISH_TIMEOUT),
+                            )
+                            .await
+                        {
+                            Ok(_) => {
+                                tracing::warn!(route = %self.config.name, id = %message.id, reason = %failure.reason, %destination, "dead-lettered");
+                                self.metrics
+                                    .dead_lettered
+                                    .fetch_add(1, AtomicOrdering::Relaxed);
+                                settle(&self.config.name, handle.ack());
+                                return;
+                            }
+                            Err(e) if e.is_retryable() && attempt < policy.max_attempts => {
+                                tokio::time::sleep(backoff(
+                                    policy.initial_backoff,
+                                    policy.max_backoff,
+                                    attempt,
+                                ))
+                                .await;
+                            }
+                            Err(e) => {
+                                self.metrics.error(e.kind());
+                                tracing::error!(route = %self.config.name, id = %message.id, error = %e, "cannot dead-letter; nacking the source delivery");
+                                break;
+                            }
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(route = %self.config.name, id = %message.id, error = %e, "cannot render the dead-letter destination; nacking the source delivery");
+                }
+            }
+        } else {
+            tracing::warn!(route = %self.config.name, id = %message.id, reason = %failure.reason, "delivery failed and the route has no dead-letter destination; nacking it for redelivery");
+        }
+        self.metrics.nacked.fetch_add(1, AtomicOrdering::Relaxed);
+        settle(&self.config.name, handle.nack_after(policy.max_backoff));
+    }
+
+    /// The dead-letter message: a JSON error envelope with the original message inside,
+    /// and the reason in headers too (for sinks that carry them).
+    fn error_envelope(&self, message: &Message, info: &DeliveryInfo, failure: &Failure) -> Message {
+        let body = serde_json::json!({
+            "error": {
+                "reason": failure.reason,
+                "kind": failure.kind,
+                "route": self.config.name,
+                "attempts": failure.attempts,
+                "original_topic": info.topic,
+                "source_broker": self.config.source.broker,
+            },
+            "message": mapping::json_envelope(&info.topic, message),
+        });
+        let mut dl = Message::new(body.to_string())
+            .with_id(message.id.clone())
+            .with_content_type("application/json");
+        dl.key = message.key.clone();
+        dl.headers
+            .set(well_known::REJECT_REASON, failure.reason.clone());
+        dl.headers
+            .set(well_known::ORIGINAL_TOPIC, info.topic.clone());
+        dl.headers
+            .set(well_known::ATTEMPTS, failure.attempts.to_string());
+        dl.headers
+            .set("x-polybridge-route", self.config.name.clone());
+        dl
+    }
+}
+
+/// The lane of a delivery: by key, else by source partition, else by topic.
+fn lane_of(delivery: &Delivery, lanes: usize) -> usize {
+    let mut h = DefaultHasher::new();
+    match (&delivery.message.key, delivery.info.partition) {
+        (Some(k), _) => k.hash(&mut h),
+        (None, Some(p)) => p.hash(&mut h),
+        (None, None) => delivery.info.topic.hash(&mut h),
+    }
+    usize::try_from(h.finish() % lanes as u64).unwrap_or(0)
+}
+
+/// Exponential backoff with full jitter: a random delay in [d/2, d], d = initial × 2^(n-1)
+/// capped at `max`.
+pub fn backoff(initial: Duration, max: Duration, attempt: u32) -> Duration {
+    let exp = initial.saturating_mul(1u32 << attempt.saturating_sub(1).min(20));
+    let d = exp.min(max);
+    let nanos = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+    let half = nanos / 2;
+    Duration::from_nanos(half + jitter(half + 1))
+}
+
+/// A cheap pseudo-random number below `bound` (jitter needs no cryptographic quality).
+fn jitter(bound: u64) -> u64 {
+    use std::cell::Cell;
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0x9E37_79B9_7F4A_7C15)
+                | 1,
+        );
+    }
+    STATE.with(|s| {
+        // xorshift64*
+        let mut x = s.get();
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        s.set(x);
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D) % bound.max(1)
+    })
+}
+
+/// Settling fails only when the subscription already closed, in which case the broker
+/// redelivers: worth a debug line, nothing more.
+fn settle(route: &str, result: polybridge::Result<()>) {
+    if let Err(e) = result {
+        if !matches!(e, Error::Closed { .. }) {
+            tracing::warn!(route, error = %e, "settling a source delivery failed");
+        } else {
+            tracing::debug!(route, error = %e, "settled after the subscription closed");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_with_jitter_and_is_capped() {
+        let i = Duration::from_millis(100);
+        let max = Duration::from_secs(1);
+        for _ in 0..100 {
+            let b1 = backoff(i, max, 1);
+            assert!(
+                b1 >= Duration::from_millis(50) && b1 <= Duration::from_millis(100),
+                "{b1:?}"
+            );
+            let b3 = backoff(i, max, 3);
+            assert!(
+                b3 >= Duration::from_millis(200) && b3 <= Duration::from_millis(400),
+                "{b3:?}"
+            );
+            let b10 = backoff(i, max, 10);
+            assert!(b10 >= Duration::from_millis(500) && b10 <= max, "{b10:?}");
+        }
+    }
+}

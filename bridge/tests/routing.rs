@@ -1,0 +1,425 @@
+//! End-to-end routing on the in-memory broker: what a route delivers, when it acknowledges
+//! the source, and what it does with failures.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use polybridge::{
+    well_known, Broker, BrokerUrl, Capabilities, Deadline, DeliveryStream, Error, Message,
+    Publisher, Receipt, StartPosition, Subscriber, Subscription,
+};
+use polybridge_bridge::config::load;
+use polybridge_bridge::Bridge;
+
+fn deadline() -> Deadline {
+    Deadline::after(Duration::from_secs(5))
+}
+
+fn memory(name: &str) -> Arc<dyn Broker> {
+    Arc::new(
+        polybridge::memory::MemoryBroker::connect(&format!("memory://{name}").parse().unwrap())
+            .unwrap(),
+    )
+}
+
+async fn next(stream: &mut DeliveryStream) -> polybridge::Delivery {
+    tokio::time::timeout(Duration::from_secs(10), stream.next())
+        .await
+        .expect("a delivery within 10 s")
+        .expect("stream open")
+        .expect("no error")
+}
+
+/// Waits until `cond` holds, failing after 10 s.
+async fn eventually(what: &str, cond: impl Fn() -> bool) {
+    let end = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < end,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn config(yaml: &str) -> polybridge_bridge::config::Config {
+    match load(yaml, "test.yaml", &|_| None) {
+        Ok(c) => c,
+        Err(e) => panic!("config does not load:\n{e}"),
+    }
+}
+
+#[tokio::test]
+async fn routes_payload_key_and_headers_and_counts_match() {
+    let yaml = r#"
+brokers:
+  src: { url: "memory://rt-src" }
+  dst: { url: "memory://rt-dst" }
+routes:
+  - name: temps
+    from: { broker: src, topic: "sensors.*.temp", group: bridge }
+    to:
+      - broker: dst
+        destination: "out.{1}"
+        key: "{1}"
+        headers: { set: { via: "{route}" }, rename: { unit: x-unit }, drop: [secret] }
+"#;
+    let cfg = config(yaml);
+    let brokers: BTreeMap<_, _> = [
+        ("src".to_string(), memory("rt-src")),
+        ("dst".to_string(), memory("rt-dst")),
+    ]
+    .into();
+    let mut out = brokers["dst"]
+        .subscribe(Subscription::new("out.*".parse().unwrap()))
+        .await
+        .unwrap();
+    let bridge = Bridge::start(cfg, &brokers, Duration::from_secs(5)).unwrap();
+    eventually("the route to subscribe", || {
+        bridge.routes[0].metrics.subscribed.load(Ordering::Relaxed)
+    })
+    .await;
+    let n = 200;
+    for i in 0..n {
+        let room = if i.is_multiple_of(2) { "kitchen" } else { "hall" };
+        let m = Message::new(vec![0u8, 1, 2, (i % 256) as u8])
+            .with_id(format!("m{i}"))
+            .with_header("unit", "C")
+            .with_header("secret", "s3")
+            .with_header("bin", vec![0xffu8, 0x00]);
+        brokers["src"]
+            .publish(&format!("sensors.{room}.temp"), m, deadline())
+            .await
+            .unwrap();
+    }
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..n {
+        let d = next(&mut out).await;
+        let i: usize = d.message.id[1..].parse().unwrap();
+        let room = if i.is_multiple_of(2) { "kitchen" } else { "hall" };
+        assert_eq!(d.info.topic, format!("out.{room}"));
+        assert_eq!(d.message.key.as_deref(), Some(room.as_bytes()));
+        assert_eq!(&d.message.payload[..], &[0, 1, 2, (i % 256) as u8]);
+        assert_eq!(d.message.headers.get_str("x-unit"), Some("C"));
+        assert_eq!(d.message.headers.get_str("via"), Some("temps"));
+        assert_eq!(d.message.headers.get("secret"), None);
+        assert_eq!(
+            d.message.headers.get("bin").unwrap().as_bytes(),
+            &[0xff, 0x00]
+        );
+        assert!(seen.insert(i), "duplicate {i}");
+        d.ack().unwrap();
+    }
+    assert_eq!(seen.len(), n);
+    let m = &bridge.routes[0].metrics;
+    eventually("every source delivery acked", || {
+        m.acked.load(Ordering::Relaxed) == n as u64
+    })
+    .await;
+    assert_eq!(m.received.load(Ordering::Relaxed), n as u64);
+    bridge.stop().await;
+}
+
+/// A real memory broker whose publishes fail with a transient error while `failures`
+/// is above zero (each failure counts down), or always when it is `u32::MAX`.
+struct FlakySink {
+    inner: Arc<dyn Broker>,
+    failures: AtomicU32,
+    attempts: AtomicU32,
+}
+
+#[async_trait]
+impl Publisher for FlakySink {
+    async fn publish(
+        &self,
+        destination: &str,
+        message: Message,
+        deadline: Deadline,
+    ) -> polybridge::Result<Receipt> {
+        self.attempts.fetch_add(1, Ordering::SeqCst);
+        let f = self.failures.load(Ordering::SeqCst);
+        if f > 0 {
+            if f != u32::MAX {
+                self.failures.fetch_sub(1, Ordering::SeqCst);
+            }
+            return Err(Error::transient("flaky", destination, "injected failure"));
+        }
+        self.inner.publish(destination, message, deadline).await
+    }
+    async fn close(&self, deadline: Deadline) -> polybridge::Result<()> {
+        self.inner.close(deadline).await
+    }
+}
+
+#[async_trait]
+impl Subscriber for FlakySink {
+    async fn subscribe(&self, s: Subscription) -> polybridge::Result<DeliveryStream> {
+        self.inner.subscribe(s).await
+    }
+}
+
+impl Broker for FlakySink {
+    fn name(&self) -> &'static str {
+        "flaky"
+    }
+    fn capabilities(&self) -> &Capabilities {
+        self.inner.capabilities()
+    }
+    fn url(&self) -> &BrokerUrl {
+        self.inner.url()
+    }
+}
+
+fn flaky(name: &str, failures: u32) -> Arc<FlakySink> {
+    Arc::new(FlakySink {
+        inner: memory(name),
+        failures: AtomicU32::new(failures),
+        attempts: AtomicU32::new(0),
+    })
+}
+
+#[tokio::test]
+async fn fan_out_acks_the_source_only_after_both_sinks_confirmed() {
+    let yaml = r#"
+brokers:
+  src: { url: "memory://fo-src" }
+  good: { url: "memory://fo-good" }
+  bad: { url: "memory://fo-bad" }
+routes:
+  - name: fan
+    from: { broker: src, topic: "in", group: bridge }
+    to:
+      - { broker: good, destination: "copy" }
+      - { broker: bad, destination: "copy" }
+    on_error: { max_attempts: 1000, initial_backoff: 10ms, max_backoff: 20ms }
+"#;
+    let bad = flaky("fo-bad", u32::MAX);
+    let brokers: BTreeMap<String, Arc<dyn Broker>> = [
+        ("src".to_string(), memory("fo-src")),
+        ("good".to_string(), memory("fo-good")),
+        ("bad".to_string(), bad.clone() as Arc<dyn Broker>),
+    ]
+    .into();
+    let mut good_out = brokers["good"]
+        .subscribe(Subscription::new("copy".parse().unwrap()))
+        .await
+        .unwrap();
+    let mut bad_out = bad
+        .inner
+        .subscribe(Subscription::new("copy".parse().unwrap()))
+        .await
+        .unwrap();
+    let bridge = Bridge::start(config(yaml), &brokers, Duration::from_secs(5)).unwrap();
+    eventually("the route to subscribe", || {
+        bridge.routes[0].metrics.subscribed.load(Ordering::Relaxed)
+    })
+    .await;
+    brokers["src"]
+        .publish("in", Message::new("x").with_id("f1"), deadline())
+        .await
+        .unwrap();
+    // The good sink confirms at once; the bad one keeps failing: the source must stay unacked.
+    let d = next(&mut good_out).await;
+    assert_eq!(d.message.id, "f1");
+    d.ack().unwrap();
+    eventually("several failed attempts", || {
+        bad.attempts.load(Ordering::SeqCst) >= 5
+    })
+    .await;
+    let m = &bridge.routes[0].metrics;
+    assert_eq!(
+        m.acked.load(Ordering::Relaxed),
+        0,
+        "source acked although a sink has not confirmed"
+    );
+    // The sink recovers: the message arrives there and only then is the source acked.
+    bad.failures.store(0, Ordering::SeqCst);
+    let d = next(&mut bad_out).await;
+    assert_eq!(d.message.id, "f1");
+    d.ack().unwrap();
+    eventually("the source ack", || m.acked.load(Ordering::Relaxed) == 1).await;
+    bridge.stop().await;
+}
+
+#[tokio::test]
+async fn a_message_failing_every_attempt_is_dead_lettered_with_the_reason() {
+    let yaml = r#"
+brokers:
+  src: { url: "memory://dl-src" }
+  bad: { url: "memory://dl-bad" }
+  dlq: { url: "memory://dl-dlq" }
+routes:
+  - name: dl
+    from: { broker: src, topic: "orders.*", group: bridge }
+    to:
+      - { broker: bad, destination: "copy" }
+    on_error:
+      max_attempts: 3
+      initial_backoff: 1ms
+      max_backoff: 5ms
+      dead_letter: { broker: dlq, destination: "dead.{route}" }
+"#;
+    let bad = flaky("dl-bad", u32::MAX);
+    let brokers: BTreeMap<String, Arc<dyn Broker>> = [
+        ("src".to_string(), memory("dl-src")),
+        ("bad".to_string(), bad.clone() as Arc<dyn Broker>),
+        ("dlq".to_string(), memory("dl-dlq")),
+    ]
+    .into();
+    let mut dead = brokers["dlq"]
+        .subscribe(Subscription::new("dead.dl".parse().unwrap()))
+        .await
+        .unwrap();
+    let bridge = Bridge::start(config(yaml), &brokers, Duration::from_secs(5)).unwrap();
+    eventually("the route to subscribe", || {
+        bridge.routes[0].metrics.subscribed.load(Ordering::Relaxed)
+    })
+    .await;
+    brokers["src"]
+        .publish(
+            "orders.eu",
+            Message::new("payload").with_id("d1").with_key("k"),
+            deadline(),
+        )
+        .await
+        .unwrap();
+    let d = next(&mut dead).await;
+    assert_eq!(d.message.id, "d1");
+    assert_eq!(d.message.headers.get_str(well_known::ATTEMPTS), Some("3"));
+    assert_eq!(
+        d.message.headers.get_str(well_known::ORIGINAL_TOPIC),
+        Some("orders.eu")
+    );
+    assert!(d
+        .message
+        .headers
+        .get_str(well_known::REJECT_REASON)
+        .unwrap()
+        .contains("injected failure"));
+    let body: serde_json::Value = serde_json::from_slice(&d.message.payload).unwrap();
+    assert_eq!(body["error"]["route"], "dl");
+    assert_eq!(body["error"]["attempts"], 3);
+    assert_eq!(body["message"]["payload"], "payload");
+    d.ack().unwrap();
+    assert_eq!(bad.attempts.load(Ordering::SeqCst), 3);
+    let m = &bridge.routes[0].metrics;
+    eventually("dead-letter counted", || {
+        m.dead_lettered.load(Ordering::Relaxed) == 1
+    })
+    .await;
+    bridge.stop().await;
+    // The source delivery was acknowledged: a new member of the group gets nothing more.
+    let mut again = brokers["src"]
+        .subscribe(Subscription::new("orders.*".parse().unwrap()).group("bridge"))
+        .await
+        .unwrap();
+    brokers["src"]
+        .publish(
+            "orders.eu",
+            Message::new("marker").with_id("d2"),
+            deadline(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(next(&mut again).await.message.id, "d2");
+}
+
+#[tokio::test]
+async fn without_a_dead_letter_destination_the_source_is_redelivered() {
+    let yaml = r#"
+brokers:
+  src: { url: "memory://nd-src" }
+  bad: { url: "memory://nd-bad" }
+routes:
+  - name: nd
+    from: { broker: src, topic: "in", group: bridge }
+    to: [ { broker: bad, destination: "copy" } ]
+    on_error: { max_attempts: 2, initial_backoff: 1ms, max_backoff: 5ms }
+"#;
+    let bad = flaky("nd-bad", u32::MAX);
+    let brokers: BTreeMap<String, Arc<dyn Broker>> = [
+        ("src".to_string(), memory("nd-src")),
+        ("bad".to_string(), bad.clone() as Arc<dyn Broker>),
+    ]
+    .into();
+    let bridge = Bridge::start(config(yaml), &brokers, Duration::from_secs(5)).unwrap();
+    eventually("the route to subscribe", || {
+        bridge.routes[0].metrics.subscribed.load(Ordering::Relaxed)
+    })
+    .await;
+    brokers["src"]
+        .publish("in", Message::new("x"), deadline())
+        .await
+        .unwrap();
+    let m = bridge.routes[0].metrics.clone();
+    // Nacked, redelivered by the broker, tried again: never dropped.
+    eventually("two rounds of redelivery", || {
+        m.nacked.load(Ordering::Relaxed) >= 2
+    })
+    .await;
+    assert!(m.received.load(Ordering::Relaxed) >= 2);
+    assert_eq!(m.acked.load(Ordering::Relaxed), 0);
+    // Once the sink works, the redelivered message gets through.
+    bad.failures.store(0, Ordering::SeqCst);
+    eventually("the message to get through", || {
+        m.acked.load(Ordering::Relaxed) == 1
+    })
+    .await;
+    bridge.stop().await;
+}
+
+#[tokio::test]
+async fn filter_and_first_match_dispatch() {
+    let yaml = r#"
+brokers:
+  src: { url: "memory://fm-src" }
+  dst: { url: "memory://fm-dst" }
+routes:
+  - name: fm
+    from: { broker: src, topic: "readings", group: bridge, start: earliest }
+    filter: "payload.celsius > -50.0"
+    dispatch: first
+    to:
+      - { broker: dst, destination: "hot", when: "payload.celsius >= 30.0" }
+      - { broker: dst, destination: "normal" }
+"#;
+    let brokers: BTreeMap<String, Arc<dyn Broker>> = [
+        ("src".to_string(), memory("fm-src")),
+        ("dst".to_string(), memory("fm-dst")),
+    ]
+    .into();
+    let mut hot = brokers["dst"]
+        .subscribe(Subscription::new("hot".parse().unwrap()))
+        .await
+        .unwrap();
+    let mut normal = brokers["dst"]
+        .subscribe(Subscription::new("normal".parse().unwrap()))
+        .await
+        .unwrap();
+    for (id, c) in [("a", 35.0), ("b", 20.0), ("c", -90.0), ("d", 31.0)] {
+        brokers["src"]
+            .publish(
+                "readings",
+                Message::new(format!(r#"{{"celsius": {c}}}"#)).with_id(id),
+                deadline(),
+            )
+            .await
+            .unwrap();
+    }
+    let bridge = Bridge::start(config(yaml), &brokers, Duration::from_secs(5)).unwrap();
+    assert_eq!(next(&mut hot).await.message.id, "a");
+    assert_eq!(next(&mut hot).await.message.id, "d");
+    assert_eq!(next(&mut normal).await.message.id, "b");
+    let m = bridge.routes[0].metrics.clone();
+    eventually("all settled", || {
+        m.acked.load(Ordering::Relaxed) + m.filtered.load(Ordering::Relaxed) == 4
+    })
+    .await;
+    assert_eq!(m.filtered.load(Ordering::Relaxed), 1);
+    bridge.stop().await;
+    let _ = StartPosition::Earliest;
+}
