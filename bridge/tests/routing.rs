@@ -83,7 +83,7 @@ routes:
         bridge.routes[0].metrics.subscribed.load(Ordering::Relaxed)
     })
     .await;
-    let n = 200;
+    let n: usize = 200;
     for i in 0..n {
         let room = if i.is_multiple_of(2) { "kitchen" } else { "hall" };
         let m = Message::new(vec![0u8, 1, 2, (i % 256) as u8])
