@@ -33,7 +33,7 @@ use polybridge::{
 
 use crate::filter::Filter;
 use crate::template::Template;
-use crate::yaml::{position, scalar, Diagnostic, Diagnostics, MapReader};
+use crate::yaml::{position, scalar, start_span, Diagnostic, Diagnostics, MapReader};
 
 /// A loaded, checked rule file.
 #[derive(Debug)]
@@ -472,7 +472,7 @@ impl Loader<'_> {
             if let Some(r) = self.route(item, brokers) {
                 if routes.iter().any(|other| other.name == r.name) {
                     self.diags.error(
-                        item.span(),
+                        start_span(item),
                         format!("route name {:?} is used twice", r.name),
                     );
                 } else {

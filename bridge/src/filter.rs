@@ -67,8 +67,13 @@ impl std::fmt::Debug for Filter {
 impl Filter {
     /// Compiles `source`, refusing syntax errors and unknown variables.
     pub fn compile(source: &str) -> Result<Self, String> {
-        let program = Program::compile(source)
-            .map_err(|e| format!("invalid CEL expression {source:?}: {e}"))?;
+        let program = Program::compile(source).map_err(|e| {
+            // The parser's message spans several lines (a caret under the source); keep the
+            // first line so diagnostics stay one per line.
+            let text = e.to_string();
+            let first = text.lines().next().unwrap_or("syntax error").trim();
+            format!("invalid CEL expression {source:?}: {first}")
+        })?;
         let references = program.references();
         for variable in references.variables() {
             if !VARIABLES.contains(&variable) {

@@ -86,9 +86,9 @@ impl<'a> MapReader<'a> {
         }
     }
 
-    /// The span of the whole mapping.
+    /// Where the mapping starts: its first key (a mapping's own span starts after it).
     pub fn span(&self) -> &Span {
-        self.map.span()
+        first_key_span(self.map)
     }
 
     /// The node under `key`, if present.
@@ -106,7 +106,10 @@ impl<'a> MapReader<'a> {
         match self.node(key) {
             Some(node) => scalar(node, key, diags),
             None => {
-                diags.error(self.map.span(), format!("{} needs `{key}`", self.what));
+                diags.error(
+                    first_key_span(self.map),
+                    format!("{} needs `{key}`", self.what),
+                );
                 None
             }
         }
@@ -170,6 +173,19 @@ impl<'a> MapReader<'a> {
     }
 }
 
+/// The span of a mapping's first key, or of the mapping when it is empty.
+pub fn first_key_span(map: &MarkedMappingNode) -> &Span {
+    map.keys().next().map(|k| k.span()).unwrap_or(map.span())
+}
+
+/// Where a node starts: the first key of a mapping, else the node itself.
+pub fn start_span(node: &Node) -> &Span {
+    match node.as_mapping() {
+        Some(map) => first_key_span(map),
+        None => node.span(),
+    }
+}
+
 /// `node` as a scalar, or a diagnostic naming `key`.
 pub fn scalar<'a>(
     node: &'a Node,
@@ -190,28 +206,40 @@ pub fn scalar<'a>(
 
 /// The closest of `candidates` to `word`, if close enough to be a likely typo.
 pub fn did_you_mean<'c>(word: &str, candidates: &[&'c str]) -> Option<&'c str> {
+    let len = word.chars().count();
     candidates
         .iter()
         .map(|c| (edit_distance(word, c), *c))
-        .filter(|(d, c)| *d <= 2.max(c.len() / 4))
+        .filter(|(d, _)| *d < len && *d <= (len / 3).max(1))
         .min_by_key(|(d, _)| *d)
         .map(|(_, c)| c)
 }
 
+/// Edit distance counting insertions, deletions, substitutions and swaps of neighbours as
+/// one edit each (optimal string alignment), so `form` is one edit from `from`.
 fn edit_distance(a: &str, b: &str) -> usize {
     let a: Vec<char> = a.chars().collect();
     let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.iter().enumerate() {
-        let mut cur = vec![i + 1; b.len() + 1];
-        for (j, cb) in b.iter().enumerate() {
-            cur[j + 1] = (prev[j] + usize::from(ca != cb))
-                .min(prev[j + 1] + 1)
-                .min(cur[j] + 1);
-        }
-        prev = cur;
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
     }
-    prev[b.len()]
+    for j in 0..=b.len() {
+        d[0][j] = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            let mut best = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                best = best.min(d[i - 2][j - 2] + 1);
+            }
+            d[i][j] = best;
+        }
+    }
+    d[a.len()][b.len()]
 }
 
 #[cfg(test)]
@@ -226,5 +254,8 @@ mod tests {
         );
         assert_eq!(did_you_mean("brokr", &["broker", "topic"]), Some("broker"));
         assert_eq!(did_you_mean("zzz", &["broker", "topic"]), None);
+        assert_eq!(did_you_mean("c", &["a", "b"]), None);
+        assert_eq!(did_you_mean("form", &["name", "from"]), Some("from"));
+        assert_eq!(did_you_mean("kafak1", &["kafka1"]), Some("kafka1"));
     }
 }

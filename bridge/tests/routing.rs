@@ -85,7 +85,11 @@ routes:
     .await;
     let n: usize = 200;
     for i in 0..n {
-        let room = if i.is_multiple_of(2) { "kitchen" } else { "hall" };
+        let room = if i.is_multiple_of(2) {
+            "kitchen"
+        } else {
+            "hall"
+        };
         let m = Message::new(vec![0u8, 1, 2, (i % 256) as u8])
             .with_id(format!("m{i}"))
             .with_header("unit", "C")
@@ -100,7 +104,11 @@ routes:
     for _ in 0..n {
         let d = next(&mut out).await;
         let i: usize = d.message.id[1..].parse().unwrap();
-        let room = if i.is_multiple_of(2) { "kitchen" } else { "hall" };
+        let room = if i.is_multiple_of(2) {
+            "kitchen"
+        } else {
+            "hall"
+        };
         assert_eq!(d.info.topic, format!("out.{room}"));
         assert_eq!(d.message.key.as_deref(), Some(room.as_bytes()));
         assert_eq!(&d.message.payload[..], &[0, 1, 2, (i % 256) as u8]);

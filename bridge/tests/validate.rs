@@ -1,0 +1,141 @@
+//! `validate` refuses bad rule files before start, each with `file:line:col: reason`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use polybridge_bridge::config::load;
+
+const BROKERS: &str = "brokers:\n  a: { url: \"memory://va\" }\n  b: { url: \"memory://vb\" }\n";
+
+/// (case name, rule file, expected "line:col: message substring").
+fn cases() -> Vec<(&'static str, String, &'static str)> {
+    let with_routes = |routes: &str| format!("{BROKERS}routes:\n{routes}");
+    vec![
+        ("yaml syntax", "brokers: [\n".into(), "2:1: YAML syntax error"),
+        ("tab indentation", "brokers:\n\ta: 1\n".into(), "YAML syntax error"),
+        ("top level not a mapping", "- a\n- b\n".into(), "1:1: the file must be a mapping"),
+        ("duplicate key", format!("{BROKERS}routes: []\nroutes: []\n"), "5:1: duplicate key `routes`"),
+        ("no brokers", "routes: []\n".into(), "1:1: the rule file needs `brokers:`"),
+        ("no routes", BROKERS.into(), "1:1: the rule file needs `routes:`"),
+        ("unknown top-level key", format!("{BROKERS}routes: []\nroutez: []\n"), "5:1: unknown key `routez` in the rule file; did you mean `routes`?"),
+        ("brokers not a mapping", "brokers: [a]\nroutes: []\n".into(), "1:10: `brokers` must map names to broker settings"),
+        ("broker without url", "brokers:\n  a: { uri: \"memory://x\" }\nroutes: []\n".into(), "2:8: a broker needs `url`"),
+        ("broker unknown key", "brokers:\n  a: { url: \"memory://x\", pasword_file: /x }\nroutes: []\n".into(), "unknown key `pasword_file` in a broker; did you mean `password_file`?"),
+        ("bad url", "brokers:\n  a: { url: \"not a url\" }\nroutes: []\n".into(), "2:13: broker \"a\": polybridge: invalid configuration: invalid broker URL"),
+        ("unknown scheme", "brokers:\n  a: { url: \"carrier://x\" }\nroutes: []\n".into(), "2:13: broker \"a\": polybridge: invalid configuration: no adapter for carrier://"),
+        ("unknown adapter option", "brokers:\n  a: { url: \"memory://x?retension=5\" }\nroutes: []\n".into(), "unknown option \"retension\""),
+        ("bad option value", "brokers:\n  a: { url: \"memory://x\", options: { max_payload: big } }\nroutes: []\n".into(), "option max_payload=\"big\""),
+        ("missing env var", "brokers:\n  a: { url: \"${NOPE_URL}\" }\nroutes: []\n".into(), "2:13: environment variable NOPE_URL is not set"),
+        ("bad env syntax", "brokers:\n  a: { url: \"${NOPE\" }\nroutes: []\n".into(), "unclosed `${`"),
+        ("password file missing", "brokers:\n  a: { url: \"memory://u@x\", password_file: /nonexistent/pw }\nroutes: []\n".into(), "cannot read password_file \"/nonexistent/pw\""),
+        ("routes not a list", format!("{BROKERS}routes: {{ a: 1 }}\n"), "4:9: `routes` must be a list"),
+        ("route not a mapping", with_routes("  - just-a-name\n"), "5:5: a route must be a mapping"),
+        ("route without name", with_routes("  - from: { broker: a, topic: t }\n    to: [ { broker: b, destination: t } ]\n"), "5:5: a route needs `name`"),
+        ("route without from", with_routes("  - name: r\n    to: [ { broker: b, destination: t } ]\n"), "5:5: a route needs `from:`"),
+        ("route without to", with_routes("  - name: r\n    from: { broker: a, topic: t }\n"), "5:5: a route needs `to:`"),
+        ("empty to", with_routes("  - name: r\n    from: { broker: a, topic: t }\n    to: []\n"), "7:9: `to` must be a non-empty list"),
+        ("unknown route key", with_routes("  - name: r\n    form: { broker: a, topic: t }\n    from: { broker: a, topic: t }\n    to: [ { broker: b, destination: t } ]\n"), "6:5: unknown key `form` in a route; did you mean `from`?"),
+        ("unknown source broker", with_routes("  - name: r\n    from: { broker: c, topic: t }\n    to: [ { broker: b, destination: t } ]\n"), "6:21: unknown broker \"c\"; defined brokers: a, b"),
+        ("source broker typo", "brokers:\n  kafka1: { url: \"memory://k\" }\nroutes:\n  - name: r\n    from: { broker: kafak1, topic: t }\n    to: [ { broker: kafka1, destination: t } ]\n".into(), "did you mean \"kafka1\"?"),
+        ("unknown sink broker", with_routes("  - name: r\n    from: { broker: a, topic: t }\n    to: [ { broker: z, destination: t } ]\n"), "7:21: unknown broker \"z\""),
+        ("bad pattern", with_routes("  - name: r\n    from: { broker: a, topic: \"a.>.b\" }\n    to: [ { broker: b, destination: t } ]\n"), "6:31: invalid pattern"),
+        ("empty level pattern", with_routes("  - name: r\n    from: { broker: a, topic: \"a..b\" }\n    to: [ { broker: b, destination: t } ]\n"), "6:31: invalid pattern"),
+        ("bad start", with_routes("  - name: r\n    from: { broker: a, topic: t, start: beginning }\n    to: [ { broker: b, destination: t } ]\n"), "`start` must be `latest`, `earliest` or `position:"),
+        ("bad CEL", with_routes("  - name: r\n    from: { broker: a, topic: t }\n    filter: \"payload.x >\"\n    to: [ { broker: b, destination: t } ]\n"), "7:13: invalid CEL expression"),
+        ("unknown CEL variable", with_routes("  - name: r\n    from: { broker: a, topic: t }\n    filter: \"body == 'x'\"\n    to: [ { broker: b, destination: t } ]\n"), "unknown variable \"body\""),
+        ("bad when", with_routes("  - name: r\n    from: { broker: a, topic: t }\n    to: [ { broker: b, destination: t, when: \"((\" } ]\n"), "invalid CEL expression"),
+        ("capture out of range", with_routes("  - name: r\n    from: { broker: a, topic: \"s.*\" }\n    to: [ { broker: b, destination: \"o.{2}\" } ]\n"), "7:37: template \"o.{2}\": {2} refers to capture 2, but the source topic has 1 wildcard"),
+        ("capture without wildcard", with_routes("  - name: r\n    from: { broker: a, topic: s }\n    to: [ { broker: b, destination: \"o.{1}\" } ]\n"), "has no wildcards"),
+        ("unknown placeholder", with_routes("  - name: r\n    from: { broker: a, topic: t }\n    to: [ { broker: b, destination: \"{tpoic}\" } ]\n"), "unknown placeholder {tpoic}"),
+        ("unclosed placeholder", with_routes("  - name: r\n    from: { broker: a, topic: t }\n    to: [ { broker: b, destination: \"a.{key\" } ]\n"), "unclosed '{'"),
+        ("bad key template", with_routes("  - name: r\n    from: { broker: a, topic: t }\n    to: [ { broker: b, destination: t, key: \"{nope}\" } ]\n"), "unknown placeholder {nope}"),
+        ("bad header set template", with_routes("  - name: r\n    from: { broker: a, topic: t }\n    to: [ { broker: b, destination: t, headers: { set: { h: \"{3}\" } } } ]\n"), "has no wildcards"),
+        ("headers drop not a list", with_routes("  - name: r\n    from: { broker: a, topic: t }\n    to: [ { broker: b, destination: t, headers: { drop: x } } ]\n"), "`headers.drop` must be a list"),
+        ("unknown headers key", with_routes("  - name: r\n    from: { broker: a, topic: t }\n    to: [ { broker: b, destination: t, headers: { remove: [x] } } ]\n"), "unknown key `remove` in `headers`"),
+        ("bad envelope", with_routes("  - name: r\n    from: { broker: a, topic: t }\n    to: [ { broker: b, destination: t, envelope: xml } ]\n"), "`envelope` must be `none`, `json` or `cloudevents`"),
+        ("bad drop_headers", with_routes("  - name: r\n    from: { broker: a, topic: t }\n    to: [ { broker: b, destination: t, drop_headers: yes } ]\n"), "`drop_headers` must be true or false"),
+        ("bad dispatch", with_routes("  - name: r\n    from: { broker: a, topic: t }\n    dispatch: any\n    to: [ { broker: b, destination: t } ]\n"), "7:15: `dispatch` must be `all` (fan-out) or `first`"),
+        ("bad ordering", with_routes("  - name: r\n    from: { broker: a, topic: t }\n    ordering: strict\n    to: [ { broker: b, destination: t } ]\n"), "`ordering` must be `none` or `per_key`"),
+        ("bad max_in_flight", with_routes("  - name: r\n    from: { broker: a, topic: t }\n    max_in_flight: 0\n    to: [ { broker: b, destination: t } ]\n"), "7:20: `max_in_flight` must be a positive integer"),
+        ("bad backoff", with_routes("  - name: r\n    from: { broker: a, topic: t }\n    to: [ { broker: b, destination: t } ]\n    on_error: { initial_backoff: soon }\n"), "invalid duration \"soon\""),
+        ("bad max_attempts", with_routes("  - name: r\n    from: { broker: a, topic: t }\n    to: [ { broker: b, destination: t } ]\n    on_error: { max_attempts: -1 }\n"), "`max_attempts` must be a positive integer"),
+        ("dead letter unknown broker", with_routes("  - name: r\n    from: { broker: a, topic: t }\n    to: [ { broker: b, destination: t } ]\n    on_error: { dead_letter: { broker: q, destination: d } }\n"), "unknown broker \"q\""),
+        ("dead letter without destination", with_routes("  - name: r\n    from: { broker: a, topic: t }\n    to: [ { broker: b, destination: t } ]\n    on_error: { dead_letter: { broker: b } }\n"), "`dead_letter` needs `destination`"),
+        ("duplicate route name", with_routes("  - name: r\n    from: { broker: a, topic: t }\n    to: [ { broker: b, destination: t } ]\n  - name: r\n    from: { broker: a, topic: u }\n    to: [ { broker: b, destination: u } ]\n"), "8:5: route name \"r\" is used twice"),
+        ("admin bad listen", format!("{BROKERS}routes: []\nadmin: {{ listen: \"localhost\" }}\n"), "`listen` must be IP:PORT"),
+        ("destination not a scalar", with_routes("  - name: r\n    from: { broker: a, topic: t }\n    to: [ { broker: b, destination: [x] } ]\n"), "`destination` must be a single value"),
+    ]
+}
+
+#[test]
+fn every_bad_rule_file_is_refused_with_position_and_reason() {
+    let cases = cases();
+    assert!(
+        cases.len() >= 50,
+        "the table should keep at least 50 cases, has {}",
+        cases.len()
+    );
+    let mut failures = Vec::new();
+    for (name, text, expected) in &cases {
+        match load(text, "bad.yaml", &|_| None) {
+            Ok(_) => failures.push(format!("{name}: accepted, expected {expected:?}")),
+            Err(e) => {
+                let out = e.to_string();
+                let want = format!("bad.yaml:{expected}");
+                let matched = if expected.chars().next().is_some_and(|c| c.is_ascii_digit()) {
+                    out.lines().any(|l| l.starts_with(&want))
+                } else {
+                    out.contains(expected)
+                };
+                if !matched {
+                    failures.push(format!(
+                        "{name}: expected {want:?} (or containing {expected:?}), got:\n{out}"
+                    ));
+                }
+                for line in out.lines() {
+                    let mut parts = line.splitn(4, ':');
+                    let (file, l, c) = (parts.next(), parts.next(), parts.next());
+                    if file != Some("bad.yaml")
+                        || l.and_then(|l| l.parse::<usize>().ok()).is_none()
+                        || c.and_then(|c| c.parse::<usize>().ok()).is_none()
+                    {
+                        failures.push(format!("{name}: line not in file:line:col form: {line}"));
+                    }
+                }
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases failed:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n\n")
+    );
+}
+
+#[test]
+fn all_problems_are_reported_at_once() {
+    let text = format!("{BROKERS}routes:\n  - name: r\n    from: {{ broker: c, topic: t }}\n    filter: \"(\"\n    to: [ {{ broker: z, destination: \"{{x}}\" }} ]\n");
+    let e = load(&text, "multi.yaml", &|_| None).unwrap_err();
+    assert_eq!(e.diagnostics.len(), 4, "{e}");
+}
+
+#[test]
+fn env_defaults_and_secrets_from_files() {
+    let dir = std::env::temp_dir().join(format!("pb-validate-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let pw = dir.join("pw");
+    std::fs::write(&pw, "s3cret\n").unwrap();
+    let text = format!(
+        "brokers:\n  a: {{ url: \"${{A_URL:-memory://env-default}}\" }}\n  b: {{ url: \"memory://user@vb\", password_file: {} }}\nroutes: []\n",
+        pw.display()
+    );
+    let c = load(&text, "ok.yaml", &|_| None).unwrap();
+    assert_eq!(c.brokers["a"].url.to_string(), "memory://env-default");
+    assert_eq!(c.brokers["b"].url.password().as_deref(), Some("s3cret"));
+    assert!(!c.brokers["b"].url.to_string().contains("s3cret"));
+    let c = load(&text, "ok.yaml", &|n| {
+        (n == "A_URL").then(|| "memory://from-env".to_string())
+    })
+    .unwrap();
+    assert_eq!(c.brokers["a"].url.to_string(), "memory://from-env");
+}
