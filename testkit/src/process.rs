@@ -1,0 +1,162 @@
+//! Spawning broker processes in their own process group, each with a watchdog that cleans
+//! up when the test process is gone, and signalling them — with the `kill` and `sh`
+//! programs, so the crate needs no `unsafe`.
+
+use std::fs::File;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::HarnessError;
+
+/// A free loopback port (bound and released; the broker binds it right after).
+pub fn free_port(broker: &'static str) -> Result<u16, HarnessError> {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|source| HarnessError::Io {
+            broker,
+            what: "finding a free port".into(),
+            source,
+        })
+}
+
+/// A running broker process group and its watchdog.
+#[derive(Debug)]
+pub struct Group {
+    pub child: Child,
+    watchdog: Child,
+}
+
+impl Group {
+    /// Spawns `command` in a new process group with output to `log`, and a watchdog that,
+    /// once this test process has exited, kills the group and runs `cleanup` (shell).
+    pub fn spawn(
+        broker: &'static str,
+        mut command: Command,
+        log: &Path,
+        cleanup: &str,
+    ) -> Result<Group, HarnessError> {
+        let io = |what: &str| {
+            let what = what.to_owned();
+            move |source| HarnessError::Io {
+                broker,
+                what,
+                source,
+            }
+        };
+        let out = File::options()
+            .create(true)
+            .append(true)
+            .open(log)
+            .map_err(io("opening the log"))?;
+        let err = out.try_clone().map_err(io("opening the log"))?;
+        use std::os::unix::process::CommandExt;
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .process_group(0)
+            .spawn()
+            .map_err(io("starting it"))?;
+        let pgid = child.id();
+        let script = format!(
+            "while kill -0 {parent} 2>/dev/null; do sleep 0.2; done; kill -9 -{pgid} 2>/dev/null; {cleanup}",
+            parent = std::process::id()
+        );
+        let watchdog = Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .map_err(io("starting its watchdog"))?;
+        Ok(Group { child, watchdog })
+    }
+
+    /// The process group id (the leader's pid).
+    pub fn pgid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends `signal` (e.g. "TERM", "KILL", "STOP", "CONT") to the whole group.
+    pub fn signal(&self, signal: &str) {
+        let _ = Command::new("kill")
+            .args(["-s", signal, "--", &format!("-{}", self.pgid())])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+
+    /// Whether the group leader has exited.
+    pub fn exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+
+    /// Waits up to `timeout` for the leader to exit.
+    pub fn wait_exit(&mut self, timeout: Duration) -> bool {
+        let end = Instant::now() + timeout;
+        while Instant::now() < end {
+            if self.exited() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.exited()
+    }
+
+    /// Kills the whole group and reaps the leader; stops the watchdog.
+    pub fn kill(&mut self) {
+        self.signal("CONT");
+        self.signal("KILL");
+        let _ = self.child.wait();
+        let _ = self.watchdog.kill();
+        let _ = self.watchdog.wait();
+    }
+
+    /// Every pid in the group (from /proc), for checks that nothing is left.
+    pub fn pids(&self) -> Vec<u32> {
+        group_members(self.pgid())
+    }
+}
+
+/// The pids whose process group is `pgid`.
+pub fn group_members(pgid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for entry in dir.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // Fields after the parenthesised command: state ppid pgrp ...
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+            continue;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        if fields.first() == Some(&"Z") {
+            continue;
+        }
+        if fields.get(2).and_then(|p| p.parse::<u32>().ok()) == Some(pgid) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+/// Whether `pid` is alive (a zombie counts as gone).
+pub fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .map(|(_, r)| !r.trim_start().starts_with('Z'))
+            .unwrap_or(false),
+        Err(_) => false,
+    }
+}
