@@ -686,7 +686,7 @@ impl Loader<'_> {
         };
         let broker = broker?;
         let pattern = pattern?;
-        let captures = capture_count(&pattern);
+        let captures = pattern.capture_count();
         let mut subscription = Subscription::new(pattern)
             .start(start)
             .max_in_flight(max_in_flight);
@@ -890,27 +890,6 @@ pub fn separator_for(scheme: &str) -> char {
         "mqtt" | "mqtts" => '/',
         _ => '.',
     }
-}
-
-/// How many captures a pattern yields: one per `Single`, and one for a trailing multi-level
-/// wildcard (`>` written as `Single, AnyLevels` counts once).
-pub fn capture_count(pattern: &TopicPattern) -> usize {
-    use polybridge::Segment;
-    let s = pattern.segments();
-    let mut n = 0;
-    let mut i = 0;
-    while i < s.len() {
-        match s[i] {
-            Segment::Single if i + 2 == s.len() && s[i + 1] == Segment::AnyLevels => {
-                n += 1;
-                i += 1;
-            }
-            Segment::Single | Segment::AnyLevels => n += 1,
-            Segment::Literal(_) => {}
-        }
-        i += 1;
-    }
-    n
 }
 
 /// Expands `${VAR}` and `${VAR:-default}`; `$$` is a literal `$`.
