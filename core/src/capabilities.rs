@@ -60,6 +60,9 @@ pub struct Capabilities {
     pub consumer_groups: bool,
     /// Header support.
     pub headers: HeaderSupport,
+    /// Whether the message key travels (Kafka key, AMQP routing key, …); MQTT and Redis
+    /// pub/sub have none.
+    pub keys: bool,
     /// Whether `nack` with a delay is native (otherwise it is emulated and documented).
     pub native_delay: bool,
     /// Whether `reject` uses a native dead-letter mechanism.

@@ -96,6 +96,7 @@ fn capabilities(max_payload: usize) -> Capabilities {
         replay: true,
         consumer_groups: true,
         headers: HeaderSupport::Binary,
+        keys: true,
         native_delay: true,
         native_dead_letter: true,
         max_payload: Some(max_payload),
