@@ -877,7 +877,7 @@ fn ordering_span(route: &Node) -> marked_yaml::Span {
 pub fn syntax_for(scheme: &str) -> Syntax {
     match scheme {
         "mqtt" | "mqtts" => Syntax::Mqtt,
-        "nats" | "tls" => Syntax::Nats,
+        "nats" | "jetstream" | "tls" => Syntax::Nats,
         "amqp" | "amqps" => Syntax::Amqp,
         "redis" | "rediss" => Syntax::RedisGlob,
         _ => Syntax::Canonical,
@@ -933,24 +933,7 @@ pub fn expand_env(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Strin
     Ok(out)
 }
 
-/// `250ms`, `5s`, `2m`, `1h`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("invalid duration {s:?}: use e.g. 250ms, 5s, 2m, 1h"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        "h" => Ok(Duration::from_secs(n * 3600)),
-        _ => Err(format!(
-            "invalid duration {s:?}: use e.g. 250ms, 5s, 2m, 1h"
-        )),
-    }
-}
+pub use polybridge::parse_duration;
 
 fn encode_query(s: &str) -> String {
     let mut out = String::new();

@@ -115,6 +115,12 @@ pub trait Fixture: Send + Sync + 'static {
         Duration::from_millis(500)
     }
 
+    /// Why the whole suite is skipped for this fixture (e.g. `POLYBRIDGE_SKIP_BROKERS`
+    /// names its broker); `None` runs it.
+    fn skip_reason(&self) -> Option<String> {
+        None
+    }
+
     /// The payload limit to test, if it differs from the adapter's declared one.
     fn payload_limit(&self, declared: Option<usize>) -> Option<usize> {
         declared
@@ -245,6 +251,10 @@ macro_rules! conformance_tests {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $name() {
                 let fixture = $fixture;
+                if let Some(reason) = $crate::Fixture::skip_reason(&fixture) {
+                    $crate::skip(stringify!($name), &reason);
+                    return;
+                }
                 $crate::tests::$name(&fixture).await;
             }
         )*

@@ -70,6 +70,23 @@ impl Deadline {
     }
 }
 
+/// Parses a duration written as a whole number and a unit: `250ms`, `5s`, `2m`, `1h`. URL
+/// options and rule files use this one syntax everywhere.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let invalid = || format!("invalid duration {s:?}: use e.g. 250ms, 5s, 2m, 1h");
+    let n: u64 = num.parse().map_err(|_| invalid())?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n.saturating_mul(60))),
+        "h" => Ok(Duration::from_secs(n.saturating_mul(3600))),
+        _ => Err(invalid()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

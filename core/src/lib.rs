@@ -27,7 +27,7 @@ pub mod url;
 
 pub use broker::Broker;
 pub use capabilities::{Capabilities, DeliveryGuarantee, HeaderSupport, Ordering, Wildcards};
-pub use deadline::Deadline;
+pub use deadline::{parse_duration, Deadline};
 pub use delivery::{AckHandle, Acknowledger, Delivery, DeliveryInfo, Position, Settlement};
 pub use error::{BoxError, Error, Result};
 pub use message::{new_message_id, well_known, HeaderValue, Headers, Message};

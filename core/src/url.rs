@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::time::Duration;
 
 use crate::error::{Error, Result};
 
@@ -147,6 +148,16 @@ impl BrokerUrl {
                 .parse()
                 .map(Some)
                 .map_err(|e| Error::config(broker, format!("option {name}={v:?} in {self}: {e}"))),
+        }
+    }
+    /// Parses a duration option (`250ms`, `5s`, `2m`, `1h`), naming the option and the URL
+    /// on error.
+    pub fn duration_option(&self, broker: &'static str, name: &str) -> Result<Option<Duration>> {
+        match self.option(name) {
+            None => Ok(None),
+            Some(v) => crate::deadline::parse_duration(v)
+                .map(Some)
+                .map_err(|e| Error::config(broker, format!("option {name} in {self}: {e}"))),
         }
     }
 }

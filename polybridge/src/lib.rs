@@ -25,7 +25,8 @@
 //! | scheme | adapter | status |
 //! |---|---|---|
 //! | `memory://NAME` | in-process reference broker, always built | available |
-//! | `amqp://`, `kafka://`, `nats://`, `redis://`, `mqtt://`, `stomp://` | `polybridge-<broker>` | in progress |
+//! | `nats://`, `jetstream://` | [`polybridge_nats`] (feature `nats`) | available |
+//! | `amqp://`, `kafka://`, `redis://`, `mqtt://`, `stomp://` | `polybridge-<broker>` | in progress |
 //!
 //! The contract itself — messages, errors, capabilities, topic patterns — is
 //! [`polybridge_core`], re-exported here.
@@ -34,6 +35,8 @@ use std::sync::Arc;
 
 pub use polybridge_core::*;
 pub use polybridge_memory as memory;
+#[cfg(feature = "nats")]
+pub use polybridge_nats as nats;
 
 /// Connects to the broker named by `url`, choosing the adapter from its scheme.
 ///
@@ -46,6 +49,8 @@ pub async fn connect(url: &str) -> Result<Arc<dyn Broker>> {
 pub async fn connect_url(url: &BrokerUrl) -> Result<Arc<dyn Broker>> {
     match url.scheme() {
         "memory" => Ok(Arc::new(memory::MemoryBroker::connect(url)?)),
+        #[cfg(feature = "nats")]
+        "nats" | "jetstream" => Ok(Arc::new(nats::NatsBroker::connect(url).await?)),
         other => Err(Error::config(
             "polybridge",
             format!(
@@ -61,6 +66,8 @@ pub async fn connect_url(url: &BrokerUrl) -> Result<Arc<dyn Broker>> {
 pub fn capabilities_for(url: &BrokerUrl) -> Result<Capabilities> {
     match url.scheme() {
         "memory" => memory::MemoryBroker::capabilities_for(url),
+        #[cfg(feature = "nats")]
+        "nats" | "jetstream" => nats::NatsBroker::capabilities_for(url),
         other => Err(Error::config(
             "polybridge",
             format!(
@@ -73,7 +80,11 @@ pub fn capabilities_for(url: &BrokerUrl) -> Result<Capabilities> {
 
 /// The URL schemes this build can connect to.
 pub fn available_schemes() -> Vec<&'static str> {
-    vec!["memory"]
+    #[allow(unused_mut)]
+    let mut schemes = vec!["memory"];
+    #[cfg(feature = "nats")]
+    schemes.extend(["nats", "jetstream"]);
+    schemes
 }
 
 #[cfg(test)]

@@ -1,0 +1,576 @@
+//! JetStream subscriptions: a durable pull consumer per group, pulled in batches as large as
+//! the free in-flight slots, acked only when a delivery is acked.
+//!
+//! One task per subscription owns everything mutable (its pull inbox, the pull requests sent,
+//! the acknowledgement handles of the deliveries in flight): deliveries are settled by
+//! sending `(token, settlement)` to it over a bounded channel, so the hot path has no lock.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+
+use async_nats::jetstream::consumer::pull::Config as PullConfig;
+use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer};
+use async_nats::jetstream::message::{AckKind, Acker};
+use async_nats::jetstream::stream::{Config as StreamConfig, StorageType};
+use async_nats::jetstream::Context;
+use async_nats::StatusCode;
+use futures::StreamExt;
+use polybridge_core::{
+    new_message_id, well_known, AckHandle, Acknowledger, Delivery, DeliveryInfo, DeliveryStream,
+    Error, Position, Result, Settlement, StartPosition, Subscription,
+};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+use crate::config::{NatsConfig, Storage};
+use crate::{mapping, BROKER};
+
+/// Creates the stream named by the URL when it does not exist yet.
+pub(crate) async fn ensure_stream(context: &Context, config: &NatsConfig) -> Result<()> {
+    let Some(name) = &config.stream else {
+        return Ok(());
+    };
+    let stream_config = StreamConfig {
+        name: name.clone(),
+        subjects: config.stream_subjects.clone(),
+        storage: match config.storage {
+            Storage::File => StorageType::File,
+            Storage::Memory => StorageType::Memory,
+        },
+        ..Default::default()
+    };
+    context
+        .get_or_create_stream(stream_config)
+        .await
+        .map(|_| ())
+        .map_err(|e| Error::Permanent {
+            broker: BROKER,
+            destination: name.clone(),
+            reason: format!(
+                "cannot create stream {name} for subjects {}: {e}",
+                config.stream_subjects.join(",")
+            ),
+            source: Some(Box::new(e)),
+        })
+}
+
+/// Binds `subscription` to its stream's pull consumer and starts the task that serves it.
+pub(crate) async fn subscribe(
+    client: &async_nats::Client,
+    context: &Context,
+    config: &NatsConfig,
+    subscription: Subscription,
+) -> Result<DeliveryStream> {
+    let filter = subscription.pattern.to_nats()?;
+    let stream_name = match &config.stream {
+        Some(name) => name.clone(),
+        None => context
+            .stream_by_subject(filter.clone())
+            .await
+            .map_err(|e| {
+                Error::permanent(
+                    BROKER,
+                    &filter,
+                    format!(
+                        "no JetStream stream captures this subject ({e}): create one, or \
+                         connect with stream=NAME&create_stream=true&stream_subjects=…"
+                    ),
+                )
+            })?,
+    };
+    let stream = context
+        .get_stream(&stream_name)
+        .await
+        .map_err(|e| Error::Permanent {
+            broker: BROKER,
+            destination: filter.clone(),
+            reason: format!("stream {stream_name}: {e}"),
+            source: Some(Box::new(e)),
+        })?;
+    let (consumer_name, temporary) = match &subscription.group {
+        Some(group) => (consumer_name_for(group), false),
+        None => (
+            format!("pb-{}", new_message_id().replace(['.', ':'], "-")),
+            true,
+        ),
+    };
+    let max_in_flight = subscription.max_in_flight.max(1);
+    let consumer_config = PullConfig {
+        durable_name: Some(consumer_name.clone()),
+        filter_subject: filter.clone(),
+        ack_policy: AckPolicy::Explicit,
+        ack_wait: config.ack_wait,
+        max_deliver: config.max_deliver.unwrap_or(-1),
+        max_ack_pending: i64::try_from(max_in_flight.saturating_mul(config.group_members))
+            .unwrap_or(i64::MAX),
+        deliver_policy: deliver_policy(&subscription.start, &filter)?,
+        inactive_threshold: if temporary {
+            config.inactive_threshold
+        } else {
+            Duration::ZERO
+        },
+        ..Default::default()
+    };
+    let consumer: PullConsumer = stream
+        .get_or_create_consumer(&consumer_name, consumer_config)
+        .await
+        .map_err(|e| Error::Permanent {
+            broker: BROKER,
+            destination: filter.clone(),
+            reason: format!(
+                "cannot create or bind consumer {consumer_name} on stream {stream_name}: {e}"
+            ),
+            source: Some(Box::new(e)),
+        })?;
+    let existing_filter = consumer.cached_info().config.filter_subject.clone();
+    if existing_filter != filter {
+        return Err(Error::permanent(
+            BROKER,
+            &filter,
+            format!(
+                "consumer group {consumer_name:?} already exists on stream {stream_name} for \
+                 subject {existing_filter:?}; use another group name for {filter:?}"
+            ),
+        ));
+    }
+    let (deliveries_tx, deliveries_rx) = mpsc::channel(max_in_flight);
+    let (settle_tx, settle_rx) = mpsc::channel(max_in_flight);
+    let (close_tx, close_rx) = oneshot::channel();
+    let (closed_tx, closed_rx) = oneshot::channel();
+    let closed = Arc::new(AtomicBool::new(false));
+    let acker: Arc<dyn Acknowledger> = Arc::new(SubscriptionAcker {
+        settle: settle_tx,
+        closed: closed.clone(),
+        pattern: filter.clone(),
+    });
+    let pump = Pump {
+        client: client.clone(),
+        context: context.clone(),
+        stream_name,
+        consumer_name,
+        temporary,
+        filter,
+        max_in_flight,
+        fetch_wait: config.fetch_wait,
+        ack_wait: config.ack_wait,
+        dead_letter: subscription.dead_letter,
+        acker,
+        closed,
+        deliveries: deliveries_tx,
+        in_flight: HashMap::new(),
+        next_token: 0,
+    };
+    tokio::spawn(pump.run(settle_rx, close_rx, closed_tx));
+    Ok(DeliveryStream::new(deliveries_rx, close_tx, closed_rx))
+}
+
+/// A durable consumer name from a group name: `.`, `*`, `>` and white space are not
+/// allowed in consumer names, so they become `_`.
+fn consumer_name_for(group: &str) -> String {
+    group
+        .chars()
+        .map(|c| {
+            if c == '.' || c == '*' || c == '>' || c.is_whitespace() {
+                '_'
+            } else {
+                c
+            }
+        })
+        .collect()
+}
+
+fn deliver_policy(start: &StartPosition, filter: &str) -> Result<DeliverPolicy> {
+    Ok(match start {
+        StartPosition::Latest => DeliverPolicy::New,
+        StartPosition::Earliest => DeliverPolicy::All,
+        StartPosition::Time(t) => {
+            let nanos = t
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or_default();
+            let start_time = time::OffsetDateTime::from_unix_timestamp_nanos(
+                i128::try_from(nanos).unwrap_or_default(),
+            )
+            .map_err(|e| Error::config(BROKER, format!("start time for {filter}: {e}")))?;
+            DeliverPolicy::ByStartTime { start_time }
+        }
+        StartPosition::Position(p) => DeliverPolicy::ByStartSequence {
+            start_sequence: p.parse().map_err(|_| {
+                Error::config(
+                    BROKER,
+                    format!("start position {p:?} for {filter}: a JetStream position is a stream sequence number"),
+                )
+            })?,
+        },
+    })
+}
+
+/// Hands settlements to the subscription's task.
+struct SubscriptionAcker {
+    settle: mpsc::Sender<(u64, Settlement)>,
+    closed: Arc<AtomicBool>,
+    pattern: String,
+}
+
+impl Acknowledger for SubscriptionAcker {
+    fn settle(&self, token: u64, settlement: Settlement) -> Result<()> {
+        let closed = || Error::closed(BROKER, format!("the subscription to {}", self.pattern));
+        if self.closed.load(Ordering::Acquire) {
+            return Err(closed());
+        }
+        // At most `max_in_flight` deliveries are unsettled and each settles once, so the
+        // channel (of that capacity) is never full.
+        self.settle
+            .try_send((token, settlement))
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Closed(_) => closed(),
+                mpsc::error::TrySendError::Full(_) => Error::transient(
+                    BROKER,
+                    &self.pattern,
+                    "settlement queue full (more settlements than deliveries)",
+                ),
+            })
+    }
+}
+
+/// A delivery handed out and not yet settled.
+struct InFlight {
+    acker: Acker,
+    /// Kept only when the subscription has a dead-letter subject.
+    message: Option<polybridge_core::Message>,
+    topic: String,
+    sequence: u64,
+    attempt: u32,
+    since: Instant,
+}
+
+struct Pump {
+    client: async_nats::Client,
+    context: Context,
+    stream_name: String,
+    consumer_name: String,
+    temporary: bool,
+    filter: String,
+    max_in_flight: usize,
+    fetch_wait: Duration,
+    ack_wait: Duration,
+    dead_letter: Option<String>,
+    acker: Arc<dyn Acknowledger>,
+    closed: Arc<AtomicBool>,
+    deliveries: mpsc::Sender<Result<Delivery>>,
+    in_flight: HashMap<u64, InFlight>,
+    next_token: u64,
+}
+
+/// Pull requests sent and not yet finished, oldest first: when each was sent and how many
+/// messages it may still bring. The server serves them in order, ends each with a status
+/// (408 when it expires) or when it is filled, and forgets them all on a restart, so any
+/// older than `fetch_wait` (plus a margin) are over.
+#[derive(Default)]
+struct Pulls {
+    pending: VecDeque<(Instant, usize)>,
+}
+
+impl Pulls {
+    fn outstanding(&self) -> usize {
+        self.pending.iter().map(|(_, n)| n).sum()
+    }
+
+    fn received_one(&mut self) {
+        if let Some(front) = self.pending.front_mut() {
+            front.1 = front.1.saturating_sub(1);
+            if front.1 == 0 {
+                self.pending.pop_front();
+            }
+        }
+    }
+
+    fn ended_one(&mut self) {
+        self.pending.pop_front();
+    }
+
+    fn expire(&mut self, lifetime: Duration) {
+        while let Some((sent, _)) = self.pending.front() {
+            if sent.elapsed() > lifetime {
+                self.pending.pop_front();
+            } else {
+                break;
+            }
+        }
+    }
+
+    fn next_expiry(&self, lifetime: Duration) -> Option<Instant> {
+        self.pending.front().map(|(sent, _)| *sent + lifetime)
+    }
+}
+
+impl Pump {
+    async fn run(
+        mut self,
+        mut settlements: mpsc::Receiver<(u64, Settlement)>,
+        mut close: oneshot::Receiver<()>,
+        closed: oneshot::Sender<()>,
+    ) {
+        let request_subject = format!(
+            "$JS.API.CONSUMER.MSG.NEXT.{}.{}",
+            self.stream_name, self.consumer_name
+        );
+        let inbox = self.client.new_inbox();
+        let mut replies = match self.client.subscribe(inbox.clone()).await {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = self
+                    .deliveries
+                    .send(Err(Error::Transient {
+                        broker: BROKER,
+                        destination: self.filter.clone(),
+                        reason: format!("cannot subscribe to the pull inbox: {e}"),
+                        source: Some(Box::new(e)),
+                    }))
+                    .await;
+                self.closed.store(true, Ordering::Release);
+                let _ = closed.send(());
+                return;
+            }
+        };
+        let lifetime = self.fetch_wait + Duration::from_secs(1);
+        let mut pulls = Pulls::default();
+        // Ask again once this many slots are free: big batches, never one per round trip.
+        let threshold = (self.max_in_flight / 4).max(1);
+        let mut keep_alive =
+            tokio::time::interval((self.ack_wait / 3).max(Duration::from_millis(50)));
+        keep_alive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let expires_nanos = self.fetch_wait.as_nanos();
+        loop {
+            pulls.expire(lifetime);
+            let free = self
+                .max_in_flight
+                .saturating_sub(self.in_flight.len() + pulls.outstanding());
+            if free >= threshold || (free > 0 && pulls.pending.is_empty()) {
+                let body = format!("{{\"batch\":{free},\"expires\":{expires_nanos}}}");
+                match self
+                    .client
+                    .publish_with_reply(request_subject.clone(), inbox.clone(), body.into())
+                    .await
+                {
+                    Ok(()) => pulls.pending.push_back((Instant::now(), free)),
+                    Err(e) => {
+                        tracing::warn!(broker = BROKER, subject = %self.filter, error = %e, "cannot send a pull request")
+                    }
+                }
+            }
+            let expiry = pulls.next_expiry(lifetime);
+            tokio::select! {
+                biased;
+                _ = &mut close => break,
+                Some((token, settlement)) = settlements.recv() => self.settle(token, settlement).await,
+                _ = keep_alive.tick() => self.keep_alive().await,
+                reply = replies.next() => match reply {
+                    None => break,
+                    Some(reply) => match reply.status {
+                        None => {
+                            pulls.received_one();
+                            let message = async_nats::jetstream::Message {
+                                message: reply,
+                                context: self.context.clone(),
+                            };
+                            if !self.hand_out(message).await {
+                                break;
+                            }
+                        }
+                        Some(StatusCode::IDLE_HEARTBEAT) => {}
+                        Some(status) => {
+                            if status != StatusCode::TIMEOUT && status != StatusCode::NOT_FOUND {
+                                tracing::warn!(broker = BROKER, subject = %self.filter, %status, description = ?reply.description, "JetStream ended a pull request");
+                            }
+                            pulls.ended_one();
+                        }
+                    },
+                },
+                _ = sleep_until_opt(expiry) => {}
+            }
+        }
+        // Withdraw the pull requests first (unsubscribe, and a flush that follows it on the
+        // wire), so the naks below are not redelivered into this closing subscription.
+        if let Err(e) = replies.unsubscribe().await {
+            tracing::debug!(broker = BROKER, error = %e, "unsubscribing the pull inbox failed");
+        }
+        let _ = self.client.flush().await;
+        // The server keeps our pull requests until they expire, even without an inbox, and
+        // would send redeliveries there; nak with a delay that outlives them.
+        let requests_gone = pulls
+            .pending
+            .back()
+            .map(|(sent, _)| (*sent + self.fetch_wait).saturating_duration_since(Instant::now()));
+        self.shut_down(&mut settlements, requests_gone).await;
+        let _ = closed.send(());
+    }
+
+    /// Turns a JetStream message into a delivery. False when the subscriber is gone.
+    async fn hand_out(&mut self, message: async_nats::jetstream::Message) -> bool {
+        let (stream_sequence, delivered, published) = match message.info() {
+            Ok(info) => (
+                info.stream_sequence,
+                info.delivered,
+                mapping::system_time(info.published.unix_timestamp_nanos()),
+            ),
+            Err(e) => {
+                tracing::warn!(broker = BROKER, subject = %self.filter, error = %e, "a JetStream message without metadata; skipping it (it is redelivered after ack_wait)");
+                return true;
+            }
+        };
+        let (message, acker) = message.split();
+        let stream_name = &self.stream_name;
+        let mut polybridge_message =
+            mapping::from_nats(message.payload, message.headers.as_ref(), None, || {
+                format!("{stream_name}:{stream_sequence}")
+            });
+        if polybridge_message.timestamp.is_none() {
+            polybridge_message.timestamp = published;
+        }
+        let attempt = u32::try_from(delivered.max(1)).unwrap_or(u32::MAX);
+        let topic = message.subject.to_string();
+        let token = self.next_token;
+        self.next_token += 1;
+        // Only a reject to a dead-letter subject needs the message again.
+        let kept = self
+            .dead_letter
+            .as_ref()
+            .map(|_| polybridge_message.clone());
+        let delivery = Delivery {
+            message: polybridge_message,
+            info: DeliveryInfo {
+                topic: topic.clone(),
+                attempt,
+                redelivered: attempt > 1,
+                position: Some(Position::Sequence(stream_sequence)),
+                partition: None,
+            },
+            handle: AckHandle::new(self.acker.clone(), token),
+        };
+        self.in_flight.insert(
+            token,
+            InFlight {
+                acker,
+                message: kept,
+                topic,
+                sequence: stream_sequence,
+                attempt,
+                since: Instant::now(),
+            },
+        );
+        if self.deliveries.send(Ok(delivery)).await.is_err() {
+            return false;
+        }
+        true
+    }
+
+    async fn settle(&mut self, token: u64, settlement: Settlement) {
+        let Some(entry) = self.in_flight.remove(&token) else {
+            return;
+        };
+        let kind = match settlement {
+            Settlement::Ack => AckKind::Ack,
+            Settlement::Nack { delay } => AckKind::Nak(delay),
+            Settlement::Reject { reason } => match &self.dead_letter {
+                None => {
+                    tracing::info!(broker = BROKER, topic = %entry.topic, %reason, "rejected without a dead-letter subject: terminated");
+                    AckKind::Term
+                }
+                Some(dead_letter) => match self.dead_letter(dead_letter, &entry, &reason).await {
+                    Ok(()) => AckKind::Term,
+                    Err(e) => {
+                        tracing::warn!(broker = BROKER, topic = %entry.topic, dead_letter = %dead_letter, error = %e, "cannot dead-letter a rejected message: nacked it instead");
+                        AckKind::Nak(Some(Duration::from_secs(1)))
+                    }
+                },
+            },
+        };
+        if let Err(e) = entry.acker.ack_with(kind).await {
+            // The server redelivers after ack_wait: at least once still holds.
+            tracing::warn!(broker = BROKER, topic = %entry.topic, error = %e, "cannot send the settlement to JetStream; the message will be redelivered");
+        }
+    }
+
+    async fn dead_letter(&self, subject: &str, entry: &InFlight, reason: &str) -> Result<()> {
+        let Some(mut message) = entry.message.clone() else {
+            return Err(Error::permanent(
+                BROKER,
+                subject,
+                "the rejected message was not kept",
+            ));
+        };
+        message.headers.set(well_known::REJECT_REASON, reason);
+        message
+            .headers
+            .set(well_known::ORIGINAL_TOPIC, entry.topic.as_str());
+        message
+            .headers
+            .set(well_known::ATTEMPTS, entry.attempt.to_string());
+        // Deduplicated per delivery: the original id is in the stream's duplicate window.
+        let dedup = format!("dlq:{}:{}", self.stream_name, entry.sequence);
+        let headers = mapping::to_headers_deduplicated_by(&message, true, Some(&dedup));
+        let ack = self
+            .context
+            .publish_with_headers(subject.to_owned(), headers, message.payload)
+            .await
+            .map_err(|e| Error::transient(BROKER, subject, e.to_string()))?;
+        ack.await
+            .map(|_| ())
+            .map_err(|e| Error::transient(BROKER, subject, e.to_string()))
+    }
+
+    /// Tells JetStream that deliveries held for a while are still being worked on.
+    async fn keep_alive(&self) {
+        let threshold = self.ack_wait / 3;
+        for entry in self.in_flight.values() {
+            if entry.since.elapsed() >= threshold {
+                if let Err(e) = entry.acker.ack_with(AckKind::Progress).await {
+                    tracing::debug!(broker = BROKER, topic = %entry.topic, error = %e, "in-progress ack failed");
+                }
+            }
+        }
+    }
+
+    /// Stops accepting settlements, applies the ones already queued, naks the rest (after
+    /// `nak_delay`), and deletes a temporary consumer.
+    async fn shut_down(
+        &mut self,
+        settlements: &mut mpsc::Receiver<(u64, Settlement)>,
+        nak_delay: Option<Duration>,
+    ) {
+        self.closed.store(true, Ordering::Release);
+        settlements.close();
+        while let Some((token, settlement)) = settlements.recv().await {
+            self.settle(token, settlement).await;
+        }
+        for (_, entry) in self.in_flight.drain() {
+            if let Err(e) = entry.acker.ack_with(AckKind::Nak(nak_delay)).await {
+                tracing::debug!(broker = BROKER, topic = %entry.topic, error = %e, "nak on close failed; redelivered after ack_wait");
+            }
+        }
+        if self.temporary {
+            let deleted = match self.context.get_stream(&self.stream_name).await {
+                Ok(stream) => stream
+                    .delete_consumer(&self.consumer_name)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            if let Err(e) = deleted {
+                tracing::debug!(broker = BROKER, consumer = %self.consumer_name, error = %e, "cannot delete the subscription's consumer; it expires after inactive_threshold");
+            }
+        }
+        let _ = self.client.flush().await;
+    }
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,420 @@
+//! NATS-specific behaviour against a real nats-server: request/reply with native NATS
+//! clients, queue groups, JetStream deduplication, nak delays, in-progress acks, reconnect,
+//! and the errors for bad input.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use common::{Server, JETSTREAM};
+use futures::StreamExt;
+use polybridge_core::{
+    Deadline, Delivery, DeliveryStream, Error, Message, Publisher, Subscriber, Subscription,
+    TopicPattern,
+};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn deadline() -> Deadline {
+    Deadline::after(WAIT)
+}
+
+fn subject(pattern: &str) -> Subscription {
+    Subscription::new(TopicPattern::from_nats(pattern).unwrap())
+}
+
+async fn next(stream: &mut DeliveryStream, what: &str) -> Delivery {
+    tokio::time::timeout(WAIT, stream.next())
+        .await
+        .unwrap_or_else(|_| panic!("{what}: nothing within {WAIT:?}"))
+        .unwrap_or_else(|| panic!("{what}: stream ended"))
+        .unwrap_or_else(|e| panic!("{what}: {e}"))
+}
+
+async fn nothing_within(stream: &mut DeliveryStream, period: Duration, what: &str) {
+    if let Ok(Some(d)) = tokio::time::timeout(period, stream.next()).await {
+        panic!("{what}: unexpected delivery {:?}", d.map(|d| d.info));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_native_nats_requester_gets_the_reply_of_a_polybridge_responder() {
+    let Some(server) = Server::start() else {
+        return;
+    };
+    let responder = server.connect("").await;
+    let mut requests = responder.subscribe(subject("svc.echo")).await.unwrap();
+    let serve = tokio::spawn(async move {
+        let d = next(&mut requests, "request").await;
+        let reply_to = d
+            .message
+            .reply_to
+            .clone()
+            .expect("the request's reply subject");
+        let mut reply = Message::new(format!(
+            "echo: {}",
+            String::from_utf8_lossy(&d.message.payload)
+        ));
+        reply.correlation_id = d.message.correlation_id.clone();
+        responder
+            .publish(&reply_to, reply, deadline())
+            .await
+            .unwrap();
+        d.ack().unwrap();
+    });
+    // The requester is a plain NATS client, as a service in another language would be.
+    let native = async_nats::connect(server.url.trim_start_matches("nats://"))
+        .await
+        .unwrap();
+    let answer = tokio::time::timeout(WAIT, native.request("svc.echo", "hello".into()))
+        .await
+        .expect("reply in time")
+        .expect("reply");
+    assert_eq!(&answer.payload[..], b"echo: hello");
+    serve.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_polybridge_requester_gets_the_reply_of_a_native_nats_service() {
+    let Some(server) = Server::start() else {
+        return;
+    };
+    let native = async_nats::connect(server.url.trim_start_matches("nats://"))
+        .await
+        .unwrap();
+    let mut service = native.subscribe("svc.upper").await.unwrap();
+    native.flush().await.unwrap();
+    let svc_client = native.clone();
+    tokio::spawn(async move {
+        while let Some(m) = service.next().await {
+            if let Some(reply) = m.reply {
+                let upper = String::from_utf8_lossy(&m.payload).to_uppercase();
+                // Echo the correlation header back, as an RPC server does.
+                let mut headers = async_nats::HeaderMap::new();
+                if let Some(c) = m.headers.as_ref().and_then(|h| h.get("Pb-Correlation-Id")) {
+                    headers.insert("Pb-Correlation-Id", c.as_str());
+                }
+                svc_client
+                    .publish_with_headers(reply, headers, upper.into())
+                    .await
+                    .unwrap();
+            }
+        }
+    });
+    for mode in ["", JETSTREAM] {
+        let requester = server.connect(mode).await;
+        // Replies go to a core subject even in JetStream mode: subscribe on a core
+        // connection.
+        let core = server.connect("").await;
+        let inbox = format!("replies.{}", std::process::id());
+        let mut replies = core.subscribe(subject(&inbox)).await.unwrap();
+        let request = Message::new("ping")
+            .with_reply_to(inbox.clone())
+            .with_correlation_id("corr-1");
+        if mode.is_empty() {
+            requester
+                .publish("svc.upper", request, deadline())
+                .await
+                .unwrap();
+        } else {
+            // A JetStream connection publishes to streams; a request to a core service
+            // goes over core NATS.
+            core.publish("svc.upper", request, deadline())
+                .await
+                .unwrap();
+        }
+        let reply = next(&mut replies, "reply").await;
+        assert_eq!(&reply.message.payload[..], b"PING");
+        assert_eq!(reply.message.correlation_id.as_deref(), Some("corr-1"));
+        reply.ack().unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_group_members_share_messages_and_other_subscribers_get_all() {
+    let Some(server) = Server::start() else {
+        return;
+    };
+    let nats = server.connect("").await;
+    let mut a = nats
+        .subscribe(subject("jobs.>").group("workers"))
+        .await
+        .unwrap();
+    let mut b = nats
+        .subscribe(subject("jobs.>").group("workers"))
+        .await
+        .unwrap();
+    let mut audit = nats.subscribe(subject("jobs.*")).await.unwrap();
+    let n = 200;
+    for i in 0..n {
+        nats.publish(
+            "jobs.new",
+            Message::new(i.to_string()).with_id(format!("j{i}")),
+            deadline(),
+        )
+        .await
+        .unwrap();
+    }
+    let mut seen_by_audit = HashSet::new();
+    while seen_by_audit.len() < n {
+        let d = next(&mut audit, "audit").await;
+        seen_by_audit.insert(d.message.id.clone());
+        d.ack().unwrap();
+    }
+    let (mut from_a, mut from_b) = (HashSet::new(), HashSet::new());
+    while from_a.len() + from_b.len() < n {
+        tokio::select! {
+            Some(Ok(d)) = a.next() => { assert!(from_a.insert(d.message.id.clone())); d.ack().unwrap(); }
+            Some(Ok(d)) = b.next() => { assert!(from_b.insert(d.message.id.clone())); d.ack().unwrap(); }
+            _ = tokio::time::sleep(WAIT) => panic!("group got {} of {n}", from_a.len() + from_b.len()),
+        }
+    }
+    assert!(
+        from_a.is_disjoint(&from_b),
+        "each message goes to one member"
+    );
+    assert!(
+        !from_a.is_empty() && !from_b.is_empty(),
+        "both members get work: {} / {}",
+        from_a.len(),
+        from_b.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jetstream_drops_a_retried_publish_with_the_same_message_id() {
+    let Some(server) = Server::start() else {
+        return;
+    };
+    let js = server.connect(JETSTREAM).await;
+    let topic = "pbt.dedup.orders";
+    let mut sub = js.subscribe(subject(topic)).await.unwrap();
+    let first = js
+        .publish(topic, Message::new("once").with_id("order-42"), deadline())
+        .await
+        .unwrap();
+    let again = js
+        .publish(topic, Message::new("once").with_id("order-42"), deadline())
+        .await
+        .unwrap();
+    assert!(!first.duplicate);
+    assert!(again.duplicate, "the retry is reported as a duplicate");
+    assert_eq!(
+        first.position, again.position,
+        "and points at the stored message"
+    );
+    let d = next(&mut sub, "the message").await;
+    assert_eq!(d.message.id, "order-42");
+    d.ack().unwrap();
+    nothing_within(&mut sub, Duration::from_millis(500), "the duplicate").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nack_after_redelivers_after_the_delay_with_the_attempt_counted() {
+    let Some(server) = Server::start() else {
+        return;
+    };
+    let js = server.connect(JETSTREAM).await;
+    let topic = "pbt.delay.x";
+    let mut sub = js.subscribe(subject(topic).group("delayed")).await.unwrap();
+    js.publish(topic, Message::new("later").with_id("d1"), deadline())
+        .await
+        .unwrap();
+    let d = next(&mut sub, "first delivery").await;
+    assert_eq!((d.info.attempt, d.info.redelivered), (1, false));
+    let delay = Duration::from_millis(1500);
+    let nacked = tokio::time::Instant::now();
+    d.nack_after(delay).unwrap();
+    let again = next(&mut sub, "redelivery").await;
+    let waited = nacked.elapsed();
+    assert!(waited >= delay.mul_f64(0.9), "redelivered after {waited:?}");
+    assert!(
+        waited < delay + Duration::from_secs(3),
+        "redelivered late: {waited:?}"
+    );
+    assert_eq!((again.info.attempt, again.info.redelivered), (2, true));
+    assert_eq!(again.message.id, "d1");
+    again.ack().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_held_past_ack_wait_is_kept_alive_not_redelivered() {
+    let Some(server) = Server::start() else {
+        return;
+    };
+    let js = server
+        .connect(&JETSTREAM.replace("ack_wait=5s", "ack_wait=1s"))
+        .await;
+    let topic = "pbt.slow.job";
+    let mut one = js.subscribe(subject(topic).group("slow")).await.unwrap();
+    let mut two = js.subscribe(subject(topic).group("slow")).await.unwrap();
+    js.publish(topic, Message::new("work").with_id("slow-1"), deadline())
+        .await
+        .unwrap();
+    let held = tokio::select! {
+        Some(Ok(d)) = one.next() => d,
+        Some(Ok(d)) = two.next() => d,
+        _ = tokio::time::sleep(WAIT) => panic!("no delivery"),
+    };
+    // Three ack_waits: without in-progress acks the server would redeliver it.
+    let quiet = Duration::from_secs(3);
+    tokio::join!(
+        nothing_within(&mut one, quiet, "member one while the job is held"),
+        nothing_within(&mut two, quiet, "member two while the job is held"),
+    );
+    held.ack().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn core_subscriptions_resume_after_a_server_restart() {
+    let Some(server) = Server::start() else {
+        return;
+    };
+    if server.process.is_none() {
+        eprintln!("skipped: an external server cannot be restarted");
+        return;
+    }
+    let nats = server.connect("").await;
+    let mut sub = nats.subscribe(subject("live.>")).await.unwrap();
+    server.restart().await.unwrap().unwrap();
+    // Core NATS keeps nothing: publish until one arrives after the client reconnected.
+    let end = tokio::time::Instant::now() + Duration::from_secs(20);
+    let mut i = 0;
+    loop {
+        assert!(
+            tokio::time::Instant::now() < end,
+            "no delivery after the restart"
+        );
+        i += 1;
+        if nats
+            .publish(
+                "live.tick",
+                Message::new(i.to_string()),
+                Deadline::after(Duration::from_secs(1)),
+            )
+            .await
+            .is_err()
+        {
+            continue;
+        }
+        if let Ok(Some(Ok(d))) = tokio::time::timeout(Duration::from_millis(200), sub.next()).await
+        {
+            assert_eq!(d.info.topic, "live.tick");
+            break;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_clear_errors_before_anything_is_sent() {
+    let Some(server) = Server::start() else {
+        return;
+    };
+    let nats = server.connect("").await;
+    let mut everything = nats.subscribe(subject(">")).await.unwrap();
+    for bad in ["", "a..b", "orders.*", "with space"] {
+        let e = nats
+            .publish(bad, Message::new("x"), deadline())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&e, Error::Permanent { .. }) && e.to_string().contains("invalid subject"),
+            "{bad:?}: {e}"
+        );
+    }
+    let limit = polybridge_core::Broker::capabilities(&nats)
+        .max_payload
+        .unwrap();
+    let e = nats
+        .publish("big", Message::new(vec![0u8; limit + 1]), deadline())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, Error::PayloadTooLarge { size, limit: l, .. } if size == limit + 1 && l == limit),
+        "{e}"
+    );
+    nothing_within(
+        &mut everything,
+        Duration::from_millis(300),
+        "a refused publish",
+    )
+    .await;
+    everything.close().await;
+
+    let js = server.connect(JETSTREAM).await;
+    let e = js
+        .publish("nostream.here", Message::new("x"), deadline())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, Error::Permanent { .. })
+            && e.to_string().contains("no JetStream stream captures"),
+        "{e}"
+    );
+    // Bound to stream PBT by the URL: the server refuses a subject outside it.
+    let e = js
+        .subscribe(subject("nostream.>"))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("stream PBT") && e.contains("not a valid subset"),
+        "{e}"
+    );
+    // Without `stream=`, the stream is looked up by subject.
+    let lookup = server.connect("mode=jetstream").await;
+    let e = lookup.subscribe(subject("nostream.>")).await.unwrap_err();
+    assert!(
+        e.to_string().contains("no JetStream stream captures"),
+        "{e}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_password_is_an_auth_error_without_the_password() {
+    if polybridge_testkit::skip_reason(polybridge_testkit::BrokerKind::Nats).is_some() {
+        return;
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut child = std::process::Command::new("nats-server")
+        .args([
+            "-a",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "--user",
+            "app",
+            "--pass",
+            "right",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("nats-server");
+    let end = std::time::Instant::now() + WAIT;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(std::time::Instant::now() < end, "nats-server did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let url = format!("nats://app:wrong-secret@127.0.0.1:{port}");
+    let result = polybridge_nats::NatsBroker::connect(&url.parse().unwrap()).await;
+    let ok = polybridge_nats::NatsBroker::connect(
+        &format!("nats://app:right@127.0.0.1:{port}")
+            .parse()
+            .unwrap(),
+    )
+    .await;
+    let _ = child.kill();
+    let _ = child.wait();
+    let e = result.err().expect("a wrong password is refused");
+    assert!(matches!(e, Error::Auth { .. }), "{e:?}");
+    assert!(!e.to_string().contains("wrong-secret"), "{e}");
+    assert!(ok.is_ok(), "the right password connects");
+}
