@@ -26,7 +26,8 @@
 //! |---|---|---|
 //! | `memory://NAME` | in-process reference broker, always built | available |
 //! | `nats://`, `jetstream://` | [`polybridge_nats`] (feature `nats`) | available |
-//! | `amqp://`, `kafka://`, `redis://`, `mqtt://`, `stomp://` | `polybridge-<broker>` | in progress |
+//! | `redis://`, `rediss://` | [`polybridge_redis`] (feature `redis`) | available |
+//! | `amqp://`, `kafka://`, `mqtt://`, `stomp://` | `polybridge-<broker>` | in progress |
 //!
 //! The contract itself — messages, errors, capabilities, topic patterns — is
 //! [`polybridge_core`], re-exported here.
@@ -37,6 +38,8 @@ pub use polybridge_core::*;
 pub use polybridge_memory as memory;
 #[cfg(feature = "nats")]
 pub use polybridge_nats as nats;
+#[cfg(feature = "redis")]
+pub use polybridge_redis as redis;
 
 /// Connects to the broker named by `url`, choosing the adapter from its scheme.
 ///
@@ -51,6 +54,8 @@ pub async fn connect_url(url: &BrokerUrl) -> Result<Arc<dyn Broker>> {
         "memory" => Ok(Arc::new(memory::MemoryBroker::connect(url)?)),
         #[cfg(feature = "nats")]
         "nats" | "jetstream" => Ok(Arc::new(nats::NatsBroker::connect(url).await?)),
+        #[cfg(feature = "redis")]
+        "redis" | "rediss" => Ok(Arc::new(redis::RedisBroker::connect(url).await?)),
         other => Err(Error::config(
             "polybridge",
             format!(
@@ -68,6 +73,8 @@ pub fn capabilities_for(url: &BrokerUrl) -> Result<Capabilities> {
         "memory" => memory::MemoryBroker::capabilities_for(url),
         #[cfg(feature = "nats")]
         "nats" | "jetstream" => nats::NatsBroker::capabilities_for(url),
+        #[cfg(feature = "redis")]
+        "redis" | "rediss" => redis::RedisBroker::capabilities_for(url),
         other => Err(Error::config(
             "polybridge",
             format!(
@@ -84,6 +91,8 @@ pub fn available_schemes() -> Vec<&'static str> {
     let mut schemes = vec!["memory"];
     #[cfg(feature = "nats")]
     schemes.extend(["nats", "jetstream"]);
+    #[cfg(feature = "redis")]
+    schemes.extend(["redis", "rediss"]);
     schemes
 }
 
