@@ -18,6 +18,7 @@ pub mod broker;
 pub mod capabilities;
 pub mod deadline;
 pub mod delivery;
+pub mod envelope;
 pub mod error;
 pub mod message;
 pub mod publish;

@@ -208,7 +208,7 @@ impl BrokerProcess {
             BrokerKind::Mosquitto => self.write(
                 "mosquitto.conf",
                 &format!(
-                    "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {dir}/\nautosave_interval 1\nmax_queued_messages 100000\nmax_inflight_messages 1000\nlog_dest file {dir}/mosquitto.log\nlog_type error\nlog_type warning\nlog_type notice\n",
+                    "listener {port} 127.0.0.1\nuser root\nallow_anonymous true\npersistence true\npersistence_location {dir}/\nautosave_interval 1\nmax_queued_messages 100000\nmax_inflight_messages 1000\nlog_dest file {dir}/mosquitto.log\nlog_type error\nlog_type warning\nlog_type notice\n",
                     port = self.ports[&Endpoint::Mqtt]
                 ),
             ),

@@ -22,20 +22,16 @@
 //! # Envelope (pub/sub and lists with `format=envelope`)
 //! A pub/sub message or list element is a single string. With `format=raw` (the default) it
 //! is the payload alone, readable by any Redis client, and nothing else travels. With
-//! `format=envelope` it is one JSON object that any language can read:
-//! `{"polybridge":1,"id":…,"payload":BASE64,"headers":[[NAME,TEXT],[NAME,{"base64":…}]],
-//! "key":BASE64,"content_type":…,"timestamp":MS,"reply_to":…,"correlation_id":…,
-//! "attempt":N}` (absent fields omitted). Received strings are recognised as envelopes by
-//! their `{"polybridge":1,` prefix whatever the format option says; anything else is a raw
-//! payload.
+//! `format=envelope` it is the JSON envelope of [`polybridge_core::envelope`], which any
+//! language can read. Received strings are recognised as envelopes whatever the format
+//! option says; anything else is a raw payload.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use base64::engine::general_purpose::STANDARD as BASE64;
-use base64::Engine;
 use bytes::Bytes;
+pub use polybridge_core::envelope::{decode as from_element, encode as to_envelope, with_attempt};
 use polybridge_core::{HeaderValue, Headers, Message};
-use serde_json::{json, Map, Value as Json};
+use serde_json::{Map, Value as Json};
 
 /// Stream field of the payload.
 pub const PAYLOAD: &str = "payload";
@@ -149,116 +145,6 @@ pub fn from_fields(entry_id: &str, fields: Vec<(Vec<u8>, Vec<u8>)>) -> Message {
     message
 }
 
-const ENVELOPE_PREFIX: &[u8] = b"{\"polybridge\":1,";
-
-/// `message` as a JSON envelope, with the delivery attempt it will be delivered as.
-pub fn to_envelope(message: &Message, attempt: u32) -> Bytes {
-    // `polybridge` first: receivers recognise envelopes by that prefix.
-    let mut out = String::from("{\"polybridge\":1,");
-    let mut rest = Map::new();
-    rest.insert("id".into(), json!(message.id));
-    rest.insert("payload".into(), json!(BASE64.encode(&message.payload)));
-    if !message.headers.is_empty() {
-        let headers: Vec<Json> = message
-            .headers
-            .iter()
-            .map(|(name, value)| match value {
-                HeaderValue::Text(t) => json!([name, t]),
-                HeaderValue::Binary(b) => json!([name, {"base64": BASE64.encode(b)}]),
-            })
-            .collect();
-        rest.insert("headers".into(), Json::Array(headers));
-    }
-    if let Some(k) = &message.key {
-        rest.insert("key".into(), json!(BASE64.encode(k)));
-    }
-    if let Some(ct) = &message.content_type {
-        rest.insert("content_type".into(), json!(ct));
-    }
-    if let Some(ms) = millis(message.timestamp) {
-        rest.insert("timestamp".into(), json!(ms));
-    }
-    if let Some(r) = &message.reply_to {
-        rest.insert("reply_to".into(), json!(r));
-    }
-    if let Some(c) = &message.correlation_id {
-        rest.insert("correlation_id".into(), json!(c));
-    }
-    if attempt > 1 {
-        rest.insert("attempt".into(), json!(attempt));
-    }
-    let body = Json::Object(rest).to_string();
-    // `body` is `{…}`: splice its inside after our prefix.
-    out.push_str(body.get(1..).unwrap_or("}"));
-    Bytes::from(out)
-}
-
-/// A pub/sub message or list element: an envelope if it is one, else a raw payload with a
-/// fresh id. Returns the message and the attempt recorded in the envelope (1 if none).
-pub fn from_element(element: Bytes) -> (Message, u32) {
-    if element.starts_with(ENVELOPE_PREFIX) {
-        if let Ok(Json::Object(o)) = serde_json::from_slice::<Json>(&element) {
-            if let Some(m) = envelope_message(&o) {
-                let attempt = o
-                    .get("attempt")
-                    .and_then(Json::as_u64)
-                    .and_then(|a| u32::try_from(a).ok())
-                    .unwrap_or(1);
-                return (m, attempt);
-            }
-        }
-    }
-    let mut m = Message::new(element);
-    m.timestamp = None;
-    (m, 1)
-}
-
-fn envelope_message(o: &Map<String, Json>) -> Option<Message> {
-    let payload = BASE64.decode(o.get("payload")?.as_str()?).ok()?;
-    let mut m = Message::new(payload);
-    m.timestamp = None;
-    let text = |k: &str| o.get(k).and_then(Json::as_str).map(str::to_owned);
-    if let Some(id) = text("id") {
-        m.id = id;
-    }
-    m.key = text("key")
-        .and_then(|k| BASE64.decode(k).ok())
-        .map(Bytes::from);
-    m.content_type = text("content_type");
-    m.reply_to = text("reply_to");
-    m.correlation_id = text("correlation_id");
-    m.timestamp = o.get("timestamp").and_then(Json::as_u64).map(from_millis);
-    if let Some(Json::Array(headers)) = o.get("headers") {
-        for h in headers {
-            let (Some(name), Some(value)) = (h.get(0).and_then(Json::as_str), h.get(1)) else {
-                continue;
-            };
-            match value {
-                Json::String(t) => m.headers.append(name, t.as_str()),
-                other => {
-                    if let Some(b) = other
-                        .get("base64")
-                        .and_then(Json::as_str)
-                        .and_then(|b| BASE64.decode(b).ok())
-                    {
-                        m.headers.append(name, HeaderValue::Binary(Bytes::from(b)));
-                    }
-                }
-            }
-        }
-    }
-    Some(m)
-}
-
-/// The same envelope with its attempt set, for a list element going back to its list.
-pub fn with_attempt(element: &Bytes, attempt: u32) -> Option<Bytes> {
-    if !element.starts_with(ENVELOPE_PREFIX) {
-        return None;
-    }
-    let (message, _) = from_element(element.clone());
-    Some(to_envelope(&message, attempt))
-}
-
 fn millis(t: Option<SystemTime>) -> Option<u128> {
     t.and_then(|t| t.duration_since(UNIX_EPOCH).ok())
         .map(|d| d.as_millis())
@@ -318,20 +204,5 @@ mod tests {
         assert_eq!(m.id, "5-0");
         assert_eq!(&m.payload[..], br#"{"name":"ada"}"#);
         assert_eq!(m.content_type.as_deref(), Some("application/json"));
-    }
-
-    #[test]
-    fn envelopes_round_trip_and_raw_strings_stay_raw() {
-        let m = full();
-        let e = to_envelope(&m, 3);
-        assert!(e.starts_with(ENVELOPE_PREFIX), "{e:?}");
-        let (back, attempt) = from_element(e.clone());
-        same(&back, &m);
-        assert_eq!(attempt, 3);
-        let (again, attempt) = from_element(with_attempt(&e, 4).unwrap());
-        same(&again, &m);
-        assert_eq!(attempt, 4);
-        let (raw, attempt) = from_element(Bytes::from_static(b"{\"job\":1}"));
-        assert_eq!((&raw.payload[..], attempt), (&b"{\"job\":1}"[..], 1));
     }
 }
