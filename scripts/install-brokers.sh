@@ -60,4 +60,17 @@ PY
   "$TANSU_BIN" --version
 fi
 
+# Python clients for the interoperability tests (the seed's pika, paho-mqtt and stomp.py
+# examples, and other languages' clients): a virtualenv the tests find through
+# POLYBRIDGE_PYTHON or at this default path.
+PY_VENV=${POLYBRIDGE_PY_VENV:-/opt/polybridge-py}
+PY_PACKAGES="pika==1.3.2 paho-mqtt==2.1.0 stomp.py==8.2.0 kafka-python==2.0.2 nats-py==2.9.0 redis==5.2.1"
+if [ -x "$PY_VENV/bin/python" ] && "$PY_VENV/bin/python" -c "import pika, paho.mqtt, stomp, kafka, nats, redis" 2>/dev/null; then
+  echo "install-brokers: python clients already in $PY_VENV"
+else
+  echo "install-brokers: python clients into $PY_VENV"
+  $SUDO python3 -m venv "$PY_VENV"
+  $SUDO "$PY_VENV/bin/pip" install --quiet $PY_PACKAGES
+fi
+
 echo "install-brokers: ok"

@@ -194,6 +194,23 @@ pub fn skip_reason(kind: BrokerKind) -> Option<String> {
         .then(|| format!("{} skipped: POLYBRIDGE_SKIP_BROKERS={list}", kind.name()))
 }
 
+/// The Python interpreter that has the native clients the interoperability tests drive
+/// (pika, paho-mqtt, stomp.py, kafka-python, nats-py, redis): `POLYBRIDGE_PYTHON`, else the
+/// virtualenv `scripts/install-brokers.sh` makes at `/opt/polybridge-py`.
+pub fn python() -> Result<std::path::PathBuf, HarnessError> {
+    let path = std::env::var_os("POLYBRIDGE_PYTHON")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from("/opt/polybridge-py/bin/python"));
+    if path.exists() {
+        Ok(path)
+    } else {
+        Err(HarnessError::NotInstalled {
+            broker: "python clients",
+            program: path.display().to_string(),
+        })
+    }
+}
+
 /// A broker shared by the tests of one binary: URLs only, it cannot be restarted.
 #[derive(Debug)]
 pub struct SharedBroker {
