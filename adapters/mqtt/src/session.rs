@@ -242,7 +242,7 @@ impl Session {
         // DISCONNECT goes out after every ack queued before it; wait until it is written so
         // the broker has those acks, and the connection is not reopened.
         self.client.disconnect().await;
-        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        let _ = tokio::time::timeout(wire::CLOSE_TIMEOUT + Duration::from_secs(1), async {
             while let Some(event) = events.recv().await {
                 if matches!(event, WireEvent::DisconnectSent) {
                     break;
@@ -301,17 +301,12 @@ impl Session {
                 }
                 let mut subscribe = None;
                 if let Some(sub) = &mut self.subscription {
-                    if resumed {
-                        // Deliveries of the old connection are void: a persistent session
-                        // gets their messages again from the broker.
-                        sub.epoch += 1;
-                        sub.arrived.clear();
-                        sub.messages.clear();
-                        sub.waiting.clear();
-                        sub.delayed.clear();
-                        sub.handed = 0;
-                    }
-                    if !session_present || !resumed {
+                    // A shared subscription is sent again even when the session is
+                    // present: Mosquitto 2.0.11 restores sessions from its persistence file
+                    // without their `$share/` subscriptions. Repeating a SUBSCRIBE replaces
+                    // the subscription in place (MQTT 3.8.4), so it is harmless elsewhere.
+                    let shared = sub.spec.filter.starts_with("$share/");
+                    if !session_present || !resumed || shared {
                         subscribe = Some(sub.spec.filter.clone());
                     }
                 }
@@ -359,7 +354,25 @@ impl Session {
                     source: None,
                 }
             }),
-            WireEvent::Disconnected { reason, taken_over } => {
+            WireEvent::Disconnected {
+                reason,
+                taken_over,
+                quiesced,
+            } => {
+                if let Some(sub) = &mut self.subscription {
+                    // Deliveries of the lost connection are void from now on: their settling
+                    // sends nothing, and a persistent session gets their messages again
+                    // from the broker.
+                    sub.epoch += 1;
+                    sub.arrived.clear();
+                    sub.messages.clear();
+                    sub.waiting.clear();
+                    sub.delayed.clear();
+                    sub.handed = 0;
+                }
+                if let Some(quiesced) = quiesced {
+                    let _ = quiesced.send(());
+                }
                 let clash = || Error::Permanent {
                     broker: BROKER,
                     destination: self.client_id.clone(),

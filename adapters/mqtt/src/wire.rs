@@ -9,7 +9,7 @@ use bytes::Bytes;
 use rumqttc::v5::mqttbytes::v5 as p5;
 use rumqttc::v5::mqttbytes::QoS as QoS5;
 use rumqttc::QoS as QoS4;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use crate::config::{MqttConfig, Version};
 
@@ -61,10 +61,17 @@ pub enum WireEvent {
     /// The broker answered a subscription; `error` when it refused it.
     Subscribed { error: Option<String> },
     /// The connection dropped; `taken_over` when the broker said another client took the
-    /// session (MQTT 5).
-    Disconnected { reason: String, taken_over: bool },
-    /// Our DISCONNECT was written and flushed, after every request queued before it; the
-    /// connection is closed and not reopened.
+    /// session (MQTT 5). The poll task reconnects once `quiesced` is answered (or dropped):
+    /// by then the session sends no more PUBACKs for the lost connection, and the ones it
+    /// queued meanwhile are discarded instead of reaching the next connection, where their
+    /// packet ids may already name other messages.
+    Disconnected {
+        reason: String,
+        taken_over: bool,
+        quiesced: Option<oneshot::Sender<()>>,
+    },
+    /// Our DISCONNECT was written after every request queued before it, and the broker
+    /// closed the connection (or did not within [`CLOSE_TIMEOUT`]); it is not reopened.
     DisconnectSent,
 }
 
@@ -222,6 +229,11 @@ pub fn connect(
 }
 
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How long a closing connection waits for the broker to close it after DISCONNECT.
+pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a reconnect waits for the session to stop acknowledging the lost connection's
+/// deliveries (it answers at once unless it is itself waiting on this connection).
+const QUIESCE_TIMEOUT: Duration = Duration::from_secs(5);
 
 async fn poll_v4(mut eventloop: rumqttc::EventLoop, tx: mpsc::Sender<WireEvent>) {
     use rumqttc::{ConnectionError, Event, Outgoing, Packet};
@@ -259,6 +271,13 @@ async fn poll_v4(mut eventloop: rumqttc::EventLoop, tx: mpsc::Sender<WireEvent>)
             }),
             Ok(Event::Outgoing(Outgoing::Publish(pkid))) => Some(WireEvent::Sent(pkid)),
             Ok(Event::Outgoing(Outgoing::Disconnect)) => {
+                // Read until the broker closes the connection: closing it ourselves with
+                // unread data pending makes the kernel reset it, and the broker then drops
+                // what it had not read yet — the last PUBACKs and the DISCONNECT.
+                let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+                    while eventloop.poll().await.is_ok() {}
+                })
+                .await;
                 let _ = tx.send(WireEvent::DisconnectSent).await;
                 return;
             }
@@ -283,12 +302,16 @@ async fn poll_v4(mut eventloop: rumqttc::EventLoop, tx: mpsc::Sender<WireEvent>)
                 if tx.is_closed() {
                     return; // nobody listens: do not reconnect
                 }
+                let (quiesced, settled) = oneshot::channel();
                 let _ = tx
                     .send(WireEvent::Disconnected {
                         reason: e.to_string(),
                         taken_over: false,
+                        quiesced: Some(quiesced),
                     })
                     .await;
+                let _ = tokio::time::timeout(QUIESCE_TIMEOUT, settled).await;
+                eventloop.clean(); // drops the stale PUBACKs queued since the loss
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
                 None
@@ -357,10 +380,18 @@ async fn poll_v5(mut eventloop: rumqttc::v5::EventLoop, tx: mpsc::Sender<WireEve
                 Some(WireEvent::Disconnected {
                     reason: format!("the broker disconnected: {:?}", d.reason_code),
                     taken_over,
+                    quiesced: None,
                 })
             }
             Ok(Event::Outgoing(Outgoing::Publish(pkid))) => Some(WireEvent::Sent(pkid)),
             Ok(Event::Outgoing(Outgoing::Disconnect)) => {
+                // Read until the broker closes the connection: closing it ourselves with
+                // unread data pending makes the kernel reset it, and the broker then drops
+                // what it had not read yet — the last PUBACKs and the DISCONNECT.
+                let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+                    while eventloop.poll().await.is_ok() {}
+                })
+                .await;
                 let _ = tx.send(WireEvent::DisconnectSent).await;
                 return;
             }
@@ -385,12 +416,16 @@ async fn poll_v5(mut eventloop: rumqttc::v5::EventLoop, tx: mpsc::Sender<WireEve
                 if tx.is_closed() {
                     return; // nobody listens: do not reconnect
                 }
+                let (quiesced, settled) = oneshot::channel();
                 let _ = tx
                     .send(WireEvent::Disconnected {
                         reason: e.to_string(),
                         taken_over: false,
+                        quiesced: Some(quiesced),
                     })
                     .await;
+                let _ = tokio::time::timeout(QUIESCE_TIMEOUT, settled).await;
+                eventloop.clean(); // drops the stale PUBACKs queued since the loss
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
                 None

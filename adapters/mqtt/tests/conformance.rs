@@ -22,6 +22,11 @@ enum Source {
 struct MqttFixture {
     source: Source,
     options: String,
+    /// Whether the reconnect test may restart the broker. Not with shared subscriptions on
+    /// Mosquitto 2.0.11: its persistence file does not keep `$share/` subscriptions, so
+    /// messages published between the restart and the members' resubscription reach no
+    /// one (the adapter resubscribes at once; `tests/mqtt.rs` checks that).
+    restartable: bool,
 }
 
 impl MqttFixture {
@@ -29,6 +34,7 @@ impl MqttFixture {
         MqttFixture {
             source: Source::Mosquitto(Server::start()),
             options: format!("{options}&client_id={}", client_id("m")),
+            restartable: options.contains("shared=false"),
         }
     }
 
@@ -46,6 +52,7 @@ impl MqttFixture {
                 "version=3.1.1&format=envelope&shared=false&client_id={}",
                 client_id("r")
             ),
+            restartable: false,
         }
     }
 
@@ -86,6 +93,9 @@ impl Fixture for MqttFixture {
     }
 
     async fn restart_broker(&self) -> Option<Result<()>> {
+        if !self.restartable {
+            return None;
+        }
         match &self.source {
             Source::Mosquitto(s) => s.as_ref()?.restart().await,
             Source::RabbitMq(_) => None,
@@ -98,10 +108,16 @@ mod mqtt5 {
     polybridge_conformance::conformance_tests!(MqttFixture::mosquitto("version=5"));
 }
 
+/// Groups as durable single subscribers (persistent sessions): survive broker restarts.
+mod mqtt5_sessions {
+    use super::*;
+    polybridge_conformance::conformance_tests!(MqttFixture::mosquitto("version=5&shared=false"));
+}
+
 mod mqtt311 {
     use super::*;
     polybridge_conformance::conformance_tests!(MqttFixture::mosquitto(
-        "version=3.1.1&format=envelope"
+        "version=3.1.1&format=envelope&shared=false"
     ));
 }
 
