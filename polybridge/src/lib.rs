@@ -27,7 +27,8 @@
 //! | `memory://NAME` | in-process reference broker, always built | available |
 //! | `nats://`, `jetstream://` | [`polybridge_nats`] (feature `nats`) | available |
 //! | `redis://`, `rediss://` | [`polybridge_redis`] (feature `redis`) | available |
-//! | `amqp://`, `kafka://`, `mqtt://`, `stomp://` | `polybridge-<broker>` | in progress |
+//! | `mqtt://` | [`polybridge_mqtt`] (feature `mqtt`) | available |
+//! | `amqp://`, `kafka://`, `stomp://` | `polybridge-<broker>` | in progress |
 //!
 //! The contract itself — messages, errors, capabilities, topic patterns — is
 //! [`polybridge_core`], re-exported here.
@@ -36,6 +37,8 @@ use std::sync::Arc;
 
 pub use polybridge_core::*;
 pub use polybridge_memory as memory;
+#[cfg(feature = "mqtt")]
+pub use polybridge_mqtt as mqtt;
 #[cfg(feature = "nats")]
 pub use polybridge_nats as nats;
 #[cfg(feature = "redis")]
@@ -56,6 +59,8 @@ pub async fn connect_url(url: &BrokerUrl) -> Result<Arc<dyn Broker>> {
         "nats" | "jetstream" => Ok(Arc::new(nats::NatsBroker::connect(url).await?)),
         #[cfg(feature = "redis")]
         "redis" | "rediss" => Ok(Arc::new(redis::RedisBroker::connect(url).await?)),
+        #[cfg(feature = "mqtt")]
+        "mqtt" => Ok(Arc::new(mqtt::MqttBroker::connect(url).await?)),
         other => Err(Error::config(
             "polybridge",
             format!(
@@ -75,6 +80,8 @@ pub fn capabilities_for(url: &BrokerUrl) -> Result<Capabilities> {
         "nats" | "jetstream" => nats::NatsBroker::capabilities_for(url),
         #[cfg(feature = "redis")]
         "redis" | "rediss" => redis::RedisBroker::capabilities_for(url),
+        #[cfg(feature = "mqtt")]
+        "mqtt" => mqtt::MqttBroker::capabilities_for(url),
         other => Err(Error::config(
             "polybridge",
             format!(
@@ -93,6 +100,8 @@ pub fn available_schemes() -> Vec<&'static str> {
     schemes.extend(["nats", "jetstream"]);
     #[cfg(feature = "redis")]
     schemes.extend(["redis", "rediss"]);
+    #[cfg(feature = "mqtt")]
+    schemes.push("mqtt");
     schemes
 }
 

@@ -40,7 +40,8 @@
 //! | `will_topic`, `will_payload`, `will_qos`, `will_retain` | none | the last will |
 //!
 //! # Connections and client ids
-//! The publisher is one connection, client id `<client_id>-p`. Every subscription is a
+//! The publisher is one connection, client id `<client_id>-p` (`-p1`, `-p2`… for further
+//! connections with the same `client_id` in one process). Every subscription is a
 //! connection of its own with client id `<client_id>-<hash of its filter>-<n>` (`n` the
 //! lowest number not in use in this process), so the same program restarted resumes the
 //! same sessions, and the broker redelivers what was not acknowledged. Give each program
@@ -122,6 +123,19 @@ pub struct MqttBroker {
     publisher: mpsc::Sender<session::Command>,
     publish_permits: Arc<Semaphore>,
     closed: AtomicBool,
+    /// Keeps the publisher's client id reserved in this process while the broker lives.
+    _publisher_slot: subscriber::ClientSlot,
+}
+
+impl std::fmt::Debug for MqttBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // No URL: it may carry a password.
+        f.debug_struct("MqttBroker")
+            .field("host", &self.config.host)
+            .field("port", &self.config.port)
+            .field("client_id", &self.config.client_id)
+            .finish_non_exhaustive()
+    }
 }
 
 impl MqttBroker {
@@ -129,9 +143,10 @@ impl MqttBroker {
     pub async fn connect(url: &BrokerUrl) -> Result<Self> {
         let config = MqttConfig::from_url(url)?;
         let (commands_tx, commands_rx) = mpsc::channel(MAX_PENDING_PUBLISHES);
+        let publisher_slot = subscriber::ClientSlot::publisher(&config.client_id);
         session::start(
             &config,
-            format!("{}-p", config.client_id),
+            publisher_slot.client_id.clone(),
             None,
             commands_rx,
             None,
@@ -145,6 +160,7 @@ impl MqttBroker {
             publisher: commands_tx,
             publish_permits: Arc::new(Semaphore::new(MAX_PENDING_PUBLISHES)),
             closed: AtomicBool::new(false),
+            _publisher_slot: publisher_slot,
         })
     }
 

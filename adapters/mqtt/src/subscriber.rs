@@ -23,7 +23,9 @@ impl Subscriber for MqttBroker {
                 if group.is_empty() || group.contains(['/', '+', '#']) {
                     return Err(Error::config(
                         BROKER,
-                        format!("group {group:?}: a shared subscription name has no '/', '+' or '#'"),
+                        format!(
+                            "group {group:?}: a shared subscription name has no '/', '+' or '#'"
+                        ),
                     ));
                 }
                 format!("$share/{group}/{filter}")
@@ -85,10 +87,10 @@ impl Subscriber for MqttBroker {
 /// A client id in use by one subscription of this process: `<base>-<hash of filter>-<n>`,
 /// `n` the lowest free number, so ids are stable across restarts and never shared by two
 /// live connections.
-struct ClientSlot {
+pub(crate) struct ClientSlot {
     key: String,
     index: usize,
-    client_id: String,
+    pub(crate) client_id: String,
 }
 
 fn slots() -> &'static Mutex<HashMap<String, BTreeSet<usize>>> {
@@ -97,6 +99,25 @@ fn slots() -> &'static Mutex<HashMap<String, BTreeSet<usize>>> {
 }
 
 impl ClientSlot {
+    /// The publishing connection's id: `<base>-p`, or `<base>-p<n>` for the nth other
+    /// connection of this process with the same base.
+    pub(crate) fn publisher(base: &str) -> ClientSlot {
+        let key = format!("{base}\u{0}\u{0}publisher");
+        let mut map = slots().lock().unwrap_or_else(|e| e.into_inner());
+        let used = map.entry(key.clone()).or_default();
+        let index = (0..).find(|i| !used.contains(i)).unwrap_or(0);
+        used.insert(index);
+        ClientSlot {
+            client_id: if index == 0 {
+                format!("{base}-p")
+            } else {
+                format!("{base}-p{index}")
+            },
+            key,
+            index,
+        }
+    }
+
     fn take(base: &str, wire_filter: &str) -> ClientSlot {
         let key = format!("{base}\u{0}{wire_filter}");
         let mut map = slots().lock().unwrap_or_else(|e| e.into_inner());
