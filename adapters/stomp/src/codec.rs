@@ -104,7 +104,9 @@ fn find_head_end(buf: &[u8], from: usize) -> Option<(usize, usize)> {
 }
 
 fn parse_head(head: &[u8]) -> Result<(Frame, Option<usize>), CodecError> {
-    let mut lines = head.split(|b| *b == b'\n').map(|l| l.strip_suffix(b"\r").unwrap_or(l));
+    let mut lines = head
+        .split(|b| *b == b'\n')
+        .map(|l| l.strip_suffix(b"\r").unwrap_or(l));
     let command = lines.next().unwrap_or_default();
     if command.is_empty() || !command.iter().all(|b| b.is_ascii_uppercase()) {
         return Err(malformed(format!(
@@ -135,9 +137,10 @@ fn parse_head(head: &[u8]) -> Result<(Frame, Option<usize>), CodecError> {
         };
         let (name, value) = (name.map_err(malformed)?, value.map_err(malformed)?);
         if name == "content-length" && content_length.is_none() {
-            content_length = Some(value.trim().parse::<usize>().map_err(|_| {
-                malformed(format!("content-length {value:?} is not a byte count"))
-            })?);
+            content_length =
+                Some(value.trim().parse::<usize>().map_err(|_| {
+                    malformed(format!("content-length {value:?} is not a byte count"))
+                })?);
         }
         frame.headers.push((name, value));
     }
@@ -379,7 +382,10 @@ mod tests {
             // The encoder adds content-length to a non-empty body.
             if !frame.body.is_empty() {
                 let (n, v) = got.headers.pop().unwrap();
-                assert_eq!((n.as_str(), v), ("content-length", frame.body.len().to_string()));
+                assert_eq!(
+                    (n.as_str(), v),
+                    ("content-length", frame.body.len().to_string())
+                );
             }
             assert_eq!(got, frame);
         }
@@ -572,12 +578,7 @@ mod tests {
             let mut buf = BytesMut::new();
             for chunk in wire.chunks(1 + (rand() as usize % 17)) {
                 buf.extend_from_slice(chunk);
-                loop {
-                    match codec.decode(&mut buf) {
-                        Ok(Some(_)) => continue,
-                        Ok(None) | Err(_) => break,
-                    }
-                }
+                while let Ok(Some(_)) = codec.decode(&mut buf) {}
             }
         }
     }

@@ -124,13 +124,18 @@ impl StompConfig {
             (_, Some(other)) => {
                 return Err(Error::config(
                     BROKER,
-                    format!("option flavor={other:?} in {url}: use auto, activemq, rabbitmq or generic"),
+                    format!(
+                        "option flavor={other:?} in {url}: use auto, activemq, rabbitmq or generic"
+                    ),
                 ))
             }
         };
         let prefetch = url.parse_option::<usize>(BROKER, "prefetch")?;
         if prefetch == Some(0) {
-            return Err(Error::config(BROKER, format!("option prefetch in {url}: must be at least 1")));
+            return Err(Error::config(
+                BROKER,
+                format!("option prefetch in {url}: must be at least 1"),
+            ));
         }
         Ok(StompConfig {
             host,
@@ -214,8 +219,14 @@ mod tests {
             let e = StompConfig::from_url(&bad.parse().unwrap()).unwrap_err();
             assert_eq!(e.kind(), "config", "{bad}: {e}");
         }
-        assert_eq!(Flavor::from_server(Some("ActiveMQ/5.17.6")), Flavor::ActiveMq);
-        assert_eq!(Flavor::from_server(Some("RabbitMQ/3.12.1")), Flavor::RabbitMq);
+        assert_eq!(
+            Flavor::from_server(Some("ActiveMQ/5.17.6")),
+            Flavor::ActiveMq
+        );
+        assert_eq!(
+            Flavor::from_server(Some("RabbitMQ/3.12.1")),
+            Flavor::RabbitMq
+        );
         assert_eq!(Flavor::from_server(None), Flavor::Generic);
     }
 }

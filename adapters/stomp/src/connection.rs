@@ -149,11 +149,7 @@ impl Link {
                     connection_error(format!("the server refused CONNECT: {text}"))
                 });
             }
-            other => {
-                return Err(connection_error(format!(
-                    "expected CONNECTED, got {other}"
-                )))
-            }
+            other => return Err(connection_error(format!("expected CONNECTED, got {other}"))),
         }
         let version = connected.header("version").unwrap_or("1.0");
         if version != "1.2" {
@@ -175,8 +171,7 @@ impl Link {
             })
             .unwrap_or((0, 0));
         let negotiated = |ours: Duration, theirs: u64| {
-            (!ours.is_zero() && theirs != 0)
-                .then(|| ours.max(Duration::from_millis(theirs)))
+            (!ours.is_zero() && theirs != 0).then(|| ours.max(Duration::from_millis(theirs)))
         };
         // Send at half the agreed interval so a slow scheduler never makes us late; call
         // the server dead after twice its interval plus a second.
@@ -217,12 +212,15 @@ impl Link {
     /// Writes a frame (and flushes).
     pub async fn send(&mut self, frame: Frame) -> Result<()> {
         let command = frame.command.clone();
-        self.framed.send(Item::Frame(frame)).await.map_err(|e| match e {
-            CodecError::Malformed(m) => {
-                Error::permanent(BROKER, command, format!("cannot encode the frame: {m}"))
-            }
-            other => self.broken(format!("sending {command}: {other}")),
-        })?;
+        self.framed
+            .send(Item::Frame(frame))
+            .await
+            .map_err(|e| match e {
+                CodecError::Malformed(m) => {
+                    Error::permanent(BROKER, command, format!("cannot encode the frame: {m}"))
+                }
+                other => self.broken(format!("sending {command}: {other}")),
+            })?;
         self.last_sent = Instant::now();
         Ok(())
     }
@@ -230,12 +228,15 @@ impl Link {
     /// Writes a frame without flushing (call [`Link::flush`] after a batch).
     pub async fn feed(&mut self, frame: Frame) -> Result<()> {
         let command = frame.command.clone();
-        self.framed.feed(Item::Frame(frame)).await.map_err(|e| match e {
-            CodecError::Malformed(m) => {
-                Error::permanent(BROKER, command, format!("cannot encode the frame: {m}"))
-            }
-            other => self.broken(format!("sending {command}: {other}")),
-        })?;
+        self.framed
+            .feed(Item::Frame(frame))
+            .await
+            .map_err(|e| match e {
+                CodecError::Malformed(m) => {
+                    Error::permanent(BROKER, command, format!("cannot encode the frame: {m}"))
+                }
+                other => self.broken(format!("sending {command}: {other}")),
+            })?;
         self.last_sent = Instant::now();
         Ok(())
     }

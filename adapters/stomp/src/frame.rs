@@ -111,7 +111,16 @@ mod tests {
 
     #[test]
     fn escaping_round_trips_every_special_character() {
-        for text in ["", "plain", "a:b", "back\\slash", "line\nfeed", "cr\r", "\\c:\\n\n", "ünï:✓"] {
+        for text in [
+            "",
+            "plain",
+            "a:b",
+            "back\\slash",
+            "line\nfeed",
+            "cr\r",
+            "\\c:\\n\n",
+            "ünï:✓",
+        ] {
             let mut out = Vec::new();
             escape(text, &mut out);
             assert!(!out.contains(&b':') && !out.contains(&b'\n') && !out.contains(&b'\r'));

@@ -258,8 +258,7 @@ pub fn pattern_text(flavor: Flavor, pattern: &TopicPattern) -> Result<String> {
             }
             Segment::Single => {
                 // "One or more levels" (`a.>` in canonical form) = Single + AnyLevels.
-                if flavor == Flavor::ActiveMq && i + 2 == n && segs[i + 1] == Segment::AnyLevels
-                {
+                if flavor == Flavor::ActiveMq && i + 2 == n && segs[i + 1] == Segment::AnyLevels {
                     return Err(unsupported_pattern(
                         flavor,
                         pattern,
@@ -570,16 +569,27 @@ mod tests {
     #[test]
     fn destinations_map_per_flavor() {
         use Flavor::*;
-        assert_eq!(destination(ActiveMq, "a.b").unwrap(), "/topic/VirtualTopic.a.b");
+        assert_eq!(
+            destination(ActiveMq, "a.b").unwrap(),
+            "/topic/VirtualTopic.a.b"
+        );
         assert_eq!(destination(RabbitMq, "a.b").unwrap(), "/topic/a.b");
-        assert_eq!(destination(RabbitMq, "/exchange/x/k").unwrap(), "/exchange/x/k");
+        assert_eq!(
+            destination(RabbitMq, "/exchange/x/k").unwrap(),
+            "/exchange/x/k"
+        );
         assert_eq!(destination(ActiveMq, "/queue/test").unwrap(), "/queue/test");
-        let e = destination(ActiveMq, "/exchange/x").unwrap_err().to_string();
+        let e = destination(ActiveMq, "/exchange/x")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("unknown destination prefix"), "{e}");
         assert!(destination(RabbitMq, "a.*").is_err());
         assert!(destination(RabbitMq, "").is_err());
         assert_eq!(topic_of(ActiveMq, "/topic/VirtualTopic.a.b"), "a.b");
-        assert_eq!(topic_of(ActiveMq, "/queue/Consumer.g.VirtualTopic.a.b"), "a.b");
+        assert_eq!(
+            topic_of(ActiveMq, "/queue/Consumer.g.VirtualTopic.a.b"),
+            "a.b"
+        );
         assert_eq!(topic_of(ActiveMq, "/queue/test"), "/queue/test");
         assert_eq!(topic_of(RabbitMq, "/topic/a.b"), "a.b");
         assert_eq!(topic_of(RabbitMq, "/queue/q"), "/queue/q");

@@ -103,7 +103,9 @@ impl StompPublisher {
                     })
                     .await
                     .map_err(|_| Error::closed(BROKER, "the publisher"))?;
-                answer.await.map_err(|_| Error::closed(BROKER, "the publisher"))?
+                answer
+                    .await
+                    .map_err(|_| Error::closed(BROKER, "the publisher"))?
             })
             .await
     }
@@ -139,6 +141,16 @@ fn fail_all(waiting: &mut Waiting, error: &Error) {
         };
         let _ = reply.send(Err(e));
     }
+}
+
+/// Whether an ERROR text names `destination` (its name without the STOMP prefix).
+fn names(text: &str, destination: &str) -> bool {
+    let name = ["/exchange/", "/amq/queue/", "/queue/", "/topic/"]
+        .iter()
+        .find_map(|p| destination.strip_prefix(p))
+        .unwrap_or(destination);
+    let name = name.split('/').next().unwrap_or(name);
+    !name.is_empty() && text.contains(&format!("'{name}'"))
 }
 
 async fn next_frame(link: &mut Option<Link>) -> Result<Frame> {
@@ -266,12 +278,20 @@ async fn run(config: Arc<StompConfig>, mut link: Option<Link>, mut rx: mpsc::Rec
                             }
                             None => {
                                 tracing::warn!(endpoint = %config.url, error = %text, "stomp publisher connection got an ERROR frame");
-                                fail_all(&mut waiting, &Error::Connection {
-                                    broker: BROKER,
-                                    endpoint: config.url.to_string(),
-                                    reason: format!("the broker sent ERROR: {text}"),
-                                    source: None,
-                                });
+                                // No receipt-id (RabbitMQ closes the channel, e.g. for a
+                                // missing exchange): blame the publishes whose destination
+                                // the text names, or the only one waiting.
+                                let single = waiting.len() == 1;
+                                let blamed: Vec<String> = waiting
+                                    .iter()
+                                    .filter(|(_, (d, _))| single || names(&text, d))
+                                    .map(|(id, _)| id.clone())
+                                    .collect();
+                                for id in blamed {
+                                    if let Some((destination, reply)) = waiting.remove(&id) {
+                                        let _ = reply.send(Err(Error::permanent(BROKER, destination, format!("the broker refused the message: {text}"))));
+                                    }
+                                }
                             }
                         }
                         // The server closes the connection after an ERROR frame.

@@ -130,7 +130,10 @@ pub(crate) async fn subscribe(shared: Arc<Shared>, sub: Subscription) -> Result<
     let (deliveries, stream_rx) = mpsc::channel(max_in_flight + 1);
     let what = format!("the subscription to {}", plan.destination);
     let mut task = Task {
-        dead_letter: sub.dead_letter.clone().or(shared.config.dead_letter.clone()),
+        dead_letter: sub
+            .dead_letter
+            .clone()
+            .or(shared.config.dead_letter.clone()),
         shared,
         plan,
         prefetch,
@@ -200,7 +203,9 @@ impl Task {
         let config = self.shared.config.clone();
         let mut link = Link::connect(&config, self.plan.client_id.as_deref()).await?;
         let receipt = self.receipt_id();
-        let frame = self.subscribe_frame().with_header("receipt", receipt.clone());
+        let frame = self
+            .subscribe_frame()
+            .with_header("receipt", receipt.clone());
         link.send(frame).await?;
         self.subscribed = false;
         if wait {
@@ -375,7 +380,10 @@ impl Task {
     async fn on_frame(&mut self, f: Frame) {
         match f.command.as_str() {
             "MESSAGE" => self.on_message(&f),
-            "RECEIPT" => match f.header("receipt-id").and_then(|id| self.receipts.remove(id)) {
+            "RECEIPT" => match f
+                .header("receipt-id")
+                .and_then(|id| self.receipts.remove(id))
+            {
                 Some(ReceiptAction::Subscribed) => self.subscribed = true,
                 Some(ReceiptAction::AckAfterDeadLetter { token, ack_id }) => {
                     self.held.remove(&token);
