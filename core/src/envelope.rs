@@ -162,26 +162,12 @@ mod tests {
         assert!(is_envelope(&e), "{e:?}");
         let (back, attempt) = decode(e.clone());
         assert_eq!(attempt, 3);
-        assert_eq!(
-            (back.id.as_str(), &back.payload, &back.key),
-            (m.id.as_str(), &m.payload, &m.key)
-        );
+        assert_eq!((back.id.as_str(), &back.payload, &back.key), (m.id.as_str(), &m.payload, &m.key));
         assert_eq!(back.content_type, m.content_type);
-        assert_eq!(
-            (back.reply_to, back.correlation_id),
-            (m.reply_to.clone(), m.correlation_id.clone())
-        );
+        assert_eq!((back.reply_to, back.correlation_id), (m.reply_to.clone(), m.correlation_id.clone()));
         assert_eq!(millis(back.timestamp), millis(m.timestamp));
-        let h: Vec<_> = back
-            .headers
-            .iter()
-            .map(|(n, v)| (n.to_owned(), v.clone()))
-            .collect();
-        let want: Vec<_> = m
-            .headers
-            .iter()
-            .map(|(n, v)| (n.to_owned(), v.clone()))
-            .collect();
+        let h: Vec<_> = back.headers.iter().map(|(n, v)| (n.to_owned(), v.clone())).collect();
+        let want: Vec<_> = m.headers.iter().map(|(n, v)| (n.to_owned(), v.clone())).collect();
         assert_eq!(h, want);
         let (_, attempt) = decode(with_attempt(&e, 4).unwrap());
         assert_eq!(attempt, 4);

@@ -170,10 +170,7 @@ impl MqttConfig {
             Some(topic) => Some(Will {
                 topic: topic.to_owned(),
                 payload: Bytes::from(url.option("will_payload").unwrap_or("").to_owned()),
-                qos: url
-                    .parse_option::<u8>(BROKER, "will_qos")?
-                    .unwrap_or(1)
-                    .min(2),
+                qos: url.parse_option::<u8>(BROKER, "will_qos")?.unwrap_or(1).min(2),
                 retain: url
                     .parse_option::<bool>(BROKER, "will_retain")?
                     .unwrap_or(false),
@@ -185,8 +182,9 @@ impl MqttConfig {
             username: url.username(),
             password: url.password(),
             version,
-            client_id: given_id
-                .unwrap_or_else(|| format!("polybridge-{}", polybridge_core::new_message_id())),
+            client_id: given_id.unwrap_or_else(|| {
+                format!("polybridge-{}", polybridge_core::new_message_id())
+            }),
             stable_client_id,
             clean_session,
             qos,
@@ -237,22 +235,12 @@ mod tests {
         let c = config("mqtt://h").unwrap();
         assert_eq!((c.version, c.port, c.qos), (Version::V5, 1883, 1));
         assert!(c.clean_session && !c.stable_client_id);
-        let c =
-            config("mqtt://u:p@h:1884?version=3.1.1&client_id=svc&qos=2&format=envelope").unwrap();
-        assert_eq!(
-            (c.version, c.qos, c.format),
-            (Version::V311, 2, Format::Envelope)
-        );
-        assert!(
-            !c.clean_session,
-            "a stable client id gets a persistent session"
-        );
-        assert_eq!(
-            (c.username.as_deref(), c.password.as_deref()),
-            (Some("u"), Some("p"))
-        );
-        let c =
-            config("mqtt://h?will_topic=status/svc&will_payload=gone&will_retain=true").unwrap();
+        let c = config("mqtt://u:p@h:1884?version=3.1.1&client_id=svc&qos=2&format=envelope")
+            .unwrap();
+        assert_eq!((c.version, c.qos, c.format), (Version::V311, 2, Format::Envelope));
+        assert!(!c.clean_session, "a stable client id gets a persistent session");
+        assert_eq!((c.username.as_deref(), c.password.as_deref()), (Some("u"), Some("p")));
+        let c = config("mqtt://h?will_topic=status/svc&will_payload=gone&will_retain=true").unwrap();
         assert_eq!(c.will.unwrap().payload, Bytes::from_static(b"gone"));
     }
 

@@ -148,16 +148,8 @@ mod tests {
         assert_eq!(back.content_type.as_deref(), Some("text/plain"));
         assert_eq!(back.correlation_id.as_deref(), Some("c-1"));
         assert_eq!(back.reply_to.as_deref(), Some("replies/1"));
-        let h: Vec<_> = back
-            .headers
-            .iter()
-            .map(|(n, v)| (n.to_owned(), v.clone()))
-            .collect();
-        let want: Vec<_> = m
-            .headers
-            .iter()
-            .map(|(n, v)| (n.to_owned(), v.clone()))
-            .collect();
+        let h: Vec<_> = back.headers.iter().map(|(n, v)| (n.to_owned(), v.clone())).collect();
+        let want: Vec<_> = m.headers.iter().map(|(n, v)| (n.to_owned(), v.clone())).collect();
         assert_eq!(h, want);
     }
 
@@ -171,9 +163,6 @@ mod tests {
             .unwrap();
         let (payload, props) = to_mqtt(&env, &m);
         let (back, _) = from_mqtt(payload, props);
-        assert_eq!(
-            (back.id.as_str(), back.headers.get_str("h")),
-            ("x", Some("v"))
-        );
+        assert_eq!((back.id.as_str(), back.headers.get_str("h")), ("x", Some("v")));
     }
 }

@@ -86,21 +86,12 @@ impl Publisher for MqttBroker {
 
 /// A publish topic: not empty, no wildcards, no NUL, at most 65535 bytes.
 pub(crate) fn check_topic(topic: &str) -> Result<()> {
-    let bad = |why: String| {
-        Err(Error::permanent(
-            BROKER,
-            topic.chars().take(200).collect::<String>(),
-            format!("invalid topic: {why}"),
-        ))
-    };
+    let bad = |why: String| Err(Error::permanent(BROKER, topic.chars().take(200).collect::<String>(), format!("invalid topic: {why}")));
     if topic.is_empty() {
         return bad("it is empty".into());
     }
     if topic.len() > MAX_TOPIC_BYTES {
-        return bad(format!(
-            "{} bytes, MQTT allows {MAX_TOPIC_BYTES}",
-            topic.len()
-        ));
+        return bad(format!("{} bytes, MQTT allows {MAX_TOPIC_BYTES}", topic.len()));
     }
     if topic.contains(['+', '#']) {
         return bad("wildcards ('+', '#') cannot be published to".into());
@@ -126,10 +117,7 @@ mod tests {
             ("a\0b".to_owned(), "NUL"),
             ("x".repeat(70_000), "65535"),
         ] {
-            let e = check_topic(&t)
-                .err()
-                .map(|e| e.to_string())
-                .unwrap_or_default();
+            let e = check_topic(&t).err().map(|e| e.to_string()).unwrap_or_default();
             assert!(e.contains(why), "{e}");
         }
     }

@@ -23,7 +23,8 @@ use bytes::Bytes;
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use polybridge_core::{
-    well_known, AckHandle, Acknowledger, Delivery, DeliveryInfo, Error, Message, Result, Settlement,
+    well_known, AckHandle, Acknowledger, Delivery, DeliveryInfo, Error, Message, Result,
+    Settlement,
 };
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -191,11 +192,7 @@ struct Session {
 type DeadLetterResult = (u64, Result<()>);
 
 impl Session {
-    async fn run(
-        mut self,
-        mut events: mpsc::Receiver<WireEvent>,
-        mut commands: mpsc::Receiver<Command>,
-    ) {
+    async fn run(mut self, mut events: mpsc::Receiver<WireEvent>, mut commands: mpsc::Receiver<Command>) {
         let mut dead_letters: FuturesUnordered<
             std::pin::Pin<Box<dyn std::future::Future<Output = DeadLetterResult> + Send>>,
         > = FuturesUnordered::new();
@@ -254,10 +251,7 @@ impl Session {
         })
         .await;
         for (_, reply, topic) in self.unassigned.drain(..) {
-            let _ = reply.send(Err(Error::closed(
-                BROKER,
-                format!("the publish to {topic}"),
-            )));
+            let _ = reply.send(Err(Error::closed(BROKER, format!("the publish to {topic}"))));
         }
         for (_, (reply, topic)) in self.waiting_confirm.drain() {
             let _ = reply.send(Err(Error::transient(
@@ -425,8 +419,7 @@ impl Session {
                 properties,
                 raw,
             } => {
-                self.received(topic, payload, qos, dup, properties, raw)
-                    .await;
+                self.received(topic, payload, qos, dup, properties, raw).await;
                 Ok(())
             }
         }
@@ -537,22 +530,15 @@ impl Session {
         &mut self,
         token: u64,
         settlement: Settlement,
-    ) -> Option<std::pin::Pin<Box<dyn std::future::Future<Output = DeadLetterResult> + Send>>> {
+    ) -> Option<std::pin::Pin<Box<dyn std::future::Future<Output = DeadLetterResult> + Send>>>
+    {
         let sub = self.subscription.as_mut()?;
         if token >> 40 != sub.epoch || !sub.messages.contains_key(&token) {
             // A delivery of an earlier connection: the broker redelivers it.
             return None;
         }
         sub.handed = sub.handed.saturating_sub(1);
-        tracing::trace!(
-            broker = BROKER,
-            token,
-            ?settlement,
-            handed = sub.handed,
-            arrived = sub.arrived.len(),
-            waiting = sub.waiting.len(),
-            "settle"
-        );
+        tracing::trace!(broker = BROKER, token, ?settlement, handed = sub.handed, arrived = sub.arrived.len(), waiting = sub.waiting.len(), "settle");
         match settlement {
             Settlement::Ack => {
                 self.acknowledge(token).await;

@@ -23,9 +23,7 @@ impl Subscriber for MqttBroker {
                 if group.is_empty() || group.contains(['/', '+', '#']) {
                     return Err(Error::config(
                         BROKER,
-                        format!(
-                            "group {group:?}: a shared subscription name has no '/', '+' or '#'"
-                        ),
+                        format!("group {group:?}: a shared subscription name has no '/', '+' or '#'"),
                     ));
                 }
                 format!("$share/{group}/{filter}")

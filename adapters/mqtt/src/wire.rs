@@ -191,7 +191,8 @@ pub fn connect(
             (Client::V4(client), rx)
         }
         Version::V5 => {
-            let mut o = rumqttc::v5::MqttOptions::new(client_id, config.host.clone(), config.port);
+            let mut o =
+                rumqttc::v5::MqttOptions::new(client_id, config.host.clone(), config.port);
             o.set_keep_alive(config.keep_alive)
                 .set_clean_start(config.clean_session)
                 .set_manual_acks(true)
@@ -341,9 +342,7 @@ async fn poll_v5(mut eventloop: rumqttc::v5::EventLoop, tx: mpsc::Sender<WireEve
                 pkid: c.pkid,
                 error: match c.reason {
                     p5::PubCompReason::Success => None,
-                    other => Some(format!(
-                        "the broker did not complete the message: {other:?}"
-                    )),
+                    other => Some(format!("the broker did not complete the message: {other:?}")),
                 },
             }),
             Ok(Event::Incoming(p5::Packet::SubAck(s))) => Some(WireEvent::Subscribed {

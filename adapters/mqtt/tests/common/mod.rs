@@ -12,11 +12,7 @@ use polybridge_testkit::{BrokerKind, BrokerProcess, Endpoint};
 pub fn client_id(hint: &str) -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
-    format!(
-        "pbt-{hint}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
+    format!("pbt-{hint}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
 }
 
 /// A Mosquitto broker for one test.
