@@ -250,7 +250,8 @@ impl Link {
 
     /// The next frame from the server. Sends heart-beats while waiting and fails when the
     /// server has been silent for too long, the connection closed, or a frame is malformed
-    /// or oversize. Cancel-safe: dropping the future loses no frame.
+    /// ([`Error::Connection`]) or larger than `max_frame` ([`Error::PayloadTooLarge`]; the
+    /// connection must then be dropped). Cancel-safe: dropping the future loses no frame.
     pub async fn recv(&mut self) -> Result<Frame> {
         loop {
             let now = Instant::now();
@@ -272,6 +273,14 @@ impl Link {
                     match item {
                         Some(Ok(Item::Heartbeat)) => continue,
                         Some(Ok(Item::Frame(f))) => return Ok(f),
+                        Some(Err(CodecError::TooLarge { size, limit })) => {
+                            return Err(Error::PayloadTooLarge {
+                                broker: BROKER,
+                                destination: format!("a frame from {}", self.endpoint),
+                                size,
+                                limit,
+                            })
+                        }
                         Some(Err(e)) => return Err(self.broken(format!("reading: {e}"))),
                         None => return Err(self.broken("the server closed the connection".into())),
                     }

@@ -455,6 +455,21 @@ impl Task {
                 _ = deliveries.closed(), if !can_hand_out => break,
                 frame = next_frame(&mut self.link) => match frame {
                     Ok(f) => self.on_frame(f).await,
+                    Err(Error::PayloadTooLarge { size, limit, .. }) => {
+                        // Reconnecting would only get the same message again: end the
+                        // subscription with the error. The connection is dropped without
+                        // acknowledging, so the broker keeps the message.
+                        let e = Error::PayloadTooLarge {
+                            broker: BROKER,
+                            destination: self.plan.destination.clone(),
+                            size,
+                            limit,
+                        };
+                        tracing::error!(what = %self.what, error = %e, "stomp subscription ended: a frame exceeds max_frame");
+                        self.link = None;
+                        let _ = self.deliveries.try_send(Err(e));
+                        break;
+                    }
                     Err(e) => self.broken(e),
                 },
             }

@@ -15,6 +15,7 @@ use polybridge_testkit::BrokerKind;
 /// The shared broker of `kind`.
 struct StompFixture {
     kind: BrokerKind,
+    options: &'static str,
 }
 
 #[async_trait]
@@ -26,6 +27,7 @@ impl Fixture for StompFixture {
                 "tests: broker skipped by POLYBRIDGE_SKIP_BROKERS",
             ));
         };
+        let url = common::with(&url, self.options);
         Ok(Arc::new(
             polybridge_stomp::StompBroker::connect(&url.parse()?).await?,
         ))
@@ -48,14 +50,16 @@ impl Fixture for StompFixture {
 mod activemq {
     use super::*;
     polybridge_conformance::conformance_tests!(StompFixture {
-        kind: BrokerKind::ActiveMq
+        kind: BrokerKind::ActiveMq,
+        options: "",
     });
 }
 
 mod rabbitmq {
     use super::*;
     polybridge_conformance::conformance_tests!(StompFixture {
-        kind: BrokerKind::RabbitMq
+        kind: BrokerKind::RabbitMq,
+        options: "",
     });
 }
 
@@ -130,5 +134,19 @@ async fn activemq_restarted_twice_loses_nothing() {
 async fn rabbitmq_restarted_twice_loses_nothing() {
     if let Some(f) = RestartFixture::start(BrokerKind::RabbitMq).await {
         polybridge_conformance::tests::reconnect(&f).await;
+    }
+}
+
+/// `max_payload` set: the payload limit is checked before sending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payload_limit_from_the_url() {
+    for kind in [BrokerKind::ActiveMq, BrokerKind::RabbitMq] {
+        let f = StompFixture {
+            kind,
+            options: "max_payload=65536",
+        };
+        if f.skip_reason().is_none() {
+            polybridge_conformance::tests::payload_limits(&f).await;
+        }
     }
 }

@@ -503,3 +503,109 @@ async fn publish_waits_for_the_receipt_and_heartbeats_detect_a_dead_broker() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversize_frame_ends_the_subscription_and_loses_nothing() {
+    for kind in BOTH {
+        let Some(url) = url(kind) else { continue };
+        let broker = connect(&url).await;
+        let small = connect(&with(&url, "max_frame=4096")).await;
+        let t = unique("oversize");
+        let group = format!("big{}", std::process::id());
+        let mut tiny = small
+            .subscribe(topic(&t).group(group.clone()))
+            .await
+            .unwrap();
+        broker
+            .publish(
+                &t,
+                Message::new(vec![7u8; 10_000]).with_id("big"),
+                deadline(),
+            )
+            .await
+            .unwrap();
+        match tokio::time::timeout(WAIT, tiny.next()).await {
+            Ok(Some(Err(Error::PayloadTooLarge { size, limit, .. }))) => {
+                assert_eq!(limit, 4096);
+                assert!(size > 4096, "{size}");
+            }
+            other => panic!(
+                "{kind:?}: expected PayloadTooLarge, got {:?}",
+                other.map(|o| o.map(|r| r.map(|d| d.message.id)))
+            ),
+        }
+        assert!(
+            tokio::time::timeout(WAIT, tiny.next())
+                .await
+                .unwrap()
+                .is_none(),
+            "the stream ends after the error"
+        );
+        // Nothing was acknowledged: another member of the group gets the message.
+        let mut member = broker.subscribe(topic(&t).group(group)).await.unwrap();
+        let d = next(&mut member, "the oversize message, redelivered").await;
+        assert_eq!(
+            (d.message.id.as_str(), d.message.payload.len()),
+            ("big", 10_000)
+        );
+        d.ack().unwrap();
+    }
+}
+
+const STOMP_PY_NACK: &str = r#"
+import sys, stomp, threading, time
+host, port, queue = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+got = []
+event = threading.Event()
+class Listener(stomp.ConnectionListener):
+    def on_message(self, frame):
+        got.append(frame)
+        event.set()
+conn = stomp.Connection12([(host, port)])
+conn.set_listener("", Listener())
+conn.connect("guest", "guest", wait=True)
+conn.subscribe(destination=queue, id="1", ack="client-individual")
+if not event.wait(20):
+    sys.exit("nothing received")
+conn.nack(got[0].headers["ack"])
+event.clear()
+# Does the broker redeliver it on the same subscription?
+redelivered = event.wait(3)
+print("redelivered=%s" % redelivered)
+conn.disconnect(receipt="bye")
+"#;
+
+/// Why `nack` is emulated on ActiveMQ: a STOMP NACK there is a poison acknowledgement,
+/// the message is not redelivered to the subscription (it goes to `ActiveMQ.DLQ`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn activemq_stomp_nack_does_not_redeliver_so_nack_is_emulated() {
+    let Some(url) = url(BrokerKind::ActiveMq) else {
+        return;
+    };
+    let port = url.rsplit(':').next().unwrap().to_owned();
+    let broker = connect(&url).await;
+    let queue = format!("/queue/{}", unique("poison"));
+    broker
+        .publish(&queue, Message::new("p").with_id("poison"), deadline())
+        .await
+        .unwrap();
+    let out = stomp_py(STOMP_PY_NACK, vec!["127.0.0.1".into(), port, queue.clone()]).await;
+    assert!(out.contains("redelivered=False"), "{out}");
+    let mut dlq = broker
+        .subscribe(Subscription::new(TopicPattern::literal(
+            "/queue/ActiveMQ.DLQ",
+            '.',
+        )))
+        .await
+        .unwrap();
+    let end = std::time::Instant::now() + WAIT;
+    loop {
+        let d = next(&mut dlq, "the NACKed message in ActiveMQ.DLQ").await;
+        let found = d.message.id == "poison";
+        d.ack().unwrap();
+        if found {
+            break;
+        }
+        assert!(std::time::Instant::now() < end, "not in ActiveMQ.DLQ");
+    }
+}
