@@ -44,8 +44,8 @@ impl Flavor {
     }
 }
 
-/// Everything the URL configures.
-#[derive(Clone, Debug)]
+/// Everything the URL configures. `Debug` never prints the passcode.
+#[derive(Clone)]
 pub struct StompConfig {
     /// The URL (prints with the password redacted).
     pub url: BrokerUrl,
@@ -75,6 +75,27 @@ pub struct StompConfig {
     pub max_frame: usize,
     /// Largest payload `publish` accepts; `None` = no check by the adapter.
     pub max_payload: Option<usize>,
+}
+
+impl std::fmt::Debug for StompConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StompConfig")
+            .field("url", &self.url)
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("login", &self.login)
+            .field("passcode", &self.passcode.as_ref().map(|_| "***"))
+            .field("vhost", &self.vhost)
+            .field("heartbeat", &self.heartbeat)
+            .field("prefetch", &self.prefetch)
+            .field("flavor", &self.flavor)
+            .field("dead_letter", &self.dead_letter)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("receipt_timeout", &self.receipt_timeout)
+            .field("max_frame", &self.max_frame)
+            .field("max_payload", &self.max_payload)
+            .finish()
+    }
 }
 
 const KNOWN: &[&str] = &[
@@ -198,6 +219,8 @@ mod tests {
         assert_eq!(c.vhost, "/");
         assert_eq!(c.login.as_deref(), Some("u"));
         assert_eq!(c.flavor, None);
+        let c = StompConfig::from_url(&"stomp://u:s3cret@h".parse().unwrap()).unwrap();
+        assert!(!format!("{c:?}").contains("s3cret"));
         let c = StompConfig::from_url(
             &"stomp://h:1/vh?heartbeat=0,5s&flavor=rabbitmq&prefetch=7&dead_letter=/queue/dl"
                 .parse()

@@ -97,6 +97,11 @@
 //!   (RabbitMQ assigns a new `message-id` on redelivery; never deduplicate on it).
 //! - [`DeliveryInfo::attempt`](polybridge_core::DeliveryInfo::attempt) is 1 for a first
 //!   delivery and 0 ("redelivered, count unknown") when the broker says `redelivered`.
+//!   ActiveMQ does not keep that flag across its own restart: a message dispatched before
+//!   a broker restart comes back as a first delivery.
+//! - `StartPosition::Earliest` is accepted where the subscription reads a queue (groups,
+//!   durable subscriptions, `/queue/…`): a queue that already exists resumes; STOMP brokers
+//!   do not replay, so a new group starts empty. `Time` and `Position` are refused.
 //!
 //! # Failure
 //! - Heart-beats both ways (negotiated per STOMP 1.2; we send at half the agreed interval);
@@ -105,6 +110,12 @@
 //!   tear the connection down cleanly; subscriptions reconnect with backoff (100 ms to 5 s)
 //!   and subscribe again, and settlements of deliveries from the old connection are dropped
 //!   (the broker redelivers those messages). Nothing is acknowledged that was not.
+//! - A frame from the server larger than `max_frame` ends the subscription with
+//!   [`Error::PayloadTooLarge`] (reconnecting would only receive it again); the connection
+//!   is dropped without acknowledging, so the broker keeps the message for other consumers.
+//! - An `ERROR` frame without `receipt-id` (RabbitMQ closing its channel, e.g. for a
+//!   missing exchange) fails the publishes it names, or the only one waiting, with
+//!   [`Error::Permanent`]; the others waiting fail with retryable errors.
 //! - Wrong credentials are [`Error::Auth`] (not retried by subscriptions); errors never
 //!   contain the passcode.
 //!
@@ -177,6 +188,22 @@ impl StompBroker {
             publisher,
             shared: Arc::new(subscriber::Shared { config, flavor }),
         })
+    }
+
+    /// What the adapter can do for `url`, without connecting (the bridge checks routes
+    /// against it). With `flavor=auto` this assumes ActiveMQ or RabbitMQ; a server of
+    /// another kind, found on connecting, refuses consumer groups at subscribe.
+    pub fn capabilities_for(url: &BrokerUrl) -> Result<Capabilities> {
+        let config = StompConfig::from_url(url)?;
+        Ok(capabilities(
+            config.flavor.unwrap_or(Flavor::ActiveMq),
+            config.max_payload,
+        ))
+    }
+
+    /// The settings read from the URL.
+    pub fn config(&self) -> &StompConfig {
+        &self.shared.config
     }
 
     /// The flavor in use (configured or detected).
