@@ -653,3 +653,39 @@ async fn an_ack_from_before_a_reconnect_is_dropped_and_the_broker_redelivers() {
     nothing_within(&mut sub, Duration::from_secs(1), "acked once").await;
     drop(process);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_wildcards_match() {
+    let Some(url) = url(BrokerKind::RabbitMq) else {
+        return;
+    };
+    let broker = connect(&url).await;
+    let base = unique("wild");
+    let sub = |p: String| broker.subscribe(Subscription::new(p.parse().unwrap()));
+    let mut one = sub(format!("{base}.*.c")).await.unwrap();
+    let mut one_or_more = sub(format!("{base}.>")).await.unwrap();
+    let mut zero_or_more = sub(format!("{base}.#")).await.unwrap();
+    for (i, t) in [format!("{base}.b.c"), format!("{base}.x.y.z"), base.clone()]
+        .iter()
+        .enumerate()
+    {
+        broker
+            .publish(t, Message::new("w").with_id(format!("w{i}")), deadline())
+            .await
+            .unwrap();
+    }
+    async fn ids(s: &mut DeliveryStream, n: usize, what: &str) -> Vec<String> {
+        let mut ids = Vec::new();
+        for _ in 0..n {
+            let d = next(s, what).await;
+            ids.push(d.message.id.clone());
+            d.ack().unwrap();
+        }
+        nothing_within(s, Duration::from_millis(500), what).await;
+        ids.sort();
+        ids
+    }
+    assert_eq!(ids(&mut one, 1, "a.*.c").await, ["w0"]);
+    assert_eq!(ids(&mut one_or_more, 2, "a.>").await, ["w0", "w1"]);
+    assert_eq!(ids(&mut zero_or_more, 3, "a.#").await, ["w0", "w1", "w2"]);
+}
