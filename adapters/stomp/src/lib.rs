@@ -89,8 +89,14 @@
 //!   then does the same (emulated: STOMP has no delayed redelivery). **reject** `SEND`s the
 //!   message with the [`well_known`](polybridge_core::well_known) reason headers to the
 //!   dead-letter destination with a receipt, and `ACK`s the original only after that
-//!   receipt; if that fails the message is redelivered, never lost. Dropping a delivery
-//!   nacks it.
+//!   receipt; if that fails (an ERROR, or no receipt within `receipt_timeout`) the
+//!   connection is dropped unacknowledged and the broker redelivers the message, never
+//!   lost. The dead-letter destination maps like any other: a plain name is a topic (on
+//!   which a message with no subscriber is gone), so prefer a `/queue/…` destination; the
+//!   default is `/queue/<topic>.dlq`. Dropping a delivery nacks it.
+//! - Other STOMP servers (`generic`) get no prefetch header (STOMP has no standard one):
+//!   the in-flight limit is then enforced by this client only, and messages the server
+//!   pushes beyond it wait in the subscription's local queue.
 //! - **Close** sends pending acks, then `DISCONNECT` (with a receipt): the broker takes back
 //!   every unacknowledged delivery.
 //! - The broker's `message-id` is used only to acknowledge; identity travels in `pb-id`

@@ -364,16 +364,40 @@ impl Task {
                     },
                 );
                 self.send(frame).await;
+                // Bound the wait for the receipt: see `timer`.
+                let tx = self.timer_tx.clone();
+                let within = self.shared.config.receipt_timeout;
+                tokio::spawn(async move {
+                    tokio::time::sleep(within).await;
+                    let _ = tx.send(token);
+                });
             }
         }
     }
 
-    async fn delayed_nack(&mut self, token: u64) {
+    /// A timer fired: a delayed nack is due, or a dead-letter SEND got no receipt in time.
+    async fn timer(&mut self, token: u64) {
         if token >> GENERATION_SHIFT != self.generation {
             return;
         }
-        if let Some(HeldState::Delayed(held)) = self.held.remove(&token) {
-            self.nack_now(held).await;
+        match self.held.remove(&token) {
+            Some(HeldState::Delayed(held)) => self.nack_now(held).await,
+            Some(HeldState::DeadLettering) => {
+                // Whether the dead letter was stored is unknown: drop the connection without
+                // acknowledging, so the broker redelivers the original (at least once).
+                let within = self.shared.config.receipt_timeout;
+                self.broken(Error::transient(
+                    BROKER,
+                    self.plan.destination.clone(),
+                    format!(
+                        "no RECEIPT for a dead-letter SEND within {within:?} (receipt_timeout)"
+                    ),
+                ));
+            }
+            Some(other) => {
+                self.held.insert(token, other);
+            }
+            None => {}
         }
     }
 
@@ -438,7 +462,7 @@ impl Task {
             tokio::select! {
                 _ = &mut close_rx => break,
                 Some((token, s)) = self.settle_rx.recv() => self.settle(token, s).await,
-                Some(token) = self.timer_rx.recv() => self.delayed_nack(token).await,
+                Some(token) = self.timer_rx.recv() => self.timer(token).await,
                 permit = deliveries.reserve(), if can_hand_out => {
                     let Ok(permit) = permit else { break };
                     if let Some(held) = self.queue.pop_front() {
