@@ -241,6 +241,10 @@ async fn run(config: Arc<StompConfig>, mut link: Option<Link>, mut rx: mpsc::Rec
                                 Ok(()) => {
                                     wrote = true;
                                     waiting.insert(id, (destination, reply));
+                                    if waiting.len() % 1024 == 0 {
+                                        // Forget publishes whose callers gave up (deadline).
+                                        waiting.retain(|_, (_, r)| !r.is_closed());
+                                    }
                                 }
                                 Err(e @ Error::Permanent { .. }) => {
                                     let _ = reply.send(Err(e));

@@ -689,3 +689,20 @@ async fn rabbitmq_wildcards_match() {
     assert_eq!(ids(&mut one_or_more, 2, "a.>").await, ["w0", "w1"]);
     assert_eq!(ids(&mut zero_or_more, 3, "a.#").await, ["w0", "w1", "w2"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_error_frame_on_subscribe_is_a_clear_error() {
+    let Some(url) = url(BrokerKind::RabbitMq) else {
+        return;
+    };
+    let broker = connect(&url).await;
+    let missing = format!("/amq/queue/{}", unique("nosuchqueue"));
+    let err = broker
+        .subscribe(Subscription::new(TopicPattern::literal(&missing, '.')))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, Error::Permanent { .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(text.contains("refused SUBSCRIBE"), "{text}");
+    assert!(text.to_lowercase().contains("not_found"), "{text}");
+}
