@@ -241,7 +241,7 @@ async fn run(config: Arc<StompConfig>, mut link: Option<Link>, mut rx: mpsc::Rec
                                 Ok(()) => {
                                     wrote = true;
                                     waiting.insert(id, (destination, reply));
-                                    if waiting.len() % 1024 == 0 {
+                                    if waiting.len().is_multiple_of(1024) {
                                         // Forget publishes whose callers gave up (deadline).
                                         waiting.retain(|_, (_, r)| !r.is_closed());
                                     }
