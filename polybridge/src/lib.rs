@@ -28,7 +28,8 @@
 //! | `nats://`, `jetstream://` | [`polybridge_nats`] (feature `nats`) | available |
 //! | `redis://`, `rediss://` | [`polybridge_redis`] (feature `redis`) | available |
 //! | `mqtt://` | [`polybridge_mqtt`] (feature `mqtt`) | available |
-//! | `amqp://`, `kafka://`, `stomp://` | `polybridge-<broker>` | in progress |
+//! | `stomp://`, `stomp+activemq://`, `stomp+rabbitmq://` | [`polybridge_stomp`] (feature `stomp`) | available |
+//! | `amqp://`, `kafka://` | `polybridge-<broker>` | in progress |
 //!
 //! The contract itself — messages, errors, capabilities, topic patterns — is
 //! [`polybridge_core`], re-exported here.
@@ -43,6 +44,8 @@ pub use polybridge_mqtt as mqtt;
 pub use polybridge_nats as nats;
 #[cfg(feature = "redis")]
 pub use polybridge_redis as redis;
+#[cfg(feature = "stomp")]
+pub use polybridge_stomp as stomp;
 
 /// Connects to the broker named by `url`, choosing the adapter from its scheme.
 ///
@@ -61,6 +64,10 @@ pub async fn connect_url(url: &BrokerUrl) -> Result<Arc<dyn Broker>> {
         "redis" | "rediss" => Ok(Arc::new(redis::RedisBroker::connect(url).await?)),
         #[cfg(feature = "mqtt")]
         "mqtt" => Ok(Arc::new(mqtt::MqttBroker::connect(url).await?)),
+        #[cfg(feature = "stomp")]
+        "stomp" | "stomp+activemq" | "stomp+rabbitmq" => {
+            Ok(Arc::new(stomp::StompBroker::connect(url).await?))
+        }
         other => Err(Error::config(
             "polybridge",
             format!(
@@ -82,6 +89,8 @@ pub fn capabilities_for(url: &BrokerUrl) -> Result<Capabilities> {
         "redis" | "rediss" => redis::RedisBroker::capabilities_for(url),
         #[cfg(feature = "mqtt")]
         "mqtt" => mqtt::MqttBroker::capabilities_for(url),
+        #[cfg(feature = "stomp")]
+        "stomp" | "stomp+activemq" | "stomp+rabbitmq" => stomp::StompBroker::capabilities_for(url),
         other => Err(Error::config(
             "polybridge",
             format!(
@@ -102,6 +111,8 @@ pub fn available_schemes() -> Vec<&'static str> {
     schemes.extend(["redis", "rediss"]);
     #[cfg(feature = "mqtt")]
     schemes.push("mqtt");
+    #[cfg(feature = "stomp")]
+    schemes.extend(polybridge_stomp::SCHEMES);
     schemes
 }
 
