@@ -155,9 +155,11 @@ impl BrokerProcess {
     }
 
     /// Freezes the broker (SIGSTOP): connections stay open but nothing is answered.
+    /// Returns once every thread of the broker has stopped.
     pub fn pause(&self) -> Result<(), HarnessError> {
         if let Some(g) = &self.group {
             g.signal("STOP");
+            crate::process::wait_stopped(g.pgid(), Duration::from_secs(5));
         }
         Ok(())
     }

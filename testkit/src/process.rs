@@ -150,6 +150,36 @@ pub fn group_members(pgid: u32) -> Vec<u32> {
     out
 }
 
+/// Waits until every thread of every process in group `pgid` is stopped (SIGSTOP takes
+/// effect asynchronously: a thread running on another core stops a moment after `kill`
+/// returns). Returns whether they all stopped within `timeout`.
+pub fn wait_stopped(pgid: u32, timeout: Duration) -> bool {
+    let end = Instant::now() + timeout;
+    loop {
+        let all_stopped = group_members(pgid).iter().all(|pid| {
+            let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+                return true; // gone
+            };
+            tasks.flatten().all(|task| {
+                std::fs::read_to_string(task.path().join("stat"))
+                    .ok()
+                    .and_then(|stat| {
+                        stat.rsplit_once(')')
+                            .and_then(|(_, r)| r.split_whitespace().next().map(str::to_owned))
+                    })
+                    .is_none_or(|state| matches!(state.as_str(), "T" | "t" | "Z" | "X"))
+            })
+        });
+        if all_stopped {
+            return true;
+        }
+        if Instant::now() >= end {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 /// Whether `pid` is alive (a zombie counts as gone).
 pub fn alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
