@@ -291,10 +291,7 @@ impl Worker {
     }
 
     async fn run(mut self, mut close: oneshot::Receiver<()>, closed: oneshot::Sender<()>) {
-        loop {
-            let Some(consumer) = self.consumer.as_mut() else {
-                break;
-            };
+        while let Some(consumer) = self.consumer.as_mut() {
             tokio::select! {
                 biased;
                 _ = &mut close => break,

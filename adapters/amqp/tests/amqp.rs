@@ -1,0 +1,417 @@
+//! RabbitMQ-specific behaviour against a real broker: unroutable publishes are errors, a
+//! broker restart during 10k messages loses nothing confirmed (and stale acks are dropped),
+//! rejected messages reach the dead-letter destination with their reason, prefetch bounds
+//! what is delivered, the pika tutorial's queue `hello` works in both directions, and
+//! wrong credentials, unknown vhosts, missing queues and conflicting declarations give clear
+//! errors.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use common::Server;
+use polybridge_amqp::AmqpBroker;
+use polybridge_conformance::Fixture;
+use polybridge_core::{
+    well_known, Broker, Deadline, Delivery, DeliveryStream, Error, HeaderValue, Message, Publisher,
+    Result, Subscriber, Subscription, TopicPattern,
+};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+fn deadline() -> Deadline {
+    Deadline::after(WAIT)
+}
+
+fn on(topic: &str) -> Subscription {
+    Subscription::new(TopicPattern::literal(topic, '.'))
+}
+
+fn unique(hint: &str) -> String {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    format!(
+        "amqpt.{hint}.{}x{}",
+        std::process::id(),
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    )
+}
+
+async fn next(stream: &mut DeliveryStream, what: &str) -> Delivery {
+    tokio::time::timeout(WAIT, stream.next())
+        .await
+        .unwrap_or_else(|_| panic!("{what}: nothing within {WAIT:?}"))
+        .unwrap_or_else(|| panic!("{what}: stream ended"))
+        .unwrap_or_else(|e| panic!("{what}: {e}"))
+}
+
+async fn nothing_for(stream: &mut DeliveryStream, period: Duration, what: &str) {
+    if let Ok(Some(d)) = tokio::time::timeout(period, stream.next()).await {
+        panic!(
+            "{what}: expected nothing, got {:?}",
+            d.map(|d| d.message.id)
+        );
+    }
+}
+
+/// Runs a Python script with pika against `url`; returns its stdout.
+fn pika(script: &str, url: &str) -> String {
+    let python = polybridge_testkit::python().expect("python with pika");
+    let out = std::process::Command::new(python)
+        .arg("-c")
+        .arg(script)
+        .arg(url)
+        .output()
+        .expect("run python");
+    assert!(
+        out.status.success(),
+        "pika script failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unroutable_publishes_and_unknown_exchanges_are_errors() {
+    let Some(server) = Server::shared() else {
+        return;
+    };
+    let broker = server.connect("").await;
+    let topic = unique("nobody");
+    let e = broker
+        .publish(&topic, Message::new("lost?"), deadline())
+        .await
+        .expect_err("a message no queue receives is an error");
+    let text = e.to_string();
+    assert!(matches!(e, Error::Permanent { .. }), "{e:?}");
+    assert!(
+        text.contains("unroutable") && text.contains("amq.topic") && text.contains(&topic),
+        "{text}"
+    );
+    let e = broker
+        .publish("exchange:no-such-exchange/x", Message::new("x"), deadline())
+        .await
+        .expect_err("an unknown exchange is an error");
+    assert!(matches!(e, Error::Permanent { .. }), "{e:?}");
+    assert!(e.to_string().contains("no-such-exchange"), "{e}");
+    // The publishing channel the broker closed is replaced: the next publish works.
+    let topic = unique("after");
+    let mut sub = broker.subscribe(on(&topic)).await.unwrap();
+    broker
+        .publish(&topic, Message::new("ok").with_id("after"), deadline())
+        .await
+        .expect("a publish after the refused ones");
+    next(&mut sub, "after the refused ones")
+        .await
+        .ack()
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejected_messages_reach_the_dead_letter_queue_with_their_reason() {
+    let Some(server) = Server::shared() else {
+        return;
+    };
+    let broker = server.connect("").await;
+    let topic = unique("work");
+    let dlq = unique("dlq").replace('.', "-");
+    // The dead-letter queue is a named, declared queue; rejects go there via `queue:NAME`.
+    let mut dead = broker
+        .subscribe(on(&format!("queue:{dlq}")).option("declare", "true"))
+        .await
+        .expect("declare and consume the dead-letter queue");
+    let mut work = broker
+        .subscribe(
+            on(&topic)
+                .group("workers")
+                .dead_letter(format!("queue:{dlq}")),
+        )
+        .await
+        .unwrap();
+    let bin = vec![0u8, 0xff, 7];
+    broker
+        .publish(
+            &topic,
+            Message::new("poison")
+                .with_id("p-1")
+                .with_header("bin", bin.clone()),
+            deadline(),
+        )
+        .await
+        .unwrap();
+    let d = next(&mut work, "the poison message").await;
+    d.nack().unwrap();
+    let d = next(&mut work, "the poison message again").await;
+    assert!(d.info.redelivered);
+    d.reject("schema mismatch").unwrap();
+    let d = next(&mut dead, "the dead letter").await;
+    assert_eq!(d.message.id, "p-1");
+    assert_eq!(&d.message.payload[..], b"poison");
+    let h = &d.message.headers;
+    assert_eq!(
+        h.get_str(well_known::REJECT_REASON),
+        Some("schema mismatch")
+    );
+    assert_eq!(h.get_str(well_known::ORIGINAL_TOPIC), Some(topic.as_str()));
+    assert!(h.get_str(well_known::ATTEMPTS).is_some());
+    assert_eq!(
+        h.get("bin"),
+        Some(&HeaderValue::Binary(bin.into())),
+        "the original headers travel unchanged"
+    );
+    assert_eq!(d.info.topic, dlq, "published through the default exchange");
+    d.ack().unwrap();
+    nothing_for(
+        &mut work,
+        Duration::from_millis(500),
+        "the rejected message is not redelivered",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefetch_bounds_unacknowledged_deliveries() {
+    let Some(server) = Server::shared() else {
+        return;
+    };
+    let broker = server.connect("").await;
+    let topic = unique("prefetch");
+    let mut sub = broker
+        .subscribe(on(&topic).group("pf").max_in_flight(4))
+        .await
+        .unwrap();
+    let n = 40;
+    for i in 0..n {
+        broker
+            .publish(
+                &topic,
+                Message::new(i.to_string()).with_id(format!("pf-{i}")),
+                deadline(),
+            )
+            .await
+            .unwrap();
+    }
+    let mut seen = HashSet::new();
+    while seen.len() < n {
+        let mut held = Vec::new();
+        for _ in 0..4.min(n - seen.len()) {
+            held.push(next(&mut sub, "a delivery within the prefetch").await);
+        }
+        if seen.len() + held.len() < n {
+            nothing_for(
+                &mut sub,
+                Duration::from_millis(300),
+                "a 5th delivery while 4 are unacknowledged",
+            )
+            .await;
+        }
+        for d in held {
+            assert!(
+                seen.insert(d.message.id.clone()),
+                "duplicate {}",
+                d.message.id
+            );
+            d.ack().unwrap();
+        }
+    }
+    // The URL's `prefetch` overrides the in-flight limit.
+    let broker = server.connect("prefetch=2").await;
+    let topic = unique("prefetch2");
+    let mut sub = broker
+        .subscribe(on(&topic).max_in_flight(100))
+        .await
+        .unwrap();
+    for i in 0..5 {
+        broker
+            .publish(&topic, Message::new(i.to_string()), deadline())
+            .await
+            .unwrap();
+    }
+    let a = next(&mut sub, "first").await;
+    let b = next(&mut sub, "second").await;
+    nothing_for(
+        &mut sub,
+        Duration::from_millis(300),
+        "a 3rd with prefetch=2",
+    )
+    .await;
+    a.ack().unwrap();
+    b.ack().unwrap();
+    next(&mut sub, "the 3rd after acks").await.ack().unwrap();
+}
+
+const PIKA_PUBLISH: &str = r#"
+import sys, pika
+connection = pika.BlockingConnection(pika.URLParameters(sys.argv[1]))
+channel = connection.channel()
+channel.queue_declare(queue='hello')
+channel.basic_publish(exchange='', routing_key='hello', body='Hello, World!')
+print(" [x] Sent 'Hello, World!'")
+connection.close()
+"#;
+
+const PIKA_RECEIVE: &str = r#"
+import sys, time, pika
+connection = pika.BlockingConnection(pika.URLParameters(sys.argv[1]))
+channel = connection.channel()
+channel.queue_declare(queue='hello')
+end = time.time() + 20
+while time.time() < end:
+    method, properties, body = channel.basic_get(queue='hello', auto_ack=True)
+    if method:
+        h = properties.headers or {}
+        print(body.decode(), h.get('lang'), h.get('raw').hex(), properties.message_id, properties.delivery_mode)
+        break
+    time.sleep(0.05)
+connection.close()
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pika_tutorial_queue_hello_works_both_ways() {
+    let Some(server) = Server::shared() else {
+        return;
+    };
+    let url = server.url.clone();
+    let sent = tokio::task::spawn_blocking(move || pika(PIKA_PUBLISH, &url))
+        .await
+        .unwrap();
+    assert!(sent.contains("Sent"), "{sent}");
+    // pika declared `hello` (not durable); polybridge consumes it as it is.
+    let broker = server.connect("").await;
+    let mut hello = broker.subscribe(on("queue:hello")).await.unwrap();
+    let d = next(&mut hello, "pika's Hello, World!").await;
+    assert_eq!(&d.message.payload[..], b"Hello, World!");
+    assert_eq!(d.info.topic, "hello");
+    d.ack().unwrap();
+    hello.close().await;
+    // Declaring it again as durable conflicts with pika's declaration: a clear error.
+    let e = broker
+        .subscribe(on("queue:hello").option("declare", "true"))
+        .await
+        .expect_err("a conflicting declaration");
+    let text = e.to_string();
+    assert!(
+        text.contains("PRECONDITION_FAILED") && text.contains("hello") && text.contains("durable"),
+        "{text}"
+    );
+    // The other way: polybridge publishes into `hello`, pika reads it.
+    broker
+        .publish(
+            "queue:hello",
+            Message::new("Hello from polybridge")
+                .with_id("pb-1")
+                .with_header("lang", "rust")
+                .with_header("raw", vec![0u8, 0xfe]),
+            deadline(),
+        )
+        .await
+        .unwrap();
+    let url = server.url.clone();
+    let got = tokio::task::spawn_blocking(move || pika(PIKA_RECEIVE, &url))
+        .await
+        .unwrap();
+    assert_eq!(
+        got.trim(),
+        "Hello from polybridge rust 00fe pb-1 2",
+        "{got}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_credentials_vhosts_and_queues_give_clear_errors() {
+    let Some(server) = Server::shared() else {
+        return;
+    };
+    let wrong = server.url.replace("guest:guest@", "guest:wrong-secret@");
+    let e = AmqpBroker::connect(&wrong.parse().unwrap())
+        .await
+        .err()
+        .expect("a wrong password is refused");
+    assert!(matches!(e, Error::Auth { .. }), "{e:?}");
+    let text = e.to_string();
+    assert!(
+        text.contains("guest") && !text.contains("wrong-secret"),
+        "{text}"
+    );
+
+    let no_vhost = server.url.replace("/%2f", "/no-such-vhost");
+    let e = AmqpBroker::connect(&no_vhost.parse().unwrap())
+        .await
+        .err()
+        .expect("an unknown vhost is refused");
+    assert!(e.to_string().contains("no-such-vhost"), "{e}");
+    assert!(!e.is_retryable(), "{e:?}");
+
+    let broker = server.connect("").await;
+    let e = broker
+        .subscribe(on("queue:no-such-queue"))
+        .await
+        .expect_err("a missing queue");
+    assert!(matches!(e, Error::Permanent { .. }), "{e:?}");
+    assert!(e.to_string().contains("no-such-queue"), "{e}");
+    let e = broker
+        .subscribe(on("a.b").option("bogus", "1"))
+        .await
+        .expect_err("an unknown option");
+    assert!(e.to_string().contains("bogus"), "{e}");
+}
+
+/// A private broker the conformance `reconnect` test can restart.
+struct PrivateFixture {
+    server: Option<Server>,
+}
+
+#[async_trait]
+impl Fixture for PrivateFixture {
+    async fn connect(&self) -> Result<Arc<dyn Broker>> {
+        let server = self.server.as_ref().expect("a private broker");
+        Ok(Arc::new(AmqpBroker::connect(&server.url.parse()?).await?))
+    }
+
+    async fn restart_broker(&self) -> Option<Result<()>> {
+        self.server.as_ref()?.restart().await
+    }
+
+    fn timeout(&self) -> Duration {
+        Duration::from_secs(60)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_restarts_lose_nothing_confirmed_and_stale_acks_are_dropped() {
+    let fixture = PrivateFixture {
+        server: Server::private(),
+    };
+    let Some(server) = &fixture.server else {
+        return;
+    };
+    // A delivery held across a restart: acking it afterwards is accepted but not sent on
+    // the new channel, and the broker redelivers it.
+    let broker = server.connect("").await;
+    let topic = unique("stale");
+    let mut sub = broker.subscribe(on(&topic).group("stale")).await.unwrap();
+    broker
+        .publish(&topic, Message::new("held").with_id("held-1"), deadline())
+        .await
+        .unwrap();
+    let held = next(&mut sub, "before the restart").await;
+    server.restart().await.unwrap().unwrap();
+    let again = tokio::time::timeout(Duration::from_secs(60), sub.next())
+        .await
+        .expect("redelivered after the restart")
+        .unwrap()
+        .unwrap();
+    assert_eq!(again.message.id, "held-1");
+    held.ack().expect("a stale ack is accepted (and dropped)");
+    assert!(again.info.redelivered, "{:?}", again.info);
+    again.ack().unwrap();
+    nothing_for(&mut sub, Duration::from_millis(500), "after the ack").await;
+    sub.close().await;
+    // The conformance test: two restarts during 10k confirmed messages, all received.
+    polybridge_conformance::tests::reconnect(&fixture).await;
+}
