@@ -53,6 +53,80 @@ pub struct AmqpConfig {
     pub max_payload: usize,
     /// `reconnect_max` (default 5s): the longest pause between two reconnection attempts.
     pub reconnect_max: Duration,
+    /// `dead_letter_exchange=X`: `x-dead-letter-exchange` of group queues and declared
+    /// queues, so the broker dead-letters natively what is rejected without a dead-letter
+    /// destination.
+    pub dead_letter_exchange: Option<String>,
+    /// Exchanges, queues and bindings declared on every (re)connection.
+    pub topology: Topology,
+}
+
+/// What a connection declares on connecting and again after every reconnection.
+/// Declarations are idempotent against identical existing topology; a conflicting one is an
+/// error carrying the broker's PRECONDITION_FAILED text.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Topology {
+    /// `declare_exchanges=NAME:TYPE,…` (TYPE `topic`, `direct`, `fanout` or `headers`;
+    /// durable).
+    pub exchanges: Vec<(String, String)>,
+    /// `declare_queues=NAME,…` (durable per `durable`, with `queue_type` and
+    /// `dead_letter_exchange`).
+    pub queues: Vec<String>,
+    /// `declare_bindings=QUEUE:EXCHANGE:KEY,…` (KEY may contain `:`; may be empty).
+    pub bindings: Vec<(String, String, String)>,
+}
+
+impl Topology {
+    /// Whether nothing is to be declared.
+    pub fn is_empty(&self) -> bool {
+        self.exchanges.is_empty() && self.queues.is_empty() && self.bindings.is_empty()
+    }
+}
+
+fn list(url: &BrokerUrl, name: &str) -> Vec<String> {
+    url.option(name)
+        .map(|v| {
+            v.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn topology(url: &BrokerUrl) -> Result<Topology> {
+    let mut t = Topology::default();
+    for item in list(url, "declare_exchanges") {
+        let (name, kind) = item.split_once(':').unwrap_or((item.as_str(), "topic"));
+        if !matches!(kind, "topic" | "direct" | "fanout" | "headers") || name.is_empty() {
+            return Err(Error::config(
+                BROKER,
+                format!("declare_exchanges item {item:?} in {url}: expected NAME:TYPE with TYPE topic, direct, fanout or headers"),
+            ));
+        }
+        t.exchanges.push((name.to_owned(), kind.to_owned()));
+    }
+    t.queues = list(url, "declare_queues");
+    for item in list(url, "declare_bindings") {
+        let mut parts = item.splitn(3, ':');
+        match (parts.next(), parts.next(), parts.next()) {
+            (Some(q), Some(x), key) if !q.is_empty() && !x.is_empty() => {
+                t.bindings.push((
+                    q.to_owned(),
+                    x.to_owned(),
+                    key.unwrap_or_default().to_owned(),
+                ));
+            }
+            _ => {
+                return Err(Error::config(
+                    BROKER,
+                    format!("declare_bindings item {item:?} in {url}: expected QUEUE:EXCHANGE:KEY"),
+                ))
+            }
+        }
+    }
+    Ok(t)
 }
 
 const OPTIONS: &[&str] = &[
@@ -66,6 +140,10 @@ const OPTIONS: &[&str] = &[
     "dead_letter",
     "max_payload",
     "reconnect_max",
+    "dead_letter_exchange",
+    "declare_exchanges",
+    "declare_queues",
+    "declare_bindings",
 ];
 
 impl AmqpConfig {
@@ -127,6 +205,8 @@ impl AmqpConfig {
             reconnect_max: url
                 .duration_option(BROKER, "reconnect_max")?
                 .unwrap_or(Duration::from_secs(5)),
+            dead_letter_exchange: url.option("dead_letter_exchange").map(str::to_owned),
+            topology: topology(url)?,
         })
     }
 }
@@ -160,5 +240,32 @@ mod tests {
             .to_string();
         assert!(e.contains("bogus") && !e.contains("secret"), "{e}");
         assert!(AmqpConfig::from_url(&"nats://h".parse().unwrap()).is_err());
+        let c = AmqpConfig::from_url(
+            &"amqp://h/?declare_exchanges=dlx:fanout,ev&declare_queues=dead,work&declare_bindings=dead:dlx:,work:ev:a.%2A"
+                .parse()
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            c.topology.exchanges,
+            [
+                ("dlx".into(), "fanout".into()),
+                ("ev".into(), "topic".into())
+            ]
+        );
+        assert_eq!(c.topology.queues, ["dead", "work"]);
+        assert_eq!(
+            c.topology.bindings,
+            [
+                ("dead".into(), "dlx".into(), String::new()),
+                ("work".into(), "ev".into(), "a.*".into())
+            ]
+        );
+        assert!(
+            AmqpConfig::from_url(&"amqp://h/?declare_exchanges=x:weird".parse().unwrap()).is_err()
+        );
+        assert!(
+            AmqpConfig::from_url(&"amqp://h/?declare_bindings=onlyqueue".parse().unwrap()).is_err()
+        );
     }
 }

@@ -8,9 +8,15 @@
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use lapin::options::ConfirmSelectOptions;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use lapin::options::{
+    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
 use lapin::protocol::{AMQPErrorKind, AMQPHardError, AMQPSoftError};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::uri::{AMQPAuthority, AMQPQueryString, AMQPScheme, AMQPUri, AMQPUserInfo};
+use lapin::ExchangeKind;
 use lapin::{Channel, Connection, ConnectionProperties};
 use polybridge_core::{Error, Result};
 
@@ -24,6 +30,7 @@ pub(crate) struct Link {
     pub(crate) endpoint: String,
     state: RwLock<State>,
     reconnect: tokio::sync::Mutex<Backoff>,
+    closed: AtomicBool,
 }
 
 #[derive(Default)]
@@ -50,6 +57,7 @@ impl Link {
                 last_failure: None,
                 pause: FIRST_PAUSE,
             }),
+            closed: AtomicBool::new(false),
         });
         let connection = Arc::new(link.open().await?);
         link.write_state().connection = Some(connection);
@@ -97,6 +105,12 @@ impl Link {
         match tokio::time::timeout(timeout, Connection::connect_uri(self.uri(), properties)).await {
             Ok(Ok(c)) => {
                 tracing::info!(broker = BROKER, endpoint = %self.endpoint, "connected");
+                if let Err(e) = self.declare_topology(&c).await {
+                    let _ = c
+                        .close(200, "polybridge: topology declaration failed")
+                        .await;
+                    return Err(e);
+                }
                 Ok(c)
             }
             Ok(Err(e)) => Err(self.connect_error(e)),
@@ -107,6 +121,70 @@ impl Link {
                 source: None,
             }),
         }
+    }
+
+    /// Declares the URL's exchanges, queues and bindings (again after every reconnection).
+    async fn declare_topology(&self, connection: &Connection) -> Result<()> {
+        let topology = &self.config.topology;
+        if topology.is_empty() {
+            return Ok(());
+        }
+        let channel = connection
+            .create_channel()
+            .await
+            .map_err(|e| lapin_error(e, "the topology channel"))?;
+        for (name, kind) in &topology.exchanges {
+            let kind = match kind.as_str() {
+                "topic" => ExchangeKind::Topic,
+                "fanout" => ExchangeKind::Fanout,
+                "headers" => ExchangeKind::Headers,
+                _ => ExchangeKind::Direct,
+            };
+            channel
+                .exchange_declare(
+                    name,
+                    kind,
+                    ExchangeDeclareOptions {
+                        durable: true,
+                        ..ExchangeDeclareOptions::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(|e| lapin_error(e, &format!("exchange {name:?}")))?;
+        }
+        for name in &topology.queues {
+            channel
+                .queue_declare(
+                    name,
+                    QueueDeclareOptions {
+                        durable: self.config.durable,
+                        ..QueueDeclareOptions::default()
+                    },
+                    queue_arguments(&self.config),
+                )
+                .await
+                .map_err(|e| lapin_error(e, &format!("queue {name:?}")))?;
+        }
+        for (queue, exchange, key) in &topology.bindings {
+            channel
+                .queue_bind(
+                    queue,
+                    exchange,
+                    key,
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await
+                .map_err(|e| {
+                    lapin_error(
+                        e,
+                        &format!("binding of queue {queue:?} to exchange {exchange:?}"),
+                    )
+                })?;
+        }
+        let _ = channel.close(200, "polybridge: topology declared").await;
+        Ok(())
     }
 
     fn connect_error(&self, e: lapin::Error) -> Error {
@@ -166,12 +244,18 @@ impl Link {
     /// with backoff between failed attempts: during the pause callers fail fast with the
     /// last error, which is retryable).
     pub(crate) async fn connection(&self) -> Result<Arc<Connection>> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::closed(BROKER, "the connection"));
+        }
         if let Some(c) = self.live_connection() {
             return Ok(c);
         }
         let mut backoff = self.reconnect.lock().await;
         if let Some(c) = self.live_connection() {
             return Ok(c);
+        }
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::closed(BROKER, "the connection"));
         }
         if let Some((at, e)) = &backoff.last_failure {
             if at.elapsed() < backoff.pause {
@@ -249,6 +333,8 @@ impl Link {
 
     /// Closes the connection (the broker returns unacknowledged deliveries).
     pub(crate) async fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        let _one_at_a_time = self.reconnect.lock().await;
         let connection = {
             let mut state = self.write_state();
             state.publish = None;
@@ -275,6 +361,17 @@ fn retryable_copy(e: &Error, endpoint: &str) -> Error {
             broker,
             reason: reason.clone(),
         },
+        Error::Permanent {
+            broker,
+            destination,
+            reason,
+            ..
+        } => Error::Permanent {
+            broker,
+            destination: destination.clone(),
+            reason: reason.clone(),
+            source: None,
+        },
         other => Error::Connection {
             broker: BROKER,
             endpoint: endpoint.to_owned(),
@@ -282,6 +379,20 @@ fn retryable_copy(e: &Error, endpoint: &str) -> Error {
             source: None,
         },
     }
+}
+
+/// Arguments of the queues this adapter declares durable (group queues, `declare=true`,
+/// `declare_queues`): `x-queue-type` and `x-dead-letter-exchange` from the URL.
+pub(crate) fn queue_arguments(config: &AmqpConfig) -> FieldTable {
+    let mut arguments = FieldTable::default();
+    let text = |s: &str| AMQPValue::LongString(LongString::from(s.as_bytes()));
+    if let Some(t) = &config.queue_type {
+        arguments.insert(ShortString::from("x-queue-type"), text(t));
+    }
+    if let Some(x) = &config.dead_letter_exchange {
+        arguments.insert(ShortString::from("x-dead-letter-exchange"), text(x));
+    }
+    arguments
 }
 
 /// The reply code of an AMQP protocol error, if `e` is one.
@@ -297,17 +408,21 @@ pub(crate) fn reply_code(e: &lapin::Error) -> Option<u16> {
 /// (which names the queue or exchange and, for 406, the differing argument); lost channels
 /// and connections are transient.
 pub(crate) fn lapin_error(e: lapin::Error, destination: &str) -> Error {
+    let reason = match &e {
+        lapin::Error::ProtocolError(amqp) => amqp.get_message().as_str().to_owned(),
+        other => other.to_string(),
+    };
     match reply_code(&e) {
         Some(403..=406) | Some(530) | Some(540) => Error::Permanent {
             broker: BROKER,
             destination: destination.to_owned(),
-            reason: e.to_string(),
+            reason,
             source: Some(Box::new(e)),
         },
         _ => Error::Transient {
             broker: BROKER,
             destination: destination.to_owned(),
-            reason: e.to_string(),
+            reason,
             source: Some(Box::new(e)),
         },
     }

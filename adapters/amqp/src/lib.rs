@@ -39,6 +39,18 @@
 //! | `dead_letter` | none | dead-letter destination of subscriptions that name none |
 //! | `max_payload` | 128 MiB | largest payload published (RabbitMQ's default `max_message_size`) |
 //! | `reconnect_max` | `5s` | longest pause between reconnection attempts |
+//! | `dead_letter_exchange` | none | `x-dead-letter-exchange` of group and declared queues (native dead-lettering, see below) |
+//! | `declare_exchanges` | none | `NAME:TYPE,…` durable exchanges to declare (TYPE `topic`, `direct`, `fanout`, `headers`) |
+//! | `declare_queues` | none | `NAME,…` queues to declare (with `durable`, `queue_type`, `dead_letter_exchange`) |
+//! | `declare_bindings` | none | `QUEUE:EXCHANGE:KEY,…` bindings to declare (KEY may be empty or contain `:`) |
+//!
+//! # Topology
+//! The `declare_*` options are declared on connecting and again after every reconnection,
+//! in order exchanges, queues, bindings. Declaring is idempotent against identical existing
+//! topology; a conflicting declaration fails the connection with a permanent error carrying
+//! the broker's PRECONDITION_FAILED text, which names the queue or exchange and the
+//! differing argument (e.g. `inequivalent arg 'durable' for queue 'q'`). Subscriptions
+//! declare their own queues and bindings (below), again after every reconnection too.
 //!
 //! # Destinations
 //! - `orders.eu.created` — published to `exchange` (default `amq.topic`) with the destination
@@ -80,13 +92,15 @@
 //!   publish fails the original is requeued, so nothing is lost (a duplicate in the
 //!   dead-letter destination is possible if the connection drops between the two). Without
 //!   a dead-letter destination, `reject` is `basic.nack` without requeue: the broker
-//!   dead-letters it natively if the queue has a dead-letter exchange (`x-dead-letter-exchange`
-//!   or a policy), and drops it otherwise.
+//!   dead-letters it natively if the queue has a dead-letter exchange (the URL's
+//!   `dead_letter_exchange`, an `x-dead-letter-exchange` argument or a policy), adding its
+//!   own `x-death` and `x-first-death-reason: rejected` headers (the reason text is not
+//!   carried on that path), and drops it otherwise.
 //! - [`DeliveryInfo`](polybridge_core::DeliveryInfo): `topic` is the routing key the message
 //!   was published with; `position` the delivery tag; `attempt` is `x-delivery-count + 1` on
 //!   quorum queues, 1 for a first delivery, and 0 ("redelivered, count unknown") for a
 //!   classic-queue redelivery, where the broker only sets the `redelivered` flag. The
-//!   attempts header of a dead-lettered message is then written as 1 (a lower bound).
+//!   attempts header of a dead-lettered message is then written as 2 (a lower bound).
 //!
 //! # Publishing
 //! The publishing channel is in confirm mode and every message is `mandatory` and

@@ -12,7 +12,7 @@ use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, QueueBindOptions,
     QueueDeclareOptions,
 };
-use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, Consumer};
 use polybridge_core::{
     well_known, AckHandle, Acknowledger, Delivery, DeliveryInfo, DeliveryStream, Error, Position,
@@ -20,7 +20,7 @@ use polybridge_core::{
 };
 use tokio::sync::{mpsc, oneshot};
 
-use crate::connection::{lapin_error, Link};
+use crate::connection::{lapin_error, queue_arguments, Link};
 use crate::mapping;
 use crate::publisher::publish_confirmed;
 use crate::{AmqpBroker, BROKER};
@@ -200,13 +200,7 @@ impl Worker {
             .await
             .map_err(|e| lapin_error(e, &plan.what))?;
         let config = &self.link.config;
-        let mut arguments = FieldTable::default();
-        if let Some(t) = &config.queue_type {
-            arguments.insert(
-                ShortString::from("x-queue-type"),
-                AMQPValue::LongString(LongString::from(t.as_bytes())),
-            );
-        }
+        let arguments = queue_arguments(config);
         let queue = match &plan.queue {
             QueueKind::Named { name, declare } => {
                 let (options, arguments) = if *declare {
@@ -477,7 +471,8 @@ impl Worker {
 /// confirm.
 async fn dead_letter(link: &Link, destination: &str, p: Pending, reason: &str) -> Result<()> {
     let route = mapping::route(destination, &link.config.exchange)?;
-    let attempts = p.attempt.max(1).to_string();
+    // 0 is "redelivered, count unknown": at least the second delivery.
+    let attempts = if p.attempt == 0 { 2 } else { p.attempt }.to_string();
     let properties = mapping::with_text_headers(
         p.properties,
         &[

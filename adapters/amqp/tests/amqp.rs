@@ -88,6 +88,7 @@ async fn unroutable_publishes_and_unknown_exchanges_are_errors() {
         .await
         .expect_err("a message no queue receives is an error");
     let text = e.to_string();
+    eprintln!("unroutable: {text}");
     assert!(matches!(e, Error::Permanent { .. }), "{e:?}");
     assert!(
         text.contains("unroutable") && text.contains("amq.topic") && text.contains(&topic),
@@ -98,6 +99,7 @@ async fn unroutable_publishes_and_unknown_exchanges_are_errors() {
         .await
         .expect_err("an unknown exchange is an error");
     assert!(matches!(e, Error::Permanent { .. }), "{e:?}");
+    eprintln!("unknown exchange: {e}");
     assert!(e.to_string().contains("no-such-exchange"), "{e}");
     // The publishing channel the broker closed is replaced: the next publish works.
     let topic = unique("after");
@@ -295,6 +297,7 @@ async fn the_pika_tutorial_queue_hello_works_both_ways() {
         .await
         .expect_err("a conflicting declaration");
     let text = e.to_string();
+    eprintln!("conflict: {text}");
     assert!(
         text.contains("PRECONDITION_FAILED") && text.contains("hello") && text.contains("durable"),
         "{text}"
@@ -334,6 +337,7 @@ async fn bad_credentials_vhosts_and_queues_give_clear_errors() {
         .expect("a wrong password is refused");
     assert!(matches!(e, Error::Auth { .. }), "{e:?}");
     let text = e.to_string();
+    eprintln!("auth: {text}");
     assert!(
         text.contains("guest") && !text.contains("wrong-secret"),
         "{text}"
@@ -344,6 +348,7 @@ async fn bad_credentials_vhosts_and_queues_give_clear_errors() {
         .await
         .err()
         .expect("an unknown vhost is refused");
+    eprintln!("vhost: {e}");
     assert!(e.to_string().contains("no-such-vhost"), "{e}");
     assert!(!e.is_retryable(), "{e:?}");
 
@@ -353,6 +358,7 @@ async fn bad_credentials_vhosts_and_queues_give_clear_errors() {
         .await
         .expect_err("a missing queue");
     assert!(matches!(e, Error::Permanent { .. }), "{e:?}");
+    eprintln!("missing queue: {e}");
     assert!(e.to_string().contains("no-such-queue"), "{e}");
     let e = broker
         .subscribe(on("a.b").option("bogus", "1"))
@@ -414,4 +420,117 @@ async fn broker_restarts_lose_nothing_confirmed_and_stale_acks_are_dropped() {
     sub.close().await;
     // The conformance test: two restarts during 10k confirmed messages, all received.
     polybridge_conformance::tests::reconnect(&fixture).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn declared_topology_and_native_dead_lettering() {
+    let Some(server) = Server::shared() else {
+        return;
+    };
+    let id = format!("{}", std::process::id());
+    let (dlx, dead) = (format!("pbx-dlx-{id}"), format!("pbx-dead-{id}"));
+    let options = format!(
+        "declare_exchanges={dlx}:fanout&declare_queues={dead}&declare_bindings={dead}:{dlx}:&dead_letter_exchange={dlx}"
+    );
+    let broker = server.connect(&options).await;
+    // Declaring the same topology again is idempotent.
+    let again = server.connect(&options).await;
+    let mut dead_sub = again.subscribe(on(&format!("queue:{dead}"))).await.unwrap();
+    let topic = unique("native");
+    // The group queue gets `x-dead-letter-exchange`; rejecting without a dead-letter
+    // destination lets the broker dead-letter it.
+    let mut work = broker
+        .subscribe(on(&topic).group(format!("native-{id}")))
+        .await
+        .unwrap();
+    broker
+        .publish(&topic, Message::new("bad").with_id("n-1"), deadline())
+        .await
+        .unwrap();
+    next(&mut work, "the message").await.reject("bad").unwrap();
+    let d = next(&mut dead_sub, "the natively dead-lettered message").await;
+    assert_eq!(d.message.id, "n-1");
+    assert_eq!(
+        d.message.headers.get_str("x-first-death-reason"),
+        Some("rejected"),
+        "{:?}",
+        d.message.headers
+    );
+    d.ack().unwrap();
+    // A declaration that conflicts with the existing queue names it and the argument.
+    let conflicting = server.url_with(&format!("declare_queues={dead}&durable=false"));
+    let e = AmqpBroker::connect(&conflicting.parse().unwrap())
+        .await
+        .err()
+        .expect("a conflicting declaration");
+    let text = e.to_string();
+    eprintln!("topology conflict: {text}");
+    assert!(matches!(e, Error::Permanent { .. }), "{e:?}");
+    assert!(
+        text.contains("PRECONDITION_FAILED") && text.contains(&dead) && text.contains("durable"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quorum_queues_count_attempts() {
+    let Some(server) = Server::shared() else {
+        return;
+    };
+    let broker = server.connect("queue_type=quorum").await;
+    let topic = unique("quorum");
+    let dlq = unique("quorum-dead").replace('.', "-");
+    let mut dead = broker
+        .subscribe(on(&format!("queue:{dlq}")).option("declare", "true"))
+        .await
+        .unwrap();
+    let mut sub = broker
+        .subscribe(on(&topic).group("q").dead_letter(format!("queue:{dlq}")))
+        .await
+        .unwrap();
+    broker
+        .publish(&topic, Message::new("x").with_id("q-1"), deadline())
+        .await
+        .unwrap();
+    for attempt in 1..=2 {
+        let d = next(&mut sub, "a delivery").await;
+        assert_eq!(d.info.attempt, attempt, "{:?}", d.info);
+        assert_eq!(d.info.redelivered, attempt > 1, "{:?}", d.info);
+        d.nack().unwrap();
+    }
+    let d = next(&mut sub, "the third delivery").await;
+    assert_eq!(d.info.attempt, 3, "{:?}", d.info);
+    d.reject("gave up").unwrap();
+    let d = next(&mut dead, "the dead letter").await;
+    assert_eq!(d.message.headers.get_str(well_known::ATTEMPTS), Some("3"));
+    d.ack().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_ends_subscriptions_and_refuses_publishes() {
+    let Some(server) = Server::shared() else {
+        return;
+    };
+    let broker = server.connect("").await;
+    let topic = unique("shutdown");
+    let mut sub = broker.subscribe(on(&topic)).await.unwrap();
+    broker.shutdown().await;
+    let e = broker
+        .publish(&topic, Message::new("late"), deadline())
+        .await
+        .expect_err("publish after shutdown");
+    assert!(matches!(e, Error::Closed { .. }), "{e:?}");
+    let end = tokio::time::timeout(WAIT, async {
+        loop {
+            match sub.next().await {
+                None => return,
+                Some(Err(e)) => {
+                    assert!(matches!(e, Error::Closed { .. }), "{e:?}");
+                }
+                Some(Ok(d)) => panic!("unexpected delivery {:?}", d.message.id),
+            }
+        }
+    })
+    .await;
+    assert!(end.is_ok(), "the subscription ends after shutdown");
 }
