@@ -367,16 +367,20 @@ async fn bad_credentials_vhosts_and_queues_give_clear_errors() {
     assert!(e.to_string().contains("bogus"), "{e}");
 }
 
-/// A private broker the conformance `reconnect` test can restart.
+/// A fixture for single conformance tests: a private broker the `reconnect` test can
+/// restart, or the shared one with URL options.
 struct PrivateFixture {
     server: Option<Server>,
+    options: &'static str,
 }
 
 #[async_trait]
 impl Fixture for PrivateFixture {
     async fn connect(&self) -> Result<Arc<dyn Broker>> {
-        let server = self.server.as_ref().expect("a private broker");
-        Ok(Arc::new(AmqpBroker::connect(&server.url.parse()?).await?))
+        let server = self.server.as_ref().expect("a broker");
+        Ok(Arc::new(
+            AmqpBroker::connect(&server.url_with(self.options).parse()?).await?,
+        ))
     }
 
     async fn restart_broker(&self) -> Option<Result<()>> {
@@ -389,9 +393,10 @@ impl Fixture for PrivateFixture {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn broker_restarts_lose_nothing_confirmed_and_stale_acks_are_dropped() {
+async fn broker_restarts_and_freezes_lose_nothing_confirmed_and_stale_acks_are_dropped() {
     let fixture = PrivateFixture {
         server: Server::private(),
+        options: "",
     };
     let Some(server) = &fixture.server else {
         return;
@@ -417,6 +422,39 @@ async fn broker_restarts_lose_nothing_confirmed_and_stale_acks_are_dropped() {
     assert!(again.info.redelivered, "{:?}", again.info);
     again.ack().unwrap();
     nothing_for(&mut sub, Duration::from_millis(500), "after the ack").await;
+    sub.close().await;
+    // A frozen broker: missed heartbeats end the connection, and after the broker thaws the
+    // publisher and the subscription carry on over a new one.
+    let frozen = server.connect("heartbeat=1s").await;
+    let topic = unique("frozen");
+    let mut sub = frozen.subscribe(on(&topic).group("frozen")).await.unwrap();
+    server.freeze(true);
+    tokio::time::sleep(Duration::from_secs(5)).await; // how long the fault lasts
+    server.freeze(false);
+    let end = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let r = frozen
+            .publish(
+                &topic,
+                Message::new("thawed").with_id("thawed-1"),
+                Deadline::after(Duration::from_secs(5)),
+            )
+            .await;
+        match r {
+            Ok(_) => break,
+            Err(e) if e.is_retryable() && tokio::time::Instant::now() < end => {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("publish after the broker thawed: {e}"),
+        }
+    }
+    let d = tokio::time::timeout(Duration::from_secs(60), sub.next())
+        .await
+        .expect("a delivery after the broker thawed")
+        .unwrap()
+        .unwrap();
+    assert_eq!(d.message.id, "thawed-1");
+    d.ack().unwrap();
     sub.close().await;
     // The conformance test: two restarts during 10k confirmed messages, all received.
     polybridge_conformance::tests::reconnect(&fixture).await;
@@ -533,4 +571,17 @@ async fn shutdown_ends_subscriptions_and_refuses_publishes() {
     })
     .await;
     assert!(end.is_ok(), "the subscription ends after shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn payloads_over_the_configured_limit_are_refused() {
+    let fixture = PrivateFixture {
+        server: Server::shared(),
+        options: "max_payload=65536",
+    };
+    if fixture.server.is_none() {
+        return;
+    }
+    // Exactly the limit passes, one byte more is PayloadTooLarge and nothing is lost.
+    polybridge_conformance::tests::payload_limits(&fixture).await;
 }

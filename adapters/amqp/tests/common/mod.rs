@@ -73,4 +73,15 @@ impl Server {
             .expect("restart task");
         Some(result.map_err(|e| polybridge_core::Error::config("amqp", e.to_string())))
     }
+
+    /// Freezes (`true`) or unfreezes (`false`) a private broker.
+    pub fn freeze(&self, frozen: bool) {
+        let process = self.process.as_ref().expect("a private broker");
+        let process = process.lock().unwrap();
+        if frozen {
+            process.pause().unwrap();
+        } else {
+            process.resume().unwrap();
+        }
+    }
 }
