@@ -58,6 +58,13 @@ async fn nothing_for(stream: &mut DeliveryStream, period: Duration, what: &str) 
     }
 }
 
+/// Acks `d` and returns its message id.
+fn acked(d: Delivery) -> String {
+    let id = d.message.id.clone();
+    d.ack().unwrap();
+    id
+}
+
 /// Runs a Python script with pika against `url`; returns its stdout.
 fn pika(script: &str, url: &str) -> String {
     let python = polybridge_testkit::python().expect("python with pika");
@@ -361,6 +368,13 @@ async fn bad_credentials_vhosts_and_queues_give_clear_errors() {
     eprintln!("missing queue: {e}");
     assert!(e.to_string().contains("no-such-queue"), "{e}");
     let e = broker
+        .subscribe(on("a.b").option("exchange", "no-such-exchange"))
+        .await
+        .expect_err("binding to a missing exchange");
+    eprintln!("missing exchange: {e}");
+    assert!(matches!(e, Error::Permanent { .. }), "{e:?}");
+    assert!(e.to_string().contains("no-such-exchange"), "{e}");
+    let e = broker
         .subscribe(on("a.b").option("bogus", "1"))
         .await
         .expect_err("an unknown option");
@@ -584,4 +598,58 @@ async fn payloads_over_the_configured_limit_are_refused() {
     }
     // Exactly the limit passes, one byte more is PayloadTooLarge and nothing is lost.
     polybridge_conformance::tests::payload_limits(&fixture).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wildcard_subscriptions_fan_out_through_the_topic_exchange() {
+    let Some(server) = Server::shared() else {
+        return;
+    };
+    let broker = server.connect("").await;
+    let root = unique("wild").replace('.', "_");
+    let pattern = |p: &str| Subscription::new(format!("{root}.{p}").parse().unwrap());
+    let mut one = broker.subscribe(pattern("*")).await.unwrap();
+    let mut more = broker.subscribe(pattern(">")).await.unwrap();
+    let mut any = broker.subscribe(pattern("#")).await.unwrap();
+    let mut also_one = broker.subscribe(pattern("*")).await.unwrap();
+    for (id, topic) in [
+        ("m-1", format!("{root}.a")),
+        ("m-2", format!("{root}.a.b")),
+        ("m-0", root.clone()),
+    ] {
+        broker
+            .publish(&topic, Message::new(id).with_id(id), deadline())
+            .await
+            .unwrap();
+    }
+    // `root.*`: one level only.
+    assert_eq!(acked(next(&mut one, "root.*").await), "m-1");
+    nothing_for(
+        &mut one,
+        Duration::from_millis(300),
+        "root.* on other levels",
+    )
+    .await;
+    // A second private subscription to the same pattern gets its own copy (fan-out).
+    assert_eq!(acked(next(&mut also_one, "root.* again").await), "m-1");
+    // `root.>`: one or more levels.
+    let mut got = vec![
+        acked(next(&mut more, "root.>").await),
+        acked(next(&mut more, "root.>").await),
+    ];
+    got.sort();
+    assert_eq!(got, ["m-1", "m-2"]);
+    nothing_for(
+        &mut more,
+        Duration::from_millis(300),
+        "root.> on root itself",
+    )
+    .await;
+    // `root.#`: zero or more levels, root included.
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        got.push(acked(next(&mut any, "root.#").await));
+    }
+    got.sort();
+    assert_eq!(got, ["m-0", "m-1", "m-2"]);
 }
