@@ -30,7 +30,7 @@
 //! | option | default | meaning |
 //! |---|---|---|
 //! | `exchange` | `amq.topic` | the exchange plain destinations are published to and topic subscriptions bind to |
-//! | `prefetch` | in-flight limit | overrides the `basic.qos` prefetch of every subscription |
+//! | `prefetch` | in-flight limit | overrides the `basic.qos` prefetch of every subscription (the in-flight limit still holds) |
 //! | `confirm_timeout` | `30s` | longest wait for a publisher confirm (the call's deadline may be shorter) |
 //! | `heartbeat` | `10s` | AMQP heartbeat (`0s` disables) |
 //! | `connect_timeout` | `5s` | time allowed for one connection attempt (TCP and AMQP handshake) |
@@ -77,7 +77,10 @@
 //!   both mean "what the queue holds from now on" (a new queue has no history); `Time` and
 //!   `Position` are [`Error::Unsupported`].
 //! - `basic.qos` prefetch = the in-flight limit (at most 65535, or the URL's `prefetch`),
-//!   per consumer; acks are manual and sent only when a delivery is settled.
+//!   per consumer; acks are manual and sent only when a delivery is settled. The in-flight
+//!   limit holds whatever the prefetch: the subscription takes no delivery from the broker
+//!   while it has handed out that many unsettled ones (deliveries of a lost channel that
+//!   the consumer still holds count too).
 //!
 //! # Settling
 //! - `ack` = `basic.ack`; `nack` = `basic.nack` with requeue (the broker marks the

@@ -184,6 +184,12 @@ struct Worker {
     channel: Option<Channel>,
     consumer: Option<Consumer>,
     pending: HashMap<u64, Pending>,
+    /// The subscription's in-flight limit.
+    limit: usize,
+    /// Deliveries handed out and not yet settled, including those of a lost channel that
+    /// the consumer still holds: no new delivery is taken from the broker while this is at
+    /// `limit`, whatever the prefetch.
+    outstanding: usize,
 }
 
 impl Worker {
@@ -292,9 +298,10 @@ impl Worker {
                 Some((token, settlement)) = self.settlements.recv() => {
                     self.settle(token, settlement).await;
                 }
-                item = consumer.next() => match item {
+                item = consumer.next(), if self.outstanding < self.limit => match item {
                     Some(Ok(delivery)) => {
                         let delivery = self.delivery(delivery);
+                        self.outstanding += 1;
                         let sent = tokio::select! {
                             r = self.deliveries.send(Ok(delivery)) => r.is_ok(),
                             _ = &mut close => false,
@@ -396,6 +403,7 @@ impl Worker {
     }
 
     async fn settle(&mut self, token: u64, settlement: Settlement) {
+        self.outstanding = self.outstanding.saturating_sub(1);
         let tag = token & TAG_MASK;
         if token >> TAG_BITS != self.epoch {
             tracing::debug!(
@@ -496,9 +504,11 @@ async fn dead_letter(link: &Link, destination: &str, p: Pending, reason: &str) -
 impl Subscriber for AmqpBroker {
     async fn subscribe(&self, subscription: Subscription) -> Result<DeliveryStream> {
         let plan = Plan::new(&self.link, &subscription)?;
-        let prefetch = usize::from(plan.prefetch);
-        let (deliveries_tx, deliveries_rx) = mpsc::channel(prefetch.max(1) + 16);
-        let (settle_tx, settle_rx) = mpsc::channel(2 * prefetch.max(1) + 64);
+        // At most `limit` deliveries are unsettled, so at most that many settlements can be
+        // queued: the settlement queue never refuses one.
+        let limit = subscription.max_in_flight.clamp(1, 1 << 20);
+        let (deliveries_tx, deliveries_rx) = mpsc::channel(limit.min(usize::from(u16::MAX)) + 16);
+        let (settle_tx, settle_rx) = mpsc::channel(limit + 64);
         let acker = Arc::new(Acker {
             settle: settle_tx,
             closed: AtomicBool::new(false),
@@ -514,6 +524,8 @@ impl Subscriber for AmqpBroker {
             channel: None,
             consumer: None,
             pending: HashMap::new(),
+            limit,
+            outstanding: 0,
         };
         worker.start().await?;
         let (close_tx, close_rx) = oneshot::channel();

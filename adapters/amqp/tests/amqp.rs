@@ -252,6 +252,27 @@ async fn prefetch_bounds_unacknowledged_deliveries() {
     a.ack().unwrap();
     b.ack().unwrap();
     next(&mut sub, "the 3rd after acks").await.ack().unwrap();
+    // A larger prefetch does not lift the in-flight limit.
+    let broker = server.connect("prefetch=50").await;
+    let topic = unique("prefetch3");
+    let mut sub = broker.subscribe(on(&topic).max_in_flight(2)).await.unwrap();
+    for i in 0..5 {
+        broker
+            .publish(&topic, Message::new(i.to_string()), deadline())
+            .await
+            .unwrap();
+    }
+    let a = next(&mut sub, "first").await;
+    let b = next(&mut sub, "second").await;
+    nothing_for(
+        &mut sub,
+        Duration::from_millis(300),
+        "a 3rd with max_in_flight=2 and prefetch=50",
+    )
+    .await;
+    a.ack().unwrap();
+    next(&mut sub, "the 3rd after an ack").await.ack().unwrap();
+    b.ack().unwrap();
 }
 
 const PIKA_PUBLISH: &str = r#"
