@@ -59,6 +59,10 @@
 //!   `hello` (the pika tutorial's `basic_publish(exchange='', routing_key='hello')`).
 //! - `exchange:logs/key` — exchange `logs`, routing key `key` (may be empty, may contain `/`).
 //!
+//! `reply_to` travels as the AMQP `reply-to` property unchanged. A native AMQP requester
+//! (pika's RPC pattern, direct reply-to) puts a queue name there: answer it by publishing to
+//! `queue:` + that name.
+//!
 //! # Subscriptions
 //! - A pattern is bound as a topic-exchange binding key: `*` is one word, a trailing `#` any
 //!   number of words, and canonical `a.>` becomes `a.*.#`. Without a group the subscription

@@ -96,6 +96,23 @@ fn header_value(v: &HeaderValue) -> AMQPValue {
 
 /// The AMQP properties of `message` (persistent delivery mode).
 pub fn properties(message: &Message, destination: &str) -> Result<BasicProperties> {
+    for (what, value) in [
+        ("message id", Some(&message.id)),
+        ("content type", message.content_type.as_ref()),
+        ("reply-to", message.reply_to.as_ref()),
+        ("correlation id", message.correlation_id.as_ref()),
+    ] {
+        if let Some(v) = value.filter(|v| v.len() > 255) {
+            return Err(Error::permanent(
+                BROKER,
+                destination,
+                format!(
+                    "{what} of {} bytes: AMQP carries it in a short string of at most 255 bytes",
+                    v.len()
+                ),
+            ));
+        }
+    }
     let mut table = FieldTable::default();
     let mut expiration = None;
     let mut priority = None;
@@ -305,6 +322,11 @@ mod tests {
         );
         assert_eq!(route("a.b", "x").unwrap().exchange, "x");
         assert!(route("queue:", "x").is_err());
+        let long = Message::new("x").with_id("i".repeat(256));
+        assert!(properties(&long, "d")
+            .unwrap_err()
+            .to_string()
+            .contains("message id"));
     }
 
     #[test]

@@ -674,3 +674,68 @@ async fn wildcard_subscriptions_fan_out_through_the_topic_exchange() {
     got.sort();
     assert_eq!(got, ["m-0", "m-1", "m-2"]);
 }
+
+const PIKA_RPC_CLIENT: &str = r#"
+import sys, time, uuid, pika
+connection = pika.BlockingConnection(pika.URLParameters(sys.argv[1]))
+channel = connection.channel()
+callback_queue = channel.queue_declare(queue='', exclusive=True).method.queue
+corr_id = str(uuid.uuid4())
+channel.basic_publish(exchange='', routing_key=sys.argv[2],
+    properties=pika.BasicProperties(reply_to=callback_queue, correlation_id=corr_id),
+    body='fib(10)')
+end = time.time() + 20
+while time.time() < end:
+    method, properties, body = channel.basic_get(queue=callback_queue, auto_ack=True)
+    if method:
+        print(body.decode(), properties.correlation_id == corr_id)
+        break
+    time.sleep(0.05)
+connection.close()
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pika_rpc_client_gets_its_reply_from_a_polybridge_responder() {
+    let Some(server) = Server::shared() else {
+        return;
+    };
+    let broker = server.connect("").await;
+    let queue = format!("rpc-{}", std::process::id());
+    let mut requests = broker
+        .subscribe(on(&format!("queue:{queue}")).option("declare", "true"))
+        .await
+        .unwrap();
+    let (url, q) = (server.url.clone(), queue.clone());
+    let client = tokio::task::spawn_blocking(move || {
+        let python = polybridge_testkit::python().expect("python with pika");
+        std::process::Command::new(python)
+            .args(["-c", PIKA_RPC_CLIENT, &url, &q])
+            .output()
+            .expect("run python")
+    });
+    let request = next(&mut requests, "the pika request").await;
+    assert_eq!(&request.message.payload[..], b"fib(10)");
+    let reply_to = request.message.reply_to.clone().expect("reply-to");
+    let correlation_id = request
+        .message
+        .correlation_id
+        .clone()
+        .expect("correlation id");
+    broker
+        .publish(
+            &format!("queue:{reply_to}"),
+            Message::new("55").with_correlation_id(correlation_id),
+            deadline(),
+        )
+        .await
+        .unwrap();
+    request.ack().unwrap();
+    let out = client.await.unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stdout.trim(), "55 True");
+}
