@@ -342,7 +342,13 @@ impl Worker {
     /// false when it should end (closed, or a failure retrying cannot fix).
     async fn resume(&mut self, close: &mut oneshot::Receiver<()>) -> bool {
         self.consumer = None;
-        self.channel = None;
+        if let Some(channel) = self.channel.take() {
+            // A channel that is still open (the broker cancelled the consumer) is closed so
+            // that its unacknowledged deliveries go back to the queue now.
+            if channel.status().connected() {
+                let _ = channel.close(200, "polybridge: resuming").await;
+            }
+        }
         self.pending.clear();
         let mut attempt = 0u32;
         loop {
@@ -362,7 +368,10 @@ impl Worker {
                 }
                 Err(e) => {
                     tracing::error!(broker = BROKER, subscription = %self.plan.what, error = %e, "cannot resume");
-                    let _ = self.deliveries.send(Err(e)).await;
+                    tokio::select! {
+                        _ = self.deliveries.send(Err(e)) => {}
+                        _ = &mut *close => {}
+                    }
                     return false;
                 }
             }

@@ -739,3 +739,92 @@ async fn a_pika_rpc_client_gets_its_reply_from_a_polybridge_responder() {
     );
     assert_eq!(stdout.trim(), "55 True");
 }
+
+const PIKA_DECLARE: &str = r#"
+import sys, pika
+connection = pika.BlockingConnection(pika.URLParameters(sys.argv[1]))
+connection.channel().queue_declare(queue=sys.argv[2])
+connection.close()
+"#;
+
+const PIKA_DELETE: &str = r#"
+import sys, pika
+connection = pika.BlockingConnection(pika.URLParameters(sys.argv[1]))
+connection.channel().queue_delete(queue=sys.argv[2])
+connection.close()
+"#;
+
+async fn pika_on_queue(script: &'static str, url: &str, queue: &str) {
+    let (url, queue) = (url.to_owned(), queue.to_owned());
+    tokio::task::spawn_blocking(move || {
+        let python = polybridge_testkit::python().expect("python with pika");
+        let out = std::process::Command::new(python)
+            .args(["-c", script, &url, &queue])
+            .output()
+            .expect("run python");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleted_queues_are_redeclared_or_reported() {
+    let Some(server) = Server::shared() else {
+        return;
+    };
+    let broker = server.connect("").await;
+    // A group queue deleted under the subscription: the broker cancels the consumer, the
+    // subscription declares and binds its queue again and carries on.
+    let topic = unique("deleted");
+    let group = format!("del-{}", std::process::id());
+    let mut sub = broker
+        .subscribe(on(&topic).group(group.clone()))
+        .await
+        .unwrap();
+    pika_on_queue(PIKA_DELETE, &server.url, &format!("{group}/{topic}")).await;
+    let end = tokio::time::Instant::now() + WAIT;
+    loop {
+        // Unroutable until the subscription has declared its queue again.
+        match broker
+            .publish(&topic, Message::new("back").with_id("back-1"), deadline())
+            .await
+        {
+            Ok(_) => break,
+            Err(e) if tokio::time::Instant::now() < end => {
+                assert!(e.to_string().contains("unroutable"), "{e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("the group queue was not declared again: {e}"),
+        }
+    }
+    assert_eq!(
+        acked(next(&mut sub, "after the queue came back").await),
+        "back-1"
+    );
+    // A named queue the subscription does not declare: its deletion ends the stream with an
+    // error naming it.
+    let queue = format!("vanishing-{}", std::process::id());
+    pika_on_queue(PIKA_DECLARE, &server.url, &queue).await;
+    let mut named = broker
+        .subscribe(on(&format!("queue:{queue}")))
+        .await
+        .unwrap();
+    pika_on_queue(PIKA_DELETE, &server.url, &queue).await;
+    match tokio::time::timeout(WAIT, named.next()).await {
+        Ok(Some(Err(e))) => {
+            eprintln!("deleted queue: {e}");
+            assert!(matches!(e, Error::Permanent { .. }), "{e:?}");
+            assert!(e.to_string().contains(&queue), "{e}");
+        }
+        other => panic!("expected an error naming the deleted queue, got {other:?}"),
+    }
+    assert!(
+        named.next().await.is_none(),
+        "the stream ends after the error"
+    );
+}
