@@ -130,8 +130,10 @@
 //! - Each subscription resumes on its own: new channel, queue and binding declared again,
 //!   consumer restarted. Deliveries handed out on the lost channel are stale: settling them
 //!   is accepted but nothing is sent on the new channel (their delivery tags mean nothing
-//!   there) — the broker redelivers them, marked `redelivered`. A failure retrying cannot fix
-//!   (queue deleted, access refused) ends the stream with that error.
+//!   there) — the broker redelivers them, marked `redelivered`. A consumer the broker
+//!   cancels (its queue was deleted) resumes the same way: group and private queues are
+//!   declared again. A failure retrying cannot fix (a named queue the subscription does not
+//!   declare is gone, access refused) ends the stream with that error.
 //! - Closing a subscription closes its channel: the broker requeues every unacknowledged
 //!   delivery, and settling one afterwards is [`Error::Closed`].
 //!

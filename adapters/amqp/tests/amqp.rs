@@ -828,3 +828,49 @@ async fn deleted_queues_are_redeclared_or_reported() {
         "the stream ends after the error"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn amqp_properties_travel() {
+    let Some(server) = Server::shared() else {
+        return;
+    };
+    let broker = server.connect("").await;
+    let topic = unique("props");
+    let mut sub = broker.subscribe(on(&topic)).await.unwrap();
+    let sent = Message::new("p")
+        .with_id("props-1")
+        .with_key(vec![0u8, 1, 0xff])
+        .with_content_type("application/json")
+        .with_reply_to("replies")
+        .with_correlation_id("corr-1")
+        .with_header(polybridge_amqp::mapping::EXPIRATION_HEADER, "60000")
+        .with_header(polybridge_amqp::mapping::PRIORITY_HEADER, "5");
+    broker
+        .publish(&topic, sent.clone(), deadline())
+        .await
+        .unwrap();
+    let d = next(&mut sub, "the message").await;
+    let m = &d.message;
+    assert_eq!(m.id, "props-1");
+    assert_eq!(m.key, sent.key);
+    assert_eq!(m.content_type.as_deref(), Some("application/json"));
+    assert_eq!(m.reply_to.as_deref(), Some("replies"));
+    assert_eq!(m.correlation_id.as_deref(), Some("corr-1"));
+    assert_eq!(
+        m.headers
+            .get_str(polybridge_amqp::mapping::EXPIRATION_HEADER),
+        Some("60000")
+    );
+    assert_eq!(
+        m.headers.get_str(polybridge_amqp::mapping::PRIORITY_HEADER),
+        Some("5")
+    );
+    let secs = |t: Option<std::time::SystemTime>| {
+        t.and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map(|d| d.as_secs())
+    };
+    assert_eq!(secs(m.timestamp), secs(sent.timestamp), "whole seconds");
+    assert_eq!(d.info.attempt, 1);
+    assert!(!d.info.redelivered);
+    d.ack().unwrap();
+}
