@@ -1,9 +1,14 @@
-//! RabbitMQ-specific behaviour against a real broker: unroutable publishes are errors, a
-//! broker restart during 10k messages loses nothing confirmed (and stale acks are dropped),
-//! rejected messages reach the dead-letter destination with their reason, prefetch bounds
-//! what is delivered, the pika tutorial's queue `hello` works in both directions, and
-//! wrong credentials, unknown vhosts, missing queues and conflicting declarations give clear
-//! errors.
+//! RabbitMQ-specific behaviour against a real broker:
+//! - unroutable publishes and unknown exchanges are errors naming them;
+//! - broker restarts (twice during 10k messages) and a frozen broker lose nothing
+//!   confirmed, and acks of deliveries from a lost channel are dropped (redelivered);
+//! - rejected messages reach the dead-letter queue with their reason, or the broker's
+//!   dead-letter exchange natively; declared topology is idempotent and conflicts are clear;
+//! - prefetch and the in-flight limit bound what is delivered; quorum queues count attempts;
+//! - wildcard subscriptions fan out through the topic exchange;
+//! - the pika tutorial's queue `hello` works both ways, and a pika RPC client gets its reply;
+//! - wrong credentials, unknown vhosts, missing queues and exchanges, deleted queues and
+//!   oversized payloads give clear errors; AMQP properties travel.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
