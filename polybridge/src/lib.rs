@@ -29,13 +29,16 @@
 //! | `redis://`, `rediss://` | [`polybridge_redis`] (feature `redis`) | available |
 //! | `mqtt://` | [`polybridge_mqtt`] (feature `mqtt`) | available |
 //! | `stomp://`, `stomp+activemq://`, `stomp+rabbitmq://` | [`polybridge_stomp`] (feature `stomp`) | available |
-//! | `amqp://`, `kafka://` | `polybridge-<broker>` | in progress |
+//! | `amqp://` | [`polybridge_amqp`] (feature `amqp`) | available |
+//! | `kafka://` | `polybridge-kafka` | in progress |
 //!
 //! The contract itself — messages, errors, capabilities, topic patterns — is
 //! [`polybridge_core`], re-exported here.
 
 use std::sync::Arc;
 
+#[cfg(feature = "amqp")]
+pub use polybridge_amqp as amqp;
 pub use polybridge_core::*;
 pub use polybridge_memory as memory;
 #[cfg(feature = "mqtt")]
@@ -64,6 +67,8 @@ pub async fn connect_url(url: &BrokerUrl) -> Result<Arc<dyn Broker>> {
         "redis" | "rediss" => Ok(Arc::new(redis::RedisBroker::connect(url).await?)),
         #[cfg(feature = "mqtt")]
         "mqtt" => Ok(Arc::new(mqtt::MqttBroker::connect(url).await?)),
+        #[cfg(feature = "amqp")]
+        "amqp" => Ok(Arc::new(amqp::AmqpBroker::connect(url).await?)),
         #[cfg(feature = "stomp")]
         "stomp" | "stomp+activemq" | "stomp+rabbitmq" => {
             Ok(Arc::new(stomp::StompBroker::connect(url).await?))
@@ -89,6 +94,8 @@ pub fn capabilities_for(url: &BrokerUrl) -> Result<Capabilities> {
         "redis" | "rediss" => redis::RedisBroker::capabilities_for(url),
         #[cfg(feature = "mqtt")]
         "mqtt" => mqtt::MqttBroker::capabilities_for(url),
+        #[cfg(feature = "amqp")]
+        "amqp" => amqp::AmqpBroker::capabilities_for(url),
         #[cfg(feature = "stomp")]
         "stomp" | "stomp+activemq" | "stomp+rabbitmq" => stomp::StompBroker::capabilities_for(url),
         other => Err(Error::config(
@@ -111,6 +118,8 @@ pub fn available_schemes() -> Vec<&'static str> {
     schemes.extend(["redis", "rediss"]);
     #[cfg(feature = "mqtt")]
     schemes.push("mqtt");
+    #[cfg(feature = "amqp")]
+    schemes.push("amqp");
     #[cfg(feature = "stomp")]
     schemes.extend(polybridge_stomp::SCHEMES);
     schemes
