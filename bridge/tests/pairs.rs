@@ -32,12 +32,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use polybridge::{
-    BrokerUrl, Capabilities, Deadline, DeliveryStream, HeaderSupport, Message, Publisher,
-    Subscriber, Subscription, TopicPattern,
+    BrokerUrl, Capabilities, Deadline, DeliveryStream, HeaderSupport, Message, Subscription,
+    TopicPattern,
 };
 use polybridge_bridge::config::{load, syntax_for};
 use polybridge_bridge::{connect_brokers, Bridge};
