@@ -35,8 +35,8 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use polybridge::{
-    BrokerUrl, Capabilities, Deadline, DeliveryStream, HeaderSupport, Message, Subscription,
-    TopicPattern,
+    BrokerUrl, Capabilities, Deadline, DeliveryGuarantee, DeliveryStream, HeaderSupport, Message,
+    Subscription, TopicPattern,
 };
 use polybridge_bridge::config::{load, syntax_for};
 use polybridge_bridge::{connect_brokers, Bridge};
@@ -56,6 +56,12 @@ enum Kind {
     Redis,
     Mqtt,
     Stomp,
+    /// Mosquitto over MQTT 3.1.1 with the adapter's envelope (`format=envelope`): the whole
+    /// message travels as the polybridge JSON envelope in the payload.
+    Mqtt311Envelope,
+    /// Mosquitto over MQTT 3.1.1, raw payloads: no headers, no key. As a sink the route
+    /// wraps messages in its own `envelope: json`.
+    Mqtt311Raw,
 }
 
 impl Kind {
@@ -66,6 +72,8 @@ impl Kind {
             Kind::Redis => "redis",
             Kind::Mqtt => "mqtt",
             Kind::Stomp => "stomp",
+            Kind::Mqtt311Envelope => "mqtt311envelope",
+            Kind::Mqtt311Raw => "mqtt311raw",
         }
     }
 
@@ -75,7 +83,9 @@ impl Kind {
             Kind::Amqp => (BrokerKind::RabbitMq, Endpoint::Amqp),
             Kind::Nats => (BrokerKind::Nats, Endpoint::Nats),
             Kind::Redis => (BrokerKind::Redis, Endpoint::Redis),
-            Kind::Mqtt => (BrokerKind::Mosquitto, Endpoint::Mqtt),
+            Kind::Mqtt | Kind::Mqtt311Envelope | Kind::Mqtt311Raw => {
+                (BrokerKind::Mosquitto, Endpoint::Mqtt)
+            }
             Kind::Stomp => (BrokerKind::ActiveMq, Endpoint::Stomp),
         }
     }
@@ -133,6 +143,23 @@ fn endpoint(kind: Kind, client: &str) -> Option<Ep> {
         // MQTT 5 (user properties carry headers and the key), QoS 1, persistent sessions.
         Kind::Mqtt => (
             with(&base, &format!("version=5&qos=1&client_id=e2e-{client}")),
+            '/',
+        ),
+        // MQTT 3.1.1 has no properties: the adapter's envelope carries the message whole.
+        Kind::Mqtt311Envelope => (
+            with(
+                &base,
+                &format!("version=3.1.1&format=envelope&qos=1&client_id=e2e-{client}"),
+            ),
+            '/',
+        ),
+        // MQTT 3.1.1 with raw payloads: only the payload travels (Capabilities::headers is
+        // None, keys false).
+        Kind::Mqtt311Raw => (
+            with(
+                &base,
+                &format!("version=3.1.1&qos=1&client_id=e2e-{client}"),
+            ),
             '/',
         ),
         // ActiveMQ: plain topics are virtual topics, so groups are queues that keep
@@ -205,6 +232,44 @@ async fn eventually(what: &str, cond: impl Fn() -> bool) {
     }
 }
 
+/// The message inside the bridge's `envelope: json` (docs/rules.md: `{"id", "topic", "key",
+/// "content_type", "timestamp", "reply_to", "correlation_id", "headers": {name: [values]},
+/// "payload"}`, binary values as `{"base64": …}`), after checking its source topic.
+fn open_json_envelope(outer: &Message, pair: &str, source_topic: &str) -> Message {
+    use base64::Engine;
+    use serde_json::Value;
+    let v: Value = serde_json::from_slice(&outer.payload)
+        .unwrap_or_else(|e| panic!("{pair}: the sink payload is not a JSON envelope: {e}"));
+    assert_eq!(v["topic"], source_topic, "{pair}: envelope topic in {v}");
+    let bytes = |v: &Value| -> Vec<u8> {
+        match v {
+            Value::String(s) => s.as_bytes().to_vec(),
+            Value::Object(o) => base64::engine::general_purpose::STANDARD
+                .decode(o["base64"].as_str().expect("base64 text"))
+                .expect("valid base64"),
+            other => panic!("{pair}: not an envelope value: {other}"),
+        }
+    };
+    let text = |v: &Value| v.as_str().map(str::to_owned);
+    let mut m = Message::new(bytes(&v["payload"])).with_id(v["id"].as_str().expect("envelope id"));
+    m.key = (!v["key"].is_null()).then(|| bytes(&v["key"]).into());
+    m.content_type = text(&v["content_type"]);
+    m.correlation_id = text(&v["correlation_id"]);
+    m.reply_to = text(&v["reply_to"]);
+    m.timestamp = v["timestamp"]
+        .as_str()
+        .map(|t| humantime::parse_rfc3339(t).expect("RFC 3339 timestamp"));
+    for (name, values) in v["headers"].as_object().expect("envelope headers") {
+        for value in values.as_array().expect("header values") {
+            match value {
+                Value::String(s) => m.headers.append(name.clone(), s.clone()),
+                other => m.headers.append(name.clone(), bytes(other)),
+            }
+        }
+    }
+    m
+}
+
 /// Routes `N` messages from `source` to `sink` through an in-process bridge and checks them.
 async fn pair(source: Kind, sink: Kind) {
     let pair = format!("{}_to_{}", source.name(), sink.name());
@@ -229,17 +294,29 @@ async fn pair(source: Kind, sink: Kind) {
     let src_topic = src_test.topic(&in_levels);
     let dst_topic = dst_test.topic(&out_levels);
 
-    // What the pair can carry end to end. Keys and headers must travel on both legs.
-    let keys = src_caps.keys && dst_caps.keys;
-    let headers =
-        src_caps.headers != HeaderSupport::None && dst_caps.headers != HeaderSupport::None;
-    let request_reply = src_caps.request_reply && dst_caps.request_reply;
-    // A sink without headers needs an envelope (the bridge refuses the route otherwise);
-    // none of the brokers here is one, so the route maps headers natively.
-    assert!(
-        dst_caps.headers != HeaderSupport::None,
-        "{pair}: sink without headers needs an envelope route"
-    );
+    // Every end in at-least-once mode, with confirmed publishes: the point of these tests.
+    for (end, c) in [("source", &src_caps), ("sink", &dst_caps)] {
+        assert_eq!(
+            c.delivery,
+            DeliveryGuarantee::AtLeastOnce,
+            "{pair}: the {end} is not at least once"
+        );
+        assert!(
+            c.confirmed_publish,
+            "{pair}: the {end} does not confirm publishes"
+        );
+    }
+
+    // A sink that cannot carry headers (MQTT 3.1.1 raw) gets the route's JSON envelope
+    // (the bridge refuses the route otherwise): id, key, headers and metadata then travel
+    // inside the payload, and the test opens the envelope before checking.
+    let route_envelope = dst_caps.headers == HeaderSupport::None;
+    let envelope_rule = if route_envelope { "envelope: json" } else { "" };
+    // What the pair can carry end to end: keys, headers and request/reply metadata must
+    // travel on both legs (through the envelope on the sink leg where there is one).
+    let keys = src_caps.keys && (dst_caps.keys || route_envelope);
+    let headers = src_caps.headers != HeaderSupport::None;
+    let request_reply = src_caps.request_reply && (dst_caps.request_reply || route_envelope);
     // `{key}` fails a message without a key: only map it where the source carries keys.
     let key_rule = if src_caps.keys {
         "key: \"{route}:{key}\""
@@ -270,6 +347,7 @@ routes:
       - broker: dst
         destination: "{dst_bridge_topic}"
         {key_rule}
+        {envelope_rule}
         headers:
           drop: [drop-me]
           rename: {{ unit: x-unit }}
@@ -326,7 +404,14 @@ admin: {{ enabled: false }}
     while received.len() < N {
         let what = format!("{pair}: message {} of {N}", received.len() + 1);
         let d = next(&mut out, until, &what).await;
-        let m = &d.message;
+        assert_eq!(d.info.topic, dst_topic, "{pair}: topic of {}", d.message.id);
+        let opened;
+        let m = if route_envelope {
+            opened = open_json_envelope(&d.message, &pair, &src_topic);
+            &opened
+        } else {
+            &d.message
+        };
         let i: usize =
             m.id.strip_prefix(&format!("{run}-"))
                 .and_then(|n| n.parse().ok())
@@ -336,7 +421,6 @@ admin: {{ enabled: false }}
             "{pair}: message {:?} delivered twice",
             m.id
         );
-        assert_eq!(d.info.topic, dst_topic, "{pair}: topic of {}", m.id);
         assert_eq!(
             &m.payload[..],
             &payload(&pair, i)[..],
@@ -515,4 +599,13 @@ pairs! {
     stomp_to_nats: Stomp -> Nats;
     stomp_to_redis: Stomp -> Redis;
     stomp_to_mqtt: Stomp -> Mqtt;
+}
+
+// MQTT 3.1.1, which has no headers: the adapter's envelope option both ways, and raw
+// payloads as a sink behind the route's `envelope: json`.
+pairs! {
+    amqp_to_mqtt311envelope: Amqp -> Mqtt311Envelope;
+    mqtt311envelope_to_stomp: Mqtt311Envelope -> Stomp;
+    nats_to_mqtt311raw: Nats -> Mqtt311Raw;
+    redis_to_mqtt311raw: Redis -> Mqtt311Raw;
 }
