@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use polybridge_core::{
     new_message_id, well_known, AckHandle, Acknowledger, Deadline, Delivery, DeliveryInfo,
@@ -96,6 +96,7 @@ pub(crate) async fn subscribe(
         publisher::check_topic(dl)?;
     }
     let max_in_flight = subscription.max_in_flight.max(1);
+    let group_key = format!("{}|{group}", config.bootstrap.join(","));
     let shared = Arc::new(Mutex::new(Tracker {
         partitions: HashMap::new(),
         tokens: HashMap::new(),
@@ -104,12 +105,14 @@ pub(crate) async fn subscribe(
         capacity_paused: false,
         commit_failed: false,
         ready: None,
+        group_key: group_key.clone(),
     }));
     let (ready_tx, ready_rx) = oneshot::channel();
     lock(&shared).ready = Some(ready_tx);
     let context = Ctx {
         shared: shared.clone(),
         start,
+        group_key: group_key.clone(),
     };
     let consumer: BaseConsumer<Ctx> = config
         .consumer(&group)
@@ -207,6 +210,39 @@ pub(crate) async fn subscribe(
     }
 }
 
+type Registry = HashMap<(String, String, i32), i64>;
+
+/// What the members of each group in this process handed out, per partition: offsets below
+/// are redeliveries for the next member. The commit metadata carries the same across
+/// processes, on brokers that keep it (Kafka does, Tansu drops it).
+fn registry() -> MutexGuard<'static, Registry> {
+    static REGISTRY: std::sync::OnceLock<Mutex<Registry>> = std::sync::OnceLock::new();
+    REGISTRY
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+}
+
+fn registry_get(group_key: &str, topic: &str, partition: i32) -> i64 {
+    registry()
+        .get(&(group_key.to_owned(), topic.to_owned(), partition))
+        .copied()
+        .unwrap_or(0)
+}
+
+fn registry_put(group_key: &str, tp: &Tp, delivered_until: i64) {
+    let mut r = registry();
+    let e = r
+        .entry((group_key.to_owned(), tp.0.clone(), tp.1))
+        .or_insert(0);
+    *e = (*e).max(delivered_until);
+}
+
+/// Forgets a private group (nobody resumes it).
+fn registry_forget(group_key: &str) {
+    registry().retain(|(g, _, _), _| g != group_key);
+}
+
 fn lock(shared: &Mutex<Tracker>) -> MutexGuard<'_, Tracker> {
     shared.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -265,14 +301,18 @@ pub(crate) struct Watermarks {
     delivered_until: i64,
     /// The last committed watermark (`-1`: none yet).
     committed: i64,
+    /// `delivered_until` as last committed (in the commit metadata).
+    committed_until: i64,
 }
 
 impl Watermarks {
     fn new(start: i64, delivered_until: i64, committed: i64) -> Self {
+        let delivered_until = delivered_until.max(start);
         Watermarks {
             next: start,
-            delivered_until: delivered_until.max(start),
+            delivered_until,
             committed,
+            committed_until: delivered_until,
             ..Default::default()
         }
     }
@@ -364,6 +404,8 @@ struct Tracker {
     capacity_paused: bool,
     commit_failed: bool,
     ready: Option<oneshot::Sender<Result<()>>>,
+    /// Bootstrap servers and group, the key of this group in the delivery registry.
+    group_key: String,
 }
 
 impl Tracker {
@@ -381,13 +423,17 @@ impl Tracker {
                 continue;
             }
             let w = p.marks.watermark();
-            if w < 0 || (!force && w == p.marks.committed) {
+            let unchanged =
+                w == p.marks.committed && p.marks.delivered_until == p.marks.committed_until;
+            if w < 0 || (!force && unchanged) {
                 continue;
             }
             let mut e = tpl.add_partition(&tp.0, tp.1);
             if e.set_offset(Offset::Offset(w)).is_ok() {
                 e.set_metadata(format!("{METADATA_PREFIX}{}", p.marks.delivered_until));
                 p.marks.committed = w;
+                p.marks.committed_until = p.marks.delivered_until;
+                registry_put(&self.group_key, tp, p.marks.delivered_until);
             }
         }
         tpl
@@ -417,6 +463,7 @@ fn commit(consumer: &BaseConsumer<Ctx>, tpl: &TopicPartitionList, mode: CommitMo
 struct Ctx {
     shared: Arc<Mutex<Tracker>>,
     start: Start,
+    group_key: String,
 }
 
 impl ClientContext for Ctx {
@@ -505,6 +552,8 @@ impl Ctx {
                 },
                 None => (None, 0),
             };
+            let delivered_until =
+                delivered_until.max(registry_get(&self.group_key, &topic, partition));
             let start = match committed_offset {
                 Some(o) => o,
                 None => {
@@ -995,13 +1044,15 @@ impl Worker {
 
     /// Commits, closes the consumer (leaving the group) within the close timeout, and
     /// destroys it; a consumer that does not close in time is leaked, not destroyed.
-    fn shutdown(self) {
+    fn shutdown(mut self) {
         self.closing.store(true, Ordering::Release);
         let deadline = Instant::now()
             + self
                 .config
                 .close_timeout
                 .saturating_sub(Duration::from_millis(500));
+        // Settlements made before the stream was closed still count.
+        self.drain_commands();
         let offsets = lock(&self.shared).offsets_to_commit(None, false);
         commit(&self.consumer, &offsets, CommitMode::Sync);
         {
@@ -1026,8 +1077,10 @@ impl Worker {
             tracing::warn!(broker = BROKER, subscription = %self.target, private = self.private, "the consumer did not close in time; leaking it instead of destroying it");
             std::mem::forget(self.consumer);
         }
+        if self.private {
+            registry_forget(&lock(&self.shared).group_key);
+        }
         drop(self.deliveries);
-        let _ = SystemTime::now();
     }
 }
 

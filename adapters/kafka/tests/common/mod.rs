@@ -46,15 +46,19 @@ impl Server {
         })
     }
 
-    /// The URL with the test options and `options` appended.
+    /// The URL with the test options and `options` appended (`options` win).
     pub fn url_with(&self, options: &str) -> String {
+        let given: Vec<&str> = options
+            .split('&')
+            .filter_map(|o| o.split('=').next())
+            .collect();
+        let mut all: Vec<&str> = TEST_OPTIONS
+            .split('&')
+            .filter(|o| !given.contains(&o.split('=').next().unwrap_or_default()))
+            .collect();
+        all.extend(options.split('&').filter(|o| !o.is_empty()));
         let sep = if self.url.contains('?') { '&' } else { '?' };
-        let mut url = format!("{}{sep}{TEST_OPTIONS}", self.url);
-        if !options.is_empty() {
-            url.push('&');
-            url.push_str(options);
-        }
-        url
+        format!("{}{sep}{}", self.url, all.join("&"))
     }
 
     pub async fn connect(&self, options: &str) -> KafkaBroker {
