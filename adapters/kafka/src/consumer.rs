@@ -14,7 +14,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -400,7 +400,7 @@ struct Tracker {
     /// Rejected deliveries whose dead-letter copy is not yet confirmed.
     dead_lettering: HashMap<u64, InFlight>,
     /// Messages polled while the subscription was at its in-flight limit.
-    stash: VecDeque<(Tp, i64, Message, Option<i64>)>,
+    stash: VecDeque<(Tp, i64, Message)>,
     capacity_paused: bool,
     commit_failed: bool,
     ready: Option<oneshot::Sender<Result<()>>>,
@@ -746,27 +746,22 @@ impl Worker {
         }
         let at_capacity = {
             let mut t = lock(&self.shared);
-            let mut sent = 0;
             while t.in_flight() < self.max_in_flight {
-                let Some((tp, offset, message, ts)) = t.stash.pop_front() else {
+                let Some((tp, offset, message)) = t.stash.pop_front() else {
                     break;
                 };
                 drop(t);
-                self.hand_out(tp, offset, message, ts);
-                sent += 1;
+                self.hand_out(tp, offset, message);
                 t = lock(&self.shared);
             }
-            let _ = sent;
             t.in_flight() >= self.max_in_flight
         };
         self.set_capacity_pause(at_capacity);
         if at_capacity {
             // Still poll, so rebalances and heartbeats are served; the partitions are
             // paused and whatever was already fetched goes to the stash.
-            match self.commands.recv_timeout(POLL) {
-                Ok(cmd) => self.handle(cmd),
-                Err(RecvTimeoutError::Timeout) => {}
-                Err(RecvTimeoutError::Disconnected) => {}
+            if let Ok(cmd) = self.commands.recv_timeout(POLL) {
+                self.handle(cmd);
             }
             self.poll_once(Duration::ZERO);
         } else {
@@ -781,22 +776,19 @@ impl Worker {
                 (record.topic().to_owned(), record.partition()),
                 record.offset(),
                 mapping::from_record(&record),
-                record.timestamp().to_millis(),
             )),
             Some(Err(e)) => Err(e),
         };
         match polled {
-            Ok((tp, offset, message, ts)) => {
+            Ok((tp, offset, message)) => {
                 let full = {
                     let t = lock(&self.shared);
                     t.in_flight() >= self.max_in_flight || !t.stash.is_empty()
                 };
                 if full {
-                    lock(&self.shared)
-                        .stash
-                        .push_back((tp, offset, message, ts));
+                    lock(&self.shared).stash.push_back((tp, offset, message));
                 } else {
-                    self.hand_out(tp, offset, message, ts);
+                    self.hand_out(tp, offset, message);
                 }
             }
             Err(e) => {
@@ -831,7 +823,7 @@ impl Worker {
         }
     }
 
-    fn hand_out(&mut self, tp: Tp, offset: i64, message: Message, _ts: Option<i64>) {
+    fn hand_out(&mut self, tp: Tp, offset: i64, message: Message) {
         let mut t = lock(&self.shared);
         let Some(p) = t.partitions.get_mut(&tp) else {
             return; // a partition no longer ours: its new owner delivers it
@@ -867,10 +859,10 @@ impl Worker {
             handle: AckHandle::new(self.acker.clone(), token),
         };
         if self.unsent.is_empty() {
-            if let Err(e) = self.deliveries.try_send(Ok(delivery)) {
-                if let mpsc::error::TrySendError::Full(Ok(d)) = e {
-                    self.unsent.push_back(d);
-                }
+            if let Err(mpsc::error::TrySendError::Full(Ok(d))) =
+                self.deliveries.try_send(Ok(delivery))
+            {
+                self.unsent.push_back(d);
             }
         } else {
             self.unsent.push_back(delivery);

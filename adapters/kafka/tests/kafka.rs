@@ -654,3 +654,25 @@ async fn bad_options_are_clear_config_errors() {
         .unwrap_err();
     assert!(matches!(e, Error::Config { .. }), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_topic_without_auto_create_is_a_clear_error() {
+    let Some(server) = Server::start() else {
+        return;
+    };
+    let kafka = server.connect("auto_create=false").await;
+    let t = topic("missing");
+    let e = kafka.subscribe(on(&t)).await.unwrap_err();
+    assert!(matches!(e, Error::Permanent { .. }), "{e:?}");
+    assert!(e.to_string().contains("does not exist"), "{e}");
+    assert!(e.to_string().contains(&t), "{e}");
+    // With auto-create (the default) the same subscription works.
+    let kafka = server.connect("").await;
+    let mut sub = kafka.subscribe(on(&t)).await.unwrap();
+    kafka
+        .publish(&t, Message::new("now it exists").with_id("m"), deadline())
+        .await
+        .unwrap();
+    next(&mut sub, "after auto-create").await.ack().unwrap();
+    sub.close().await;
+}

@@ -1,6 +1,7 @@
 //! A Kafka-protocol broker per test: Tansu started by the harness (it starts in a few
-//! milliseconds, and its memory storage starts empty), or the external broker from
-//! `POLYBRIDGE_KAFKA_URL` (a real Apache Kafka, e.g. from `docker compose up`).
+//! milliseconds, and its memory storage starts empty), Apache Kafka when `KAFKA_HOME` names
+//! a distribution, or the external broker from `POLYBRIDGE_KAFKA_URL` (e.g. from
+//! `docker compose up`). Each test prints which one it used.
 //!
 //! Tansu differs from Kafka in ways the tests work around (never the adapter):
 //! - it joins a consumer group only after about half the session timeout, so test URLs set
@@ -38,8 +39,12 @@ impl Server {
             eprintln!("kafka tests: external broker {url}");
             return Some(Server { url, process: None });
         }
-        let process = polybridge_testkit::private(BrokerKind::Kafka).expect("start tansu");
+        let process = polybridge_testkit::private(BrokerKind::Kafka).expect("start the broker");
         let url = process.url(Endpoint::Kafka).expect("kafka url");
+        match polybridge_testkit::kafka_home() {
+            Some(home) => eprintln!("kafka tests: Apache Kafka from {} at {url}", home.display()),
+            None => eprintln!("kafka tests: Tansu at {url}"),
+        }
         Some(Server {
             url,
             process: Some(Arc::new(Mutex::new(process))),
