@@ -792,7 +792,37 @@ impl Worker {
                 }
             }
             Err(e) => {
-                tracing::warn!(broker = BROKER, subscription = %self.target, error = %e, "consumer error (librdkafka retries)");
+                use rdkafka::error::RDKafkaErrorCode as Code;
+                let fatal = match e.rdkafka_error_code() {
+                    Some(
+                        Code::GroupAuthorizationFailed
+                        | Code::TopicAuthorizationFailed
+                        | Code::InvalidGroupId
+                        | Code::Fatal,
+                    ) => Some(Error::permanent(
+                        BROKER,
+                        &self.target,
+                        format!("the subscription cannot go on: {e}"),
+                    )),
+                    Some(Code::SaslAuthenticationFailed | Code::Authentication) => {
+                        Some(Error::Auth {
+                            broker: BROKER,
+                            endpoint: self.config.bootstrap.join(","),
+                            reason: e.to_string(),
+                        })
+                    }
+                    _ => None,
+                };
+                match fatal {
+                    Some(error) => {
+                        tracing::error!(broker = BROKER, subscription = %self.target, error = %error, "subscription failed");
+                        let _ = self.deliveries.try_send(Err(error));
+                        self.closing.store(true, Ordering::Release);
+                    }
+                    None => {
+                        tracing::warn!(broker = BROKER, subscription = %self.target, error = %e, "consumer error (librdkafka retries)")
+                    }
+                }
             }
         }
     }

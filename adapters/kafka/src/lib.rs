@@ -225,9 +225,11 @@ impl KafkaBroker {
             .create()
             .map_err(|e| client_error(url, "producer", e))?;
         // The consumer settings are validated too, so a bad option fails here rather than at
-        // the first subscribe. A consumer without subscriptions has nothing to close.
-        let probe: BaseConsumer = config
-            .consumer("polybridge-config-check")
+        // the first subscribe. Without a group id the probe has no group to leave, so
+        // dropping it cannot wait on the broker.
+        let mut consumer_config = config.consumer("polybridge-config-check");
+        consumer_config.remove("group.id");
+        let probe: BaseConsumer = consumer_config
             .create()
             .map_err(|e| client_error(url, "consumer", e))?;
         drop(probe);

@@ -676,3 +676,75 @@ async fn a_missing_topic_without_auto_create_is_a_clear_error() {
     next(&mut sub, "after auto-create").await.ack().unwrap();
     sub.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_groups_start_at_a_time_or_an_offset() {
+    let Some(server) = Server::start() else {
+        return;
+    };
+    let kafka = server.connect("partition=0").await;
+    let t = topic("starts");
+    publish_n(&kafka, &t, "old", 3).await;
+    // Record timestamps are milliseconds: step past the last old one.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let from = std::time::SystemTime::now();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let new_offsets = publish_n(&kafka, &t, "new", 3).await;
+    let mut by_time = kafka
+        .subscribe(on(&t).group("by-time").start(StartPosition::Time(from)))
+        .await
+        .unwrap();
+    for i in 0..3 {
+        let d = next(&mut by_time, "start at a time").await;
+        assert_eq!(d.message.id, format!("new-{i}"));
+        d.ack().unwrap();
+    }
+    by_time.close().await;
+    let mut by_offset = kafka
+        .subscribe(
+            on(&t)
+                .group("by-offset")
+                .start(StartPosition::Position(new_offsets[1].to_string())),
+        )
+        .await
+        .unwrap();
+    for i in 1..3 {
+        let d = next(&mut by_offset, "start at an offset").await;
+        assert_eq!(d.message.id, format!("new-{i}"));
+        d.ack().unwrap();
+    }
+    by_offset.close().await;
+    // A URL default of `start=earliest` applies to subscriptions that keep `Latest`.
+    let earliest = server.connect("partition=0&start=earliest").await;
+    let mut all = earliest.subscribe(on(&t).group("by-url")).await.unwrap();
+    let d = next(&mut all, "start=earliest").await;
+    assert_eq!(d.message.id, "old-0");
+    d.ack().unwrap();
+    all.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_broker_is_a_connection_error_in_bounded_time() {
+    if polybridge_testkit::skip_reason(polybridge_testkit::BrokerKind::Kafka).is_some() {
+        return;
+    }
+    // A port nothing listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let url = format!("kafka://u:secret@127.0.0.1:{port}");
+    let started = Instant::now();
+    let e = match KafkaBroker::connect(&url.parse().unwrap()).await {
+        Ok(_) => panic!("connected to nothing"),
+        Err(e) => e,
+    };
+    assert!(matches!(e, Error::Connection { .. }), "{e:?}");
+    assert!(!e.to_string().contains("secret"), "{e}");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+}
