@@ -312,6 +312,10 @@ impl KafkaConfig {
             self.heartbeat_interval.as_millis().to_string(),
         )
         .set("allow.auto.create.topics", self.auto_create.to_string())
+        // Every partition is assigned at an explicit offset; this only applies when that
+        // offset no longer exists (retention, a broker that lost its data): re-read what
+        // is there rather than skip to the end.
+        .set("auto.offset.reset", "earliest")
         .set("queued.max.messages.kbytes", "16384")
         .set("topic.metadata.refresh.interval.ms", "10000");
         for (k, v) in self.common().config_map() {
