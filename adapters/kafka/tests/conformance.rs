@@ -55,10 +55,14 @@ impl Fixture for KafkaFixture {
         polybridge_testkit::skip_reason(polybridge_testkit::BrokerKind::Kafka)
     }
 
-    /// Tansu keeps messages in memory only, so the "restart" is a two-second freeze
-    /// (SIGSTOP/SIGCONT): connections stall, publishes and fetches wait, nothing is lost.
+    /// A real restart for Apache Kafka (`KAFKA_HOME`). Tansu keeps messages in memory
+    /// only, so for it the "restart" is a two-second freeze (SIGSTOP/SIGCONT): connections
+    /// stall, publishes and fetches wait, nothing is lost.
     async fn restart_broker(&self) -> Option<Result<()>> {
-        self.server.as_ref()?.outage(Duration::from_secs(2)).await
+        self.server
+            .as_ref()?
+            .restart_or_outage(Duration::from_secs(2))
+            .await
     }
 
     fn timeout(&self) -> Duration {

@@ -101,3 +101,19 @@ impl Server {
         Some(Ok(()))
     }
 }
+
+impl Server {
+    /// The conformance "restart": a real restart (same port, same data) for Apache Kafka
+    /// from `KAFKA_HOME`, which keeps its data; a freeze of `outage` for Tansu, whose memory
+    /// storage a restart would empty. `None` for an external broker.
+    pub async fn restart_or_outage(&self, outage: Duration) -> Option<polybridge_core::Result<()>> {
+        if polybridge_testkit::kafka_home().is_none() {
+            return self.outage(outage).await;
+        }
+        let process = self.process.clone()?;
+        let result = tokio::task::spawn_blocking(move || process.lock().unwrap().restart())
+            .await
+            .expect("restart task");
+        Some(result.map_err(|e| polybridge_core::Error::config("kafka", e.to_string())))
+    }
+}
