@@ -1,7 +1,8 @@
 //! Kafka-specific behaviour against a real Kafka-protocol broker (Tansu from the harness, or
 //! `POLYBRIDGE_KAFKA_URL`): commits of the contiguous acknowledged watermark only, resuming
 //! after a consumer crash, rebalances between group members, dead-letter topics, rewinds on
-//! nack, broker outages, regex subscriptions and the errors for bad input.
+//! nack, broker outages, regex subscriptions, interoperability with a native client
+//! (kafka-python) and the errors for bad input.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -747,4 +748,107 @@ async fn an_unreachable_broker_is_a_connection_error_in_bounded_time() {
         "{:?}",
         started.elapsed()
     );
+}
+
+/// Runs `script` with the harness' Python (kafka-python installed), `args` as `sys.argv[1:]`;
+/// returns stdout, or `None` (printed) when the Python clients are not installed.
+fn python(script: &str, args: &[&str]) -> Option<String> {
+    let python = match polybridge_testkit::python() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("skipped: {e}");
+            return None;
+        }
+    };
+    let out = std::process::Command::new(python)
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "python failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn native_kafka_clients_read_and_write_the_same_records() {
+    let Some(server) = Server::start() else {
+        return;
+    };
+    let bootstrap = server.url.trim_start_matches("kafka://").to_owned();
+    let kafka = server.connect("").await;
+    // polybridge → kafka-python: key, value and headers are plain Kafka fields.
+    let t = topic("interop-out");
+    let receipt = kafka
+        .publish(
+            &t,
+            Message::new("hello")
+                .with_id("m-1")
+                .with_key("k-1")
+                .with_header("trace", "abc")
+                .with_header("raw", vec![0xffu8, 0]),
+            deadline(),
+        )
+        .await
+        .unwrap();
+    let Some(Position::Offset { partition, offset }) = receipt.position else {
+        panic!("receipt position");
+    };
+    let read = r#"
+import sys
+from kafka import KafkaConsumer, TopicPartition
+c = KafkaConsumer(bootstrap_servers=sys.argv[1], enable_auto_commit=False, consumer_timeout_ms=15000)
+tp = TopicPartition(sys.argv[2], int(sys.argv[3]))
+c.assign([tp]); c.seek(tp, int(sys.argv[4]))
+for m in c:
+    print(m.key.decode(), m.value.decode(), ";".join(f"{k}={v.hex()}" for k, v in m.headers))
+    break
+"#;
+    let Some(out) = python(
+        read,
+        &[&bootstrap, &t, &partition.to_string(), &offset.to_string()],
+    ) else {
+        return;
+    };
+    let line = out.lines().next().unwrap_or_default();
+    assert!(line.starts_with("k-1 hello "), "{line}");
+    assert!(line.contains("pb-id=6d2d31"), "the id header: {line}");
+    assert!(line.contains("trace=616263"), "{line}");
+    assert!(
+        line.contains("raw=ff00"),
+        "binary header bytes unchanged: {line}"
+    );
+    // kafka-python → polybridge: foreign headers come back as text or binary by content.
+    let t = topic("interop-in");
+    kafka
+        .publish(&t, Message::new("create the topic"), deadline())
+        .await
+        .unwrap();
+    let mut sub = kafka.subscribe(on(&t)).await.unwrap();
+    let write = r#"
+import sys
+from kafka import KafkaProducer
+p = KafkaProducer(bootstrap_servers=sys.argv[1])
+p.send(sys.argv[2], key=b"native-key", value=b"from python",
+       headers=[("trace", b"xyz"), ("raw", b"\xff\x01")]).get(timeout=15)
+p.flush()
+"#;
+    python(write, &[&bootstrap, &t]).unwrap();
+    let d = next(&mut sub, "a record from kafka-python").await;
+    assert_eq!(&d.message.payload[..], b"from python");
+    assert_eq!(d.message.key.as_deref(), Some(&b"native-key"[..]));
+    assert_eq!(d.message.headers.get_str("trace"), Some("xyz"));
+    let raw = d.message.headers.get("raw").unwrap();
+    assert!(raw.is_binary());
+    assert_eq!(raw.as_bytes(), &[0xffu8, 1]);
+    let Some(Position::Offset { partition, offset }) = d.info.position.clone() else {
+        panic!("position");
+    };
+    assert_eq!(d.message.id, format!("{t}-{partition}-{offset}"));
+    d.ack().unwrap();
+    sub.close().await;
 }
