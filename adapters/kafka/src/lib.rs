@@ -74,7 +74,9 @@
 //!   regex subscription (`orders.*` → `^orders\.[^.]*$`, see
 //!   [`TopicPattern::to_kafka_regex`](polybridge_core::TopicPattern::to_kafka_regex)), which
 //!   follows topics as they are created.
-//! - `subscribe` returns once the group assigned this member its partitions. Each newly
+//! - `subscribe` returns once the group assigned this member its partitions, so it takes
+//!   as long as a group join: about `group.initial.rebalance.delay.ms` (3 s by default) on
+//!   Kafka for a new group, about half the session timeout on Tansu. Each newly
 //!   assigned partition starts at the group's committed offset; a partition the group has
 //!   no offset for starts at the subscription's start position (`Latest` = the end now,
 //!   `Earliest` = the beginning, `Time(t)` = the first offset at `t`, `Position("N")` =
