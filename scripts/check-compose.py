@@ -13,6 +13,7 @@ compose config` would, plus the ones that keep the project's files consistent:
   POLYBRIDGE_<BROKER>_URL variables testkit reads, and every URL's port is published by
   the right service onto the right container port, with the credentials that service is
   given (and, for Kafka, the listener it advertises to the host).
+- testkit/README.md's example URLs are the ones in deploy/brokers.env.
 - README.md's compose section names only ports docker-compose.yml publishes, and its
   broker table (between the `brokers:begin`/`brokers:end` markers) is the one
   this script generates from those two files; `--write` regenerates it.
@@ -49,6 +50,7 @@ COMPOSE = "docker-compose.yml"
 BROKERS_ENV = "deploy/brokers.env"
 README = "README.md"
 TESTKIT = "testkit/src/lib.rs"
+TESTKIT_README = "testkit/README.md"
 K8S = "deploy/kubernetes/polybridge.yaml"
 SYSTEMD = "deploy/systemd/polybridge.service"
 ADMIN_PORT = 9464
@@ -330,6 +332,16 @@ def check_brokers_env(compose, env):
         error(BROKERS_ENV, f"{var} (read by testkit) is not set")
     for var in sorted(set(env) - testkit_vars):
         error(BROKERS_ENV, f"{var} is not a variable testkit reads")
+    try:
+        examples = dict(re.findall(r"^\| `(POLYBRIDGE_[A-Z_]+_URL)` \|[^|]*e\.g\. `([^`]+)`", read(TESTKIT_README), re.M))
+    except OSError as e:
+        error(TESTKIT_README, f"cannot read: {e}")
+        examples = {}
+    for var, url in sorted(examples.items()):
+        if var in env and env[var] != url:
+            error(TESTKIT_README, f"{var}: the example {url!r} differs from {BROKERS_ENV} ({env[var]!r})")
+    for var in sorted(testkit_vars - set(examples)):
+        error(TESTKIT_README, f"{var}: no row with an example URL")
     for var in sorted(testkit_vars - set(ENDPOINTS)):
         error("scripts/check-compose.py", f"ENDPOINTS does not say which service serves {var}")
     if compose is None:
