@@ -9,12 +9,12 @@ FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY . .
 # Cache mounts keep the registry and the build directory between builds (BuildKit); the
-# binary is copied out of the cached target directory.
+# binary is copied out of the cached target directory, stripped (about 14 MB).
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/usr/local/cargo/git \
     --mount=type=cache,target=/src/target \
     cargo build --release -p polybridge-bridge --locked \
-    && install -D -m 0755 target/release/polybridge /out/polybridge
+    && install -D -s -m 0755 target/release/polybridge /out/polybridge
 
 FROM debian:bookworm-slim
 RUN apt-get update \
