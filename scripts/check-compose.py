@@ -20,6 +20,8 @@ compose config` would, plus the ones that keep the project's files consistent:
 - deploy/kubernetes/polybridge.yaml parses: a ConfigMap with a rule file, a Deployment that
   mounts it with liveness on /health and readiness on /ready on port 9464, and a Service
   that selects the Deployment's pods.
+- Dockerfile: multi-stage, `cargo build --release -p polybridge-bridge --locked`, a non-root
+  USER, EXPOSE 9464 and a HEALTHCHECK on /health.
 - deploy/systemd/polybridge.service has the sections and hardening it promises.
 - With `--validate-rules`: `polybridge validate` (through cargo) on examples/compose.yaml
   and on the rule file inside the Kubernetes ConfigMap.
@@ -53,6 +55,7 @@ TESTKIT = "testkit/src/lib.rs"
 TESTKIT_README = "testkit/README.md"
 K8S = "deploy/kubernetes/polybridge.yaml"
 SYSTEMD = "deploy/systemd/polybridge.service"
+DOCKERFILE = "Dockerfile"
 ADMIN_PORT = 9464
 
 # The Compose specification's keys (https://github.com/compose-spec/compose-spec), vendored:
@@ -548,6 +551,26 @@ def polybridge_validate(path, env, label=None):
         error("polybridge validate", err or f"exit code {r.returncode}")
 
 
+def check_dockerfile():
+    try:
+        text = read(DOCKERFILE)
+    except OSError as e:
+        error(DOCKERFILE, f"cannot read: {e}")
+        return
+    stages = re.findall(r"^FROM\s+(\S+)", text, re.M)
+    if len(stages) < 2:
+        error(DOCKERFILE, "expected a multi-stage build (a build stage and a runtime stage)")
+    if "cargo build --release -p polybridge-bridge --locked" not in text:
+        error(DOCKERFILE, "the build stage must run cargo build --release -p polybridge-bridge --locked")
+    users = re.findall(r"^USER\s+(\S+)", text, re.M)
+    if not users or users[-1].split(":")[0] in ("root", "0"):
+        error(DOCKERFILE, "the runtime stage must run as a non-root USER")
+    if not re.search(rf"^EXPOSE\s+{ADMIN_PORT}\b", text, re.M):
+        error(DOCKERFILE, f"EXPOSE {ADMIN_PORT} (the admin server) is missing")
+    if not re.search(r"^HEALTHCHECK\b[^\n]*(\\\n[^\n]*)*/health", text, re.M):
+        error(DOCKERFILE, "a HEALTHCHECK on /health is missing")
+
+
 def validate_rules(k8s):
     # examples/compose.yaml as the polybridge service runs it (compose host names), and as a
     # user runs it on the host with deploy/brokers.env.
@@ -572,6 +595,7 @@ def main():
     env = read_brokers_env()
     check_brokers_env(compose, env)
     check_readme(compose, env, "--write" in args)
+    check_dockerfile()
     k8s = check_kubernetes()
     check_systemd()
     if "--validate-rules" in args:
