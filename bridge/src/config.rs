@@ -415,7 +415,7 @@ impl Loader<'_> {
                 }
             }
         }
-        let capabilities = match polybridge::capabilities_for(&url) {
+        let capabilities = match crate::builtin::capabilities_for(&url) {
             Ok(c) => c,
             Err(e) => {
                 self.diags

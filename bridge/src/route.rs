@@ -26,7 +26,7 @@ use tokio::time::Instant;
 
 use crate::config::{Dispatch, RouteConfig, RouteOrdering};
 use crate::mapping;
-use crate::metrics::RouteMetrics;
+use crate::metrics::{BrokerMetrics, RouteMetrics};
 use crate::template::TemplateInput;
 
 /// How long one publish may take before it counts as a failed attempt.
@@ -38,8 +38,12 @@ pub struct Route {
     pub config: RouteConfig,
     /// The source broker.
     pub source: Arc<dyn Broker>,
+    /// The source broker's connection counters.
+    pub source_metrics: Arc<BrokerMetrics>,
     /// One broker per `config.sinks` entry.
     pub sinks: Vec<Arc<dyn Broker>>,
+    /// The connection counters of each sink broker.
+    pub sink_metrics: Vec<Arc<BrokerMetrics>>,
     /// The dead-letter broker, if configured.
     pub dead_letter: Option<Arc<dyn Broker>>,
     /// Counters.
@@ -70,6 +74,9 @@ impl Route {
                 Ok(stream) => stream,
                 Err(e) => {
                     self.metrics.error(e.kind());
+                    if e.is_retryable() {
+                        self.source_metrics.down();
+                    }
                     tracing::error!(route = %self.config.name, error = %e, retry_in = ?backoff, "cannot subscribe to the source");
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
@@ -80,6 +87,7 @@ impl Route {
                 }
             };
             backoff = Duration::from_millis(100);
+            self.source_metrics.up();
             self.metrics.subscribed.store(true, AtomicOrdering::Relaxed);
             tracing::info!(route = %self.config.name, source = %self.config.source.broker, topic = %self.config.source.topic, "route running");
             let ended_by_shutdown = match self.config.ordering {
@@ -98,6 +106,7 @@ impl Route {
             if ended_by_shutdown {
                 return;
             }
+            self.source_metrics.down();
             tracing::warn!(route = %self.config.name, "the source subscription ended; subscribing again");
         }
     }
@@ -310,11 +319,15 @@ impl Route {
                 .await;
             match result {
                 Ok(_) => {
+                    self.sink_metrics[i].up();
                     self.metrics.delivered.fetch_add(1, AtomicOrdering::Relaxed);
                     return Ok(());
                 }
                 Err(e) => {
                     self.metrics.error(e.kind());
+                    if matches!(e.kind(), "connection" | "timeout") {
+                        self.sink_metrics[i].down();
+                    }
                     if !e.is_retryable() || attempt >= policy.max_attempts {
                         tracing::warn!(route = %self.config.name, sink = %self.config.sinks[i].broker, destination = %prepared.destination, attempts = attempt, error = %e, "publish failed");
                         return Err(Failure {

@@ -80,7 +80,10 @@ routes:
         .unwrap();
     let bridge = Bridge::start(cfg, &brokers, Duration::from_secs(5)).unwrap();
     eventually("the route to subscribe", || {
-        bridge.routes[0].metrics.subscribed.load(Ordering::Relaxed)
+        bridge.routes()[0]
+            .metrics
+            .subscribed
+            .load(Ordering::Relaxed)
     })
     .await;
     let n: usize = 200;
@@ -123,7 +126,7 @@ routes:
         d.ack().unwrap();
     }
     assert_eq!(seen.len(), n);
-    let m = &bridge.routes[0].metrics;
+    let m = &bridge.routes()[0].metrics;
     eventually("every source delivery acked", || {
         m.acked.load(Ordering::Relaxed) == n as u64
     })
@@ -223,7 +226,10 @@ routes:
         .unwrap();
     let bridge = Bridge::start(config(yaml), &brokers, Duration::from_secs(5)).unwrap();
     eventually("the route to subscribe", || {
-        bridge.routes[0].metrics.subscribed.load(Ordering::Relaxed)
+        bridge.routes()[0]
+            .metrics
+            .subscribed
+            .load(Ordering::Relaxed)
     })
     .await;
     brokers["src"]
@@ -238,7 +244,7 @@ routes:
         bad.attempts.load(Ordering::SeqCst) >= 5
     })
     .await;
-    let m = &bridge.routes[0].metrics;
+    let m = &bridge.routes()[0].metrics;
     assert_eq!(
         m.acked.load(Ordering::Relaxed),
         0,
@@ -284,7 +290,10 @@ routes:
         .unwrap();
     let bridge = Bridge::start(config(yaml), &brokers, Duration::from_secs(5)).unwrap();
     eventually("the route to subscribe", || {
-        bridge.routes[0].metrics.subscribed.load(Ordering::Relaxed)
+        bridge.routes()[0]
+            .metrics
+            .subscribed
+            .load(Ordering::Relaxed)
     })
     .await;
     brokers["src"]
@@ -314,7 +323,7 @@ routes:
     assert_eq!(body["message"]["payload"], "payload");
     d.ack().unwrap();
     assert_eq!(bad.attempts.load(Ordering::SeqCst), 3);
-    let m = &bridge.routes[0].metrics;
+    let m = &bridge.routes()[0].metrics;
     eventually("dead-letter counted", || {
         m.dead_lettered.load(Ordering::Relaxed) == 1
     })
@@ -356,14 +365,17 @@ routes:
     .into();
     let bridge = Bridge::start(config(yaml), &brokers, Duration::from_secs(5)).unwrap();
     eventually("the route to subscribe", || {
-        bridge.routes[0].metrics.subscribed.load(Ordering::Relaxed)
+        bridge.routes()[0]
+            .metrics
+            .subscribed
+            .load(Ordering::Relaxed)
     })
     .await;
     brokers["src"]
         .publish("in", Message::new("x"), deadline())
         .await
         .unwrap();
-    let m = bridge.routes[0].metrics.clone();
+    let m = bridge.routes()[0].metrics.clone();
     // Nacked, redelivered by the broker, tried again: never dropped.
     eventually("two rounds of redelivery", || {
         m.nacked.load(Ordering::Relaxed) >= 2
@@ -422,7 +434,7 @@ routes:
     assert_eq!(next(&mut hot).await.message.id, "a");
     assert_eq!(next(&mut hot).await.message.id, "d");
     assert_eq!(next(&mut normal).await.message.id, "b");
-    let m = bridge.routes[0].metrics.clone();
+    let m = bridge.routes()[0].metrics.clone();
     eventually("all settled", || {
         m.acked.load(Ordering::Relaxed) + m.filtered.load(Ordering::Relaxed) == 4
     })
