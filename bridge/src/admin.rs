@@ -87,6 +87,7 @@ async fn routes(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
             let m = &r.metrics;
             json!({
                 "name": r.config.name,
+                "instance": r.instance,
                 "source": {
                     "broker": r.config.source.broker,
                     "url": r.source.url().to_string(),

@@ -209,6 +209,7 @@ impl Bridge {
             sink_metrics: sinks.into_iter().map(|s| s.metrics).collect(),
             dead_letter: dead_letter.map(|d| d.broker),
             metrics: Arc::new(RouteMetrics::default()),
+            instance: route::next_instance(),
         });
         let (shutdown, watcher) = watch::channel(false);
         let task = tokio::spawn(route.clone().run(watcher, self.drain));

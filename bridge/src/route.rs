@@ -48,6 +48,15 @@ pub struct Route {
     pub dead_letter: Option<Arc<dyn Broker>>,
     /// Counters.
     pub metrics: Arc<RouteMetrics>,
+    /// A number unique to this route object in the process: a route left untouched by a
+    /// reload keeps it, a restarted one gets a new one (shown by `/api/routes`).
+    pub instance: u64,
+}
+
+/// The next [`Route::instance`].
+pub fn next_instance() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, AtomicOrdering::Relaxed)
 }
 
 /// Why a message could not be delivered.
