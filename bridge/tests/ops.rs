@@ -436,3 +436,180 @@ fn sigterm_with_a_stuck_sink_nacks_at_the_drain_timeout_exits_0_and_loses_nothin
         remaining.len()
     );
 }
+
+fn metric(text: &str, line_start: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with(line_start) && l[line_start.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+#[test]
+fn admin_endpoints_report_routes_brokers_and_readiness() {
+    let Some(url) = redis_url() else { return };
+    let rt = runtime();
+    let p = unique("admin");
+    let dir = temp_dir(&p);
+    let file = dir.join("rules.yaml");
+    let admin = free_port();
+    std::fs::write(
+        &file,
+        format!(
+            r#"brokers:
+  redis: {{ url: "{url}" }}
+routes:
+  - name: m
+    from: {{ broker: redis, topic: "{p}.in", group: bridge, start: earliest }}
+    to: [ {{ broker: redis, destination: "{p}.out" }} ]
+  - name: dl
+    from: {{ broker: redis, topic: "{p}.json", group: bridge, start: earliest }}
+    filter: "payload.celsius > 1.0"
+    to: [ {{ broker: redis, destination: "{p}.hot" }} ]
+    on_error: {{ max_attempts: 1, dead_letter: {{ broker: redis, destination: "{p}.dead" }} }}
+admin: {{ listen: "127.0.0.1:{admin}" }}
+"#
+        ),
+    )
+    .unwrap();
+    let broker = rt.block_on(polybridge::connect(&url)).unwrap();
+    rt.block_on(publish_many(
+        broker.clone(),
+        format!("{p}.in"),
+        "m".into(),
+        10,
+        Duration::ZERO,
+    ));
+    // Not JSON: the filter fails at run time, so the message is dead-lettered.
+    rt.block_on(publish_many(
+        broker.clone(),
+        format!("{p}.json"),
+        "not json".into(),
+        1,
+        Duration::ZERO,
+    ));
+    let mut d = Daemon::start(&file, &[]);
+    wait_ready(&mut d, admin);
+    wait_for("everything settled", Duration::from_secs(30), || {
+        let r = api_routes(admin);
+        r["routes"][0]["acked"] == 10 && r["routes"][1]["dead_lettered"] == 1
+    });
+
+    let (status, body) = http_get(admin, "/health").unwrap();
+    assert_eq!((status, body.trim()), (200, "ok"));
+    let (status, body) = http_get(admin, "/ready").unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()["ready"],
+        true
+    );
+
+    let (status, m) = http_get(admin, "/metrics").unwrap();
+    assert_eq!(status, 200);
+    let get = |l: &str| metric(&m, l).unwrap_or_else(|| panic!("no {l} in:\n{m}"));
+    assert_eq!(get(r#"polybridge_route_received_total{route="m"}"#), 10.0);
+    assert_eq!(get(r#"polybridge_route_delivered_total{route="m"}"#), 10.0);
+    assert_eq!(get(r#"polybridge_route_acked_total{route="m"}"#), 10.0);
+    assert_eq!(get(r#"polybridge_route_nacked_total{route="m"}"#), 0.0);
+    assert_eq!(get(r#"polybridge_route_in_flight{route="m"}"#), 0.0);
+    assert_eq!(get(r#"polybridge_route_subscribed{route="m"}"#), 1.0);
+    assert_eq!(
+        get(r#"polybridge_route_latency_seconds_count{route="m"}"#),
+        10.0
+    );
+    assert_eq!(
+        get(r#"polybridge_route_latency_seconds_bucket{route="m",le="+Inf"}"#),
+        10.0
+    );
+    assert!(get(r#"polybridge_route_latency_seconds_sum{route="m"}"#) > 0.0);
+    assert_eq!(
+        get(r#"polybridge_route_dead_lettered_total{route="dl"}"#),
+        1.0
+    );
+    assert_eq!(
+        get(r#"polybridge_route_errors_total{route="dl",kind="filter"}"#),
+        1.0
+    );
+    assert_eq!(
+        get(r#"polybridge_route_errors_total{route="m",kind="connection"}"#),
+        0.0
+    );
+    assert_eq!(
+        get(r#"polybridge_broker_connected{broker="redis",scheme="redis"}"#),
+        1.0
+    );
+    assert_eq!(
+        get(r#"polybridge_broker_reconnects_total{broker="redis",scheme="redis"}"#),
+        0.0
+    );
+    assert!(
+        m.contains("# TYPE polybridge_route_latency_seconds histogram"),
+        "{m}"
+    );
+
+    let routes = api_routes(admin);
+    let r0 = &routes["routes"][0];
+    assert_eq!(r0["name"], "m");
+    assert_eq!(r0["source"]["topic"], format!("{p}.in"));
+    assert_eq!(r0["source"]["group"], "bridge");
+    assert_eq!(r0["sinks"][0]["destination"], format!("{p}.out"));
+    assert_eq!(r0["received"], 10);
+    assert_eq!(r0["delivered"], 10);
+    assert_eq!(r0["subscribed"], true);
+    d.signal("TERM");
+    assert_eq!(d.wait_exit(Duration::from_secs(60)).code(), Some(0));
+}
+
+#[test]
+fn ready_is_503_naming_the_routes_whose_source_is_not_subscribed() {
+    let dir = temp_dir("notready");
+    let file = dir.join("rules.yaml");
+    let admin = free_port();
+    std::fs::write(
+        &file,
+        format!(
+            r#"brokers:
+  gen: {{ url: "generate://x?interval=1h" }}
+  out: {{ url: "stdout://" }}
+routes:
+  - name: fine
+    from: {{ broker: gen, topic: "sensors.>" }}
+    to: [ {{ broker: out, destination: "x" }} ]
+  - name: broken
+    from: {{ broker: out, topic: "nothing" }}
+    to: [ {{ broker: out, destination: "x" }} ]
+admin: {{ listen: "127.0.0.1:{admin}" }}
+"#
+        ),
+    )
+    .unwrap();
+    let mut d = Daemon::start(&file, &[]);
+    wait_for("the admin server", Duration::from_secs(30), || {
+        http_get(admin, "/health").is_some()
+    });
+    wait_for(
+        "the failed subscription counted",
+        Duration::from_secs(30),
+        || {
+            let (_, m) = http_get(admin, "/metrics").unwrap();
+            metric(
+                &m,
+                r#"polybridge_route_errors_total{route="broken",kind="unsupported"}"#,
+            )
+            .unwrap_or(0.0)
+                >= 1.0
+                && metric(&m, r#"polybridge_route_subscribed{route="fine"}"#) == Some(1.0)
+        },
+    );
+    let (status, body) = http_get(admin, "/ready").unwrap();
+    assert_eq!(status, 503, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["ready"], false);
+    assert_eq!(v["routes_not_subscribed"], serde_json::json!(["broken"]));
+    d.signal("TERM");
+    assert_eq!(
+        d.wait_exit(Duration::from_secs(30)).code(),
+        Some(0),
+        "{}",
+        d.log()
+    );
+}
