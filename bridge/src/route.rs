@@ -185,8 +185,14 @@ impl Route {
                 next = stream.next() => match next {
                     Some(Ok(delivery)) => {
                         let lane = lane_of(&delivery, lanes);
-                        if senders[lane].send(delivery).await.is_err() {
-                            break false;
+                        // A full lane holds the source back, but never shutdown: a delivery
+                        // not handed over is dropped, which nacks it.
+                        tokio::select! {
+                            biased;
+                            _ = shutdown.changed() => break true,
+                            sent = senders[lane].send(delivery) => if sent.is_err() {
+                                break false;
+                            },
                         }
                     }
                     Some(Err(e)) => {
