@@ -82,8 +82,9 @@ impl RouteMetrics {
 }
 
 /// Connection state of one broker, as the bridge sees it: connected after a successful
-/// connect, subscribe or publish; disconnected after a connection error or a subscription
-/// that ended. Each return to connected counts as a reconnect.
+/// connect, subscribe or publish; disconnected after a retryable failure (connection,
+/// timeout, transient) of a subscribe or publish, or a subscription that ended. Each
+/// return to connected counts as a reconnect.
 pub struct BrokerMetrics {
     /// Whether the broker is connected.
     pub connected: AtomicBool,
@@ -118,7 +119,7 @@ pub fn render_brokers(brokers: &[(&str, &str, &BrokerMetrics)], out: &mut String
     let name = "polybridge_broker_connected";
     let _ = writeln!(
         out,
-        "# HELP {name} 1 when the broker's connection works.\n# TYPE {name} gauge"
+        "# HELP {name} 1 when the last subscribe or publish on the broker worked, 0 after a retryable failure.\n# TYPE {name} gauge"
     );
     for (broker, scheme, m) in brokers {
         let _ = writeln!(

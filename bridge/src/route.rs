@@ -340,7 +340,9 @@ impl Route {
                 }
                 Err(e) => {
                     self.metrics.error(e.kind());
-                    if matches!(e.kind(), "connection" | "timeout") {
+                    if e.is_retryable() {
+                        // Connection, timeout or transient: some adapters (Redis) report a
+                        // refused or dropped connection as transient.
                         self.sink_metrics[i].down();
                     }
                     if !e.is_retryable() || attempt >= policy.max_attempts {

@@ -613,3 +613,66 @@ admin: {{ listen: "127.0.0.1:{admin}" }}
         d.log()
     );
 }
+
+#[test]
+fn a_sink_outage_shows_in_broker_metrics_and_loses_nothing() {
+    let Some(url) = redis_url() else { return };
+    let mut sink = polybridge_testkit::private(BrokerKind::Redis).unwrap();
+    let sink_url = sink.url(Endpoint::Redis).unwrap();
+    let rt = runtime();
+    let p = unique("outage");
+    let (input, output) = (format!("{p}.in"), format!("{p}.out"));
+    let dir = temp_dir(&p);
+    let file = dir.join("rules.yaml");
+    let admin = free_port();
+    std::fs::write(
+        &file,
+        format!(
+            "brokers:\n  redis: {{ url: \"{url}\" }}\n  sink: {{ url: \"{sink_url}\" }}\nroutes:\n  - name: r\n    from: {{ broker: redis, topic: \"{input}\", group: bridge, start: earliest }}\n    to: [ {{ broker: sink, destination: \"{output}\" }} ]\n    on_error: {{ max_attempts: 100000, initial_backoff: 20ms, max_backoff: 200ms }}\nadmin: {{ listen: \"127.0.0.1:{admin}\" }}\n"
+        ),
+    )
+    .unwrap();
+    let mut d = Daemon::start(&file, &[]);
+    wait_ready(&mut d, admin);
+    let broker = rt.block_on(polybridge::connect(&url)).unwrap();
+    let n = 300;
+    let publisher = rt.spawn(publish_many(
+        broker.clone(),
+        input.clone(),
+        "o".into(),
+        n,
+        Duration::from_millis(10),
+    ));
+    let sink_metric = |name: &str| {
+        let (_, m) = http_get(admin, "/metrics").unwrap();
+        metric(&m, &format!("{name}{{broker=\"sink\",scheme=\"redis\"}}"))
+    };
+    wait_for("messages flowing", Duration::from_secs(30), || {
+        api_routes(admin)["routes"][0]["acked"].as_u64().unwrap() > 20
+    });
+    assert_eq!(sink_metric("polybridge_broker_connected"), Some(1.0));
+    sink.stop().unwrap();
+    wait_for("the sink reported down", Duration::from_secs(60), || {
+        sink_metric("polybridge_broker_connected") == Some(0.0)
+    });
+    sink.restart().unwrap();
+    wait_for("the sink back up", Duration::from_secs(60), || {
+        sink_metric("polybridge_broker_connected") == Some(1.0)
+            && sink_metric("polybridge_broker_reconnects_total").unwrap_or(0.0) >= 1.0
+    });
+    rt.block_on(publisher).unwrap();
+    let sink_broker = rt.block_on(polybridge::connect(&sink_url)).unwrap();
+    let got = rt.block_on(read_all(&sink_broker, &[output], n, "check"));
+    let missing: Vec<String> = (0..n)
+        .map(|i| format!("o-{i}"))
+        .filter(|m| !got.contains(m))
+        .collect();
+    assert!(missing.is_empty(), "lost across the outage: {missing:?}");
+    let (_, m) = http_get(admin, "/metrics").unwrap();
+    assert!(
+        metric(&m, r#"polybridge_route_retries_total{route="r"}"#).unwrap() > 0.0,
+        "{m}"
+    );
+    d.signal("TERM");
+    assert_eq!(d.wait_exit(Duration::from_secs(60)).code(), Some(0));
+}
