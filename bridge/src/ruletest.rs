@@ -23,7 +23,10 @@
 //! ```
 //!
 //! Every broker of the rule file is replaced by an in-memory broker of its own for each
-//! case (topics of MQTT sources are written with `/` and carried with `.` levels inside).
+//! case. Topics of MQTT brokers are written with `/` in inputs and expectations, and seen
+//! with `/` by the routes (`{topic}`, captures), as on a real MQTT broker; inside, the
+//! memory broker carries them with `.` levels, so an MQTT topic level containing `.` is not
+//! supported by the test runner.
 //! The rule file is checked exactly as `validate` checks it, against the real brokers'
 //! capabilities. A case passes when the published messages and the expected ones match
 //! one to one; otherwise the runner prints the difference. Exit code: 0 all passed, 1 a
@@ -244,9 +247,6 @@ pub async fn run_case(mut config: Config, case: &TestCase, index: usize) -> Case
         .filter(|(_, b)| config::separator_for(b.url.scheme()) == '/')
         .map(|(n, _)| n.clone())
         .collect();
-    for r in &mut config.routes {
-        r.source.separator = '.';
-    }
     let mut brokers: BTreeMap<String, Arc<dyn Broker>> = BTreeMap::new();
     for name in config.brokers.keys() {
         let url = format!("memory://pbtest-{}-{index}-{name}", std::process::id());
@@ -297,7 +297,19 @@ pub async fn run_case(mut config: Config, case: &TestCase, index: usize) -> Case
                 .count() as u64
         })
         .collect();
-    let bridge = match Bridge::start(config, &brokers, Duration::from_secs(2)) {
+    // The routes see MQTT topics with `/`.
+    let route_brokers: BTreeMap<String, Arc<dyn Broker>> = brokers
+        .iter()
+        .map(|(name, b)| {
+            let b = if mqtt_like.contains(name) {
+                Arc::new(SlashTopics { inner: b.clone() }) as Arc<dyn Broker>
+            } else {
+                b.clone()
+            };
+            (name.clone(), b)
+        })
+        .collect();
+    let bridge = match Bridge::start(config, &route_brokers, Duration::from_secs(2)) {
         Ok(b) => b,
         Err(e) => return result(vec![format!("cannot start the routes: {e:#}")]),
     };
@@ -371,9 +383,14 @@ pub async fn run_case(mut config: Config, case: &TestCase, index: usize) -> Case
                 .any(|(b, t, id)| *b == name && *t == d.info.topic && *id == d.message.id);
             let _ = d.handle.ack();
             if !is_input {
+                let destination = if mqtt_like.contains(&name) {
+                    d.info.topic.replace('.', "/")
+                } else {
+                    d.info.topic
+                };
                 outputs.push(Output {
                     broker: name.clone(),
-                    destination: d.info.topic,
+                    destination,
                     message: d.message,
                 });
             }
@@ -382,6 +399,73 @@ pub async fn run_case(mut config: Config, case: &TestCase, index: usize) -> Case
     }
     problems.extend(compare(&case.expect, &outputs));
     result(problems)
+}
+
+/// A memory broker seen as an MQTT broker: topics with `/` outside, `.` inside.
+struct SlashTopics {
+    inner: Arc<dyn Broker>,
+}
+
+#[async_trait::async_trait]
+impl polybridge::Publisher for SlashTopics {
+    async fn publish(
+        &self,
+        destination: &str,
+        message: Message,
+        deadline: Deadline,
+    ) -> polybridge::Result<polybridge::Receipt> {
+        self.inner
+            .publish(&destination.replace('/', "."), message, deadline)
+            .await
+    }
+    async fn close(&self, deadline: Deadline) -> polybridge::Result<()> {
+        self.inner.close(deadline).await
+    }
+}
+
+#[async_trait::async_trait]
+impl polybridge::Subscriber for SlashTopics {
+    async fn subscribe(&self, subscription: Subscription) -> polybridge::Result<DeliveryStream> {
+        let mut inner = self.inner.subscribe(subscription).await?;
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        let (close_tx, mut close_rx) = tokio::sync::oneshot::channel::<()>();
+        let (closed_tx, closed_rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let _closed = closed_tx;
+            loop {
+                tokio::select! {
+                    _ = &mut close_rx => break,
+                    next = inner.next() => match next {
+                        Some(Ok(mut d)) => {
+                            d.info.topic = d.info.topic.replace('.', "/");
+                            if tx.send(Ok(d)).await.is_err() {
+                                break;
+                            }
+                        }
+                        Some(Err(e)) => {
+                            let _ = tx.send(Err(e)).await;
+                            break;
+                        }
+                        None => break,
+                    },
+                }
+            }
+            inner.close().await;
+        });
+        Ok(DeliveryStream::new(rx, close_tx, closed_rx))
+    }
+}
+
+impl Broker for SlashTopics {
+    fn name(&self) -> &'static str {
+        "memory"
+    }
+    fn capabilities(&self) -> &polybridge::Capabilities {
+        self.inner.capabilities()
+    }
+    fn url(&self) -> &polybridge::BrokerUrl {
+        self.inner.url()
+    }
 }
 
 fn memory_topic(input: &Input, mqtt_like: &[String]) -> String {

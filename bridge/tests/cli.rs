@@ -112,3 +112,99 @@ tests:
     assert_eq!(bad.status.code(), Some(2), "{err}");
     assert!(err.contains("inptu"), "{err}");
 }
+
+#[test]
+fn help_and_version() {
+    let v = Command::new(bin()).arg("--version").output().unwrap();
+    assert!(v.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&v.stdout).trim(),
+        format!("polybridge {}", env!("CARGO_PKG_VERSION"))
+    );
+    let h = Command::new(bin()).arg("--help").output().unwrap();
+    assert!(h.status.success());
+    let text = String::from_utf8_lossy(&h.stdout);
+    for sub in ["run", "validate", "test"] {
+        assert!(text.contains(&format!("  {sub} ")), "{text}");
+    }
+    let r = Command::new(bin())
+        .args(["run", "--help"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&r.stdout);
+    for opt in [
+        "--config",
+        "--drain-timeout",
+        "--log-format",
+        "--watch-interval",
+    ] {
+        assert!(text.contains(opt), "{text}");
+    }
+}
+
+#[test]
+fn run_refuses_an_invalid_rule_file_with_exit_2() {
+    let dir = temp_dir("runbad");
+    let f = dir.join("bad.yaml");
+    std::fs::write(&f, "brokers:\n  a: { url: \"memory://x\" }\nroutes:\n  - name: r\n    from: { broker: b, topic: t }\n    to: [ { broker: a, destination: t } ]\n").unwrap();
+    let out = Command::new(bin())
+        .arg("run")
+        .arg("-c")
+        .arg(&f)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("{}:5:21: unknown broker \"b\"", f.display())),
+        "{err}"
+    );
+}
+
+#[test]
+fn rule_tests_take_mqtt_topics_and_real_broker_urls_without_connecting() {
+    let dir = temp_dir("ruletest-mqtt");
+    std::fs::write(
+        dir.join("rules.yaml"),
+        r#"brokers:
+  sensors: { url: "mqtt://127.0.0.1:1?version=5" }
+  events: { url: "nats://127.0.0.1:1" }
+routes:
+  - name: temps
+    from: { broker: sensors, topic: "sensors/+/temp", group: bridge }
+    dispatch: first
+    to:
+      - { broker: events, destination: "hot.{1}", when: "payload.c >= 30.0", key: "{1}" }
+      - { broker: events, destination: "temps.{1}", key: "{1}", headers: { set: { from: "{topic}" } } }
+"#,
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("t.yaml"),
+        r#"rules: rules.yaml
+tests:
+  - name: first match by temperature
+    input:
+      - { broker: sensors, topic: sensors/kitchen/temp, payload: '{"c":35.0}' }
+      - { broker: sensors, topic: sensors/hall/temp, payload: '{"c":20.0}' }
+      - { broker: sensors, topic: other/hall/temp, payload: '{"c":99.0}' }
+    expect:
+      - { broker: events, destination: hot.kitchen, key: kitchen }
+      - { broker: events, destination: temps.hall, key: hall, headers: { from: sensors/hall/temp } }
+"#,
+    )
+    .unwrap();
+    let out = Command::new(bin())
+        .arg("test")
+        .arg(dir.join("t.yaml"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("1 passed, 0 failed"), "{text}");
+}
