@@ -234,7 +234,7 @@ pub async fn run_path(path: &Path) -> Result<Vec<CaseResult>, String> {
 }
 
 /// Runs one case on fresh in-memory brokers.
-pub async fn run_case(mut config: Config, case: &TestCase, index: usize) -> CaseResult {
+pub async fn run_case(config: Config, case: &TestCase, index: usize) -> CaseResult {
     let mut problems = Vec::new();
     let result = |problems: Vec<String>| CaseResult {
         name: case.name.clone(),
