@@ -12,13 +12,22 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
 
-use crate::metrics;
 use crate::route::Route;
+use crate::{metrics, RouteTable};
 
 /// What the admin server shows.
 pub struct AdminState {
-    /// The running routes.
-    pub routes: Vec<Arc<Route>>,
+    /// The bridge's routes and brokers, kept current across reloads.
+    pub table: RouteTable,
+}
+
+impl AdminState {
+    fn routes(&self) -> Vec<Arc<Route>> {
+        match self.table.read() {
+            Ok(t) => t.routes.clone(),
+            Err(p) => p.into_inner().routes.clone(),
+        }
+    }
 }
 
 /// The admin router.
@@ -32,19 +41,30 @@ pub fn router(state: Arc<AdminState>) -> Router {
 }
 
 async fn metrics_page(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
-    let list: Vec<(&str, &metrics::RouteMetrics)> = state
-        .routes
+    let (routes, brokers) = match state.table.read() {
+        Ok(t) => (t.routes.clone(), t.brokers.clone()),
+        Err(p) => {
+            let t = p.into_inner();
+            (t.routes.clone(), t.brokers.clone())
+        }
+    };
+    let list: Vec<(&str, &metrics::RouteMetrics)> = routes
         .iter()
         .map(|r| (r.config.name.as_str(), r.metrics.as_ref()))
         .collect();
     let mut out = String::new();
     metrics::render(&list, &mut out);
+    let blist: Vec<(&str, &str, &metrics::BrokerMetrics)> = brokers
+        .iter()
+        .map(|(n, s, m)| (n.as_str(), s.as_str(), m.as_ref()))
+        .collect();
+    metrics::render_brokers(&blist, &mut out);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }
 
 async fn ready(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
-    let waiting: Vec<&str> = state
-        .routes
+    let routes = state.routes();
+    let waiting: Vec<&str> = routes
         .iter()
         .filter(|r| !r.metrics.subscribed.load(Ordering::Relaxed))
         .map(|r| r.config.name.as_str())
@@ -61,12 +81,13 @@ async fn ready(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
 
 async fn routes(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
     let list: Vec<_> = state
-        .routes
+        .routes()
         .iter()
         .map(|r| {
             let m = &r.metrics;
             json!({
                 "name": r.config.name,
+                "instance": r.instance,
                 "source": {
                     "broker": r.config.source.broker,
                     "url": r.source.url().to_string(),
@@ -80,11 +101,14 @@ async fn routes(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
                 })).collect::<Vec<_>>(),
                 "subscribed": m.subscribed.load(Ordering::Relaxed),
                 "received": m.received.load(Ordering::Relaxed),
+                "delivered": m.delivered.load(Ordering::Relaxed),
                 "acked": m.acked.load(Ordering::Relaxed),
                 "nacked": m.nacked.load(Ordering::Relaxed),
                 "dead_lettered": m.dead_lettered.load(Ordering::Relaxed),
                 "filtered": m.filtered.load(Ordering::Relaxed),
                 "in_flight": m.in_flight.load(Ordering::Relaxed),
+                "ordering": format!("{:?}", r.config.ordering),
+                "max_in_flight": r.config.max_in_flight,
             })
         })
         .collect();
