@@ -17,14 +17,18 @@
 //! | name | broker | URL options | topic syntax |
 //! |---|---|---|---|
 //! | `amqp` | RabbitMQ | `exchange=amq.topic` | `a.b.c` |
+//! | `kafka` | Tansu, or Kafka with `KAFKA_HOME` | `acks=all` (idempotent producer), short group session for Tansu | `a.b.c` |
 //! | `nats` | NATS JetStream | `jetstream://`, stream `E2E` on `e2e.>` | `a.b.c` |
 //! | `redis` | Redis streams | `mode=streams` | `a.b.c` (stream key) |
 //! | `mqtt` | Mosquitto | `version=5&qos=1&client_id=…` (persistent session) | `a/b/c` |
 //! | `stomp` | ActiveMQ | `flavor=activemq` (groups on virtual topics) | `a.b.c` |
 //!
-//! Every broker here carries keys and headers (MQTT through version 5 user properties), so
-//! no route needs an envelope; the assertions still follow each end's [`Capabilities`], so
-//! a sink without headers or keys would be checked for what it does promise.
+//! The six brokers all carry keys and headers (MQTT through version 5 user properties), so
+//! their 30 routes need no envelope. Four more tests take MQTT 3.1.1, which has no
+//! properties: with the adapter's `format=envelope` as source and sink, and with raw
+//! payloads as a sink behind the route's `envelope: json` (opened by the test before it
+//! checks). The assertions follow each end's [`Capabilities`]: what a pair cannot carry is
+//! not expected, and what it does promise is still checked.
 //!
 //! Adding a broker is one [`Kind`] variant, one row in [`endpoint`] and its lines in the
 //! `pairs!` table.
@@ -52,6 +56,7 @@ const EXCHANGE_DEADLINE: Duration = Duration::from_secs(60);
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {
     Amqp,
+    Kafka,
     Nats,
     Redis,
     Mqtt,
@@ -68,6 +73,7 @@ impl Kind {
     fn name(self) -> &'static str {
         match self {
             Kind::Amqp => "amqp",
+            Kind::Kafka => "kafka",
             Kind::Nats => "nats",
             Kind::Redis => "redis",
             Kind::Mqtt => "mqtt",
@@ -81,6 +87,7 @@ impl Kind {
     fn harness(self) -> (BrokerKind, Endpoint) {
         match self {
             Kind::Amqp => (BrokerKind::RabbitMq, Endpoint::Amqp),
+            Kind::Kafka => (BrokerKind::Kafka, Endpoint::Kafka),
             Kind::Nats => (BrokerKind::Nats, Endpoint::Nats),
             Kind::Redis => (BrokerKind::Redis, Endpoint::Redis),
             Kind::Mqtt | Kind::Mqtt311Envelope | Kind::Mqtt311Raw => {
@@ -129,6 +136,16 @@ fn endpoint(kind: Kind, client: &str) -> Option<Ep> {
         // Topic exchange: every plain destination is a routing key on amq.topic; group
         // queues are durable, publishes confirmed and mandatory.
         Kind::Amqp => (with(&base, "exchange=amq.topic"), '.'),
+        // Idempotent producer with acks=all (the defaults), commits after acks; topics are
+        // auto-created by the first subscription. Tansu joins a group only after about half
+        // the session timeout, hence the short one.
+        Kind::Kafka => (
+            with(
+                &base,
+                "acks=all&session_timeout=3s&heartbeat_interval=500ms&commit_interval=100ms",
+            ),
+            '.',
+        ),
         // JetStream (not core NATS, which is at most once): one memory stream for every
         // subject of these tests, created on first use (see `prepare`).
         Kind::Nats => (
@@ -368,7 +385,7 @@ admin: {{ enabled: false }}
         .await
         .unwrap_or_else(|e| panic!("{pair}: the bridge cannot connect: {e}"));
     let bridge = Bridge::start(config, &brokers, Duration::from_secs(10)).unwrap();
-    let metrics = bridge.routes[0].metrics.clone();
+    let metrics = bridge.routes()[0].metrics.clone();
     eventually(&format!("{pair}: the route to subscribe"), || {
         metrics.subscribed.load(Ordering::Relaxed)
     })
@@ -579,23 +596,33 @@ macro_rules! pairs {
 }
 
 pairs! {
+    amqp_to_kafka: Amqp -> Kafka;
     amqp_to_nats: Amqp -> Nats;
     amqp_to_redis: Amqp -> Redis;
     amqp_to_mqtt: Amqp -> Mqtt;
     amqp_to_stomp: Amqp -> Stomp;
+    kafka_to_amqp: Kafka -> Amqp;
+    kafka_to_nats: Kafka -> Nats;
+    kafka_to_redis: Kafka -> Redis;
+    kafka_to_mqtt: Kafka -> Mqtt;
+    kafka_to_stomp: Kafka -> Stomp;
     nats_to_amqp: Nats -> Amqp;
+    nats_to_kafka: Nats -> Kafka;
     nats_to_redis: Nats -> Redis;
     nats_to_mqtt: Nats -> Mqtt;
     nats_to_stomp: Nats -> Stomp;
     redis_to_amqp: Redis -> Amqp;
+    redis_to_kafka: Redis -> Kafka;
     redis_to_nats: Redis -> Nats;
     redis_to_mqtt: Redis -> Mqtt;
     redis_to_stomp: Redis -> Stomp;
     mqtt_to_amqp: Mqtt -> Amqp;
+    mqtt_to_kafka: Mqtt -> Kafka;
     mqtt_to_nats: Mqtt -> Nats;
     mqtt_to_redis: Mqtt -> Redis;
     mqtt_to_stomp: Mqtt -> Stomp;
     stomp_to_amqp: Stomp -> Amqp;
+    stomp_to_kafka: Stomp -> Kafka;
     stomp_to_nats: Stomp -> Nats;
     stomp_to_redis: Stomp -> Redis;
     stomp_to_mqtt: Stomp -> Mqtt;
