@@ -1,0 +1,1 @@
+//! WebSocket adapter of polybridge (in progress).
