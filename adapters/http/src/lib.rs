@@ -92,8 +92,10 @@
 //! Against a polybridge webhook server, a 2xx means a subscriber *acked* the message, so
 //! with `publish=wait` a publish resolves only after the consumer processed it — a
 //! publisher that publishes before anyone consumes waits. `publish=queue` decouples the two:
-//! `publish` resolves once the message is queued (at most `queue_size`), a background
-//! task POSTs it with the same retries for up to `retry_for`; `close` refuses new
+//! `publish` resolves once the message is queued (at most `queue_size`); queued messages
+//! are started in publish order (the next request starts once hyper took the previous
+//! one's body, which keeps the order on the wire though not a promise of order at the
+//! receiver) and each is then POSTed with the same retries for up to `retry_for`; `close` refuses new
 //! publishes and returns at once, the queued messages keep being delivered (the process
 //! must live on for them); [`HttpBroker::flush`] waits until they are confirmed. In that mode [`Capabilities::confirmed_publish`] is false and a message
 //! that cannot be delivered is logged, not returned.
@@ -126,7 +128,7 @@ mod subscriber;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
 use polybridge_core::{
@@ -134,7 +136,7 @@ use polybridge_core::{
     HeaderSupport, Message, Ordering, Publisher, Receipt, Result, Subscriber, Subscription,
     Wildcards,
 };
-use tokio::sync::{OnceCell, Semaphore};
+use tokio::sync::{mpsc, OnceCell, Semaphore};
 
 pub use config::{HttpConfig, PublishMode, DEFAULT_MAX_PAYLOAD};
 pub use server::SEPARATOR;
@@ -154,6 +156,7 @@ pub struct HttpBroker {
     server: OnceCell<server::Server>,
     permits: Arc<Semaphore>,
     capacity: usize,
+    queue: OnceLock<mpsc::Sender<publisher::Queued>>,
     closed: AtomicBool,
 }
 
@@ -173,6 +176,7 @@ impl HttpBroker {
             url: url.clone(),
             server: OnceCell::new(),
             permits: Arc::new(Semaphore::new(capacity)),
+            queue: OnceLock::new(),
             capacity,
             closed: AtomicBool::new(false),
         })
@@ -278,22 +282,28 @@ impl Publisher for HttpBroker {
                         BROKER,
                         "publish",
                         destination,
-                        self.sender.send(destination, &message, deadline.instant()),
+                        self.sender
+                            .send(destination, &message, deadline.instant(), None),
                     )
                     .await;
                 drop(permit);
                 result
             }
             PublishMode::Queue => {
-                let sender = self.sender.clone();
-                let destination = destination.to_owned();
-                let until = tokio::time::Instant::now() + self.config.retry_for;
-                tokio::spawn(async move {
-                    if let Err(e) = sender.send(&destination, &message, until).await {
-                        tracing::error!(%destination, id = %message.id, error = %e, "http: a queued webhook was not delivered");
-                    }
-                    drop(permit);
+                let queue = self.queue.get_or_init(|| {
+                    let (tx, rx) = mpsc::channel(self.config.queue_size);
+                    tokio::spawn(publisher::run_queue(self.sender.clone(), rx));
+                    tx
                 });
+                // The permit bounds the queue, so this never waits.
+                queue
+                    .send(publisher::Queued {
+                        destination: destination.to_owned(),
+                        message,
+                        permit,
+                    })
+                    .await
+                    .map_err(|_| Error::closed(BROKER, "the publish queue"))?;
                 Ok(Receipt::default())
             }
         }

@@ -16,7 +16,6 @@
 //! escapes `%`, `=`, `;`, `,`, controls, space and every non-ASCII byte, so names are kept
 //! exactly (case included) and any bytes travel.
 
-use std::str::FromStr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::STANDARD as BASE64;

@@ -10,13 +10,19 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use http_body_util::BodyExt;
+use hyper::body::{Body, Frame, SizeHint};
 use hyper::header::RETRY_AFTER;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use polybridge_core::{Error, Message, Receipt, Result};
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::config::HttpConfig;
@@ -24,8 +30,43 @@ use crate::mapping;
 use crate::BROKER;
 
 /// Sends webhooks.
+/// A message waiting in the `publish=queue` queue, with its place in the queue.
+pub(crate) struct Queued {
+    pub destination: String,
+    pub message: Message,
+    pub permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+/// Starts the queued messages in order: the next one's request starts once hyper took the
+/// previous one's body; each is then retried on its own task.
+pub(crate) async fn run_queue(
+    sender: std::sync::Arc<Sender>,
+    mut queue: tokio::sync::mpsc::Receiver<Queued>,
+) {
+    while let Some(Queued {
+        destination,
+        message,
+        permit,
+    }) = queue.recv().await
+    {
+        let (taken, taken_rx) = oneshot::channel();
+        let sender = sender.clone();
+        let until = Instant::now() + sender.config.retry_for;
+        tokio::spawn(async move {
+            if let Err(e) = sender
+                .send(&destination, &message, until, Some(taken))
+                .await
+            {
+                tracing::error!(%destination, id = %message.id, error = %e, "http: a queued webhook was not delivered");
+            }
+            drop(permit);
+        });
+        let _ = taken_rx.await;
+    }
+}
+
 pub(crate) struct Sender {
-    client: Client<HttpConnector, Full<Bytes>>,
+    client: Client<HttpConnector, SignalBody>,
     pub config: std::sync::Arc<HttpConfig>,
 }
 
@@ -41,6 +82,35 @@ pub(crate) fn path_encode(destination: &str) -> String {
         }
     }
     out
+}
+
+/// A request body that says when hyper took it (to start the next queued request only
+/// then, so queued messages reach the receiver in publish order as far as one process can
+/// arrange it).
+pub(crate) struct SignalBody {
+    data: Option<Bytes>,
+    len: u64,
+    taken: Option<oneshot::Sender<()>>,
+}
+
+impl Body for SignalBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+    ) -> Poll<Option<std::result::Result<Frame<Bytes>, Infallible>>> {
+        let this = self.get_mut();
+        if let Some(taken) = this.taken.take() {
+            let _ = taken.send(());
+        }
+        Poll::Ready(this.data.take().map(|d| Ok(Frame::data(d))))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::with_exact(self.len)
+    }
 }
 
 enum Attempt {
@@ -64,13 +134,14 @@ impl Sender {
         destination: &str,
         message: &Message,
         until: Instant,
+        mut taken: Option<oneshot::Sender<()>>,
     ) -> Result<Receipt> {
         let uri = format!("{}/{}", self.config.base, path_encode(destination));
         let mut backoff = self.config.retry_initial;
         let mut attempt: u32 = 1;
         loop {
             let (error, hint) = match self
-                .attempt(&uri, destination, message, attempt, until)
+                .attempt(&uri, destination, message, attempt, until, taken.take())
                 .await
             {
                 Attempt::Done(result) => return result,
@@ -97,8 +168,20 @@ impl Sender {
         message: &Message,
         attempt: u32,
         until: Instant,
+        mut taken: Option<oneshot::Sender<()>>,
     ) -> Attempt {
-        let mut request = match Request::post(uri).body(Full::new(message.payload.clone())) {
+        if message.payload.is_empty() {
+            // Nothing for hyper to take: the request may go at once.
+            if let Some(taken) = taken.take() {
+                let _ = taken.send(());
+            }
+        }
+        let body = SignalBody {
+            data: (!message.payload.is_empty()).then(|| message.payload.clone()),
+            len: message.payload.len() as u64,
+            taken,
+        };
+        let mut request = match Request::post(uri).body(body) {
             Ok(r) => r,
             Err(e) => {
                 return Attempt::Done(Err(Error::Permanent {
