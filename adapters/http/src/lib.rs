@@ -82,8 +82,8 @@
 //!
 //! # Webhook out (publish)
 //! `publish` POSTs to `<base>/<destination>` (percent-encoded) with the message headers of
-//! [`mapping`] and retries with backoff (see [`publisher`](crate) below) until a 2xx:
-//! 2xx = confirmed (an empty [`Receipt`](polybridge_core::Receipt)); 413 =
+//! [`mapping`] and retries with backoff until a 2xx:
+//! 2xx = confirmed (an empty [`Receipt`]); 413 =
 //! [`Error::PayloadTooLarge`]; 4xx other than 408/429 = [`Error::Permanent`]; 408, 429,
 //! 5xx, network errors and per-request timeouts are retried, honouring `retry-after`.
 //! Past the deadline the call fails with [`Error::Timeout`]. Each retry sends
@@ -114,6 +114,7 @@
 //! | reconnect | no (no connection to keep) | no |
 //!
 //! [`DeliveryInfo::attempt`]: polybridge_core::DeliveryInfo::attempt
+//! [`Receipt`]: polybridge_core::Receipt
 //! [`Capabilities::confirmed_publish`]: polybridge_core::Capabilities::confirmed_publish
 //! [`Error::PayloadTooLarge`]: polybridge_core::Error::PayloadTooLarge
 //! [`Error::Permanent`]: polybridge_core::Error::Permanent

@@ -113,8 +113,14 @@ async fn accept_loop(listener: TcpListener, backend: Arc<dyn Broker>) {
 
 /// What the subscription forwarders and the publish task tell the connection.
 enum Event {
-    Delivery { sub: String, delivery: Delivery },
-    Ended { sub: String, error: Option<Error> },
+    Delivery {
+        sub: String,
+        delivery: Box<Delivery>,
+    },
+    Ended {
+        sub: String,
+        error: Option<Error>,
+    },
 }
 
 struct Sub {
@@ -254,6 +260,7 @@ async fn connection(
             }
             Some(event) = events_rx.recv() => match event {
                 Event::Delivery { sub, delivery } => {
+                    let delivery = *delivery;
                     next_tag += 1;
                     let mut frame = Map::new();
                     frame.insert("op".into(), json!("message"));
@@ -352,7 +359,7 @@ async fn forward(
             _ = &mut close => break None,
             next = stream.next() => match next {
                 Some(Ok(delivery)) => {
-                    if events.send(Event::Delivery { sub: sub.clone(), delivery }).await.is_err() {
+                    if events.send(Event::Delivery { sub: sub.clone(), delivery: Box::new(delivery) }).await.is_err() {
                         break None;
                     }
                 }
