@@ -23,6 +23,14 @@ pub enum PublishMode {
 /// Settings of an HTTP connection, from its URL.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HttpConfig {
+    /// `https://`: TLS on both ends.
+    pub tls: bool,
+    /// PEM certificates trusted in addition to the Mozilla roots (`ca_file`).
+    pub ca_file: Option<String>,
+    /// PEM certificate chain the webhook server presents (`tls_cert`).
+    pub tls_cert: Option<String>,
+    /// PEM private key of `tls_cert` (`tls_key`).
+    pub tls_key: Option<String>,
     /// `http://host:port/base` without options and without a trailing `/`: publishes POST
     /// to `<base>/<destination>`.
     pub base: String,
@@ -64,26 +72,24 @@ const OPTIONS: &[&str] = &[
     "ack_timeout",
     "max_payload",
     "queue_size",
+    "ca_file",
+    "tls_cert",
+    "tls_key",
 ];
 
 impl HttpConfig {
     /// Reads the config from an `http://` URL.
     pub fn from_url(url: &BrokerUrl) -> Result<Self> {
-        match url.scheme() {
-            "http" => {}
-            "https" => {
-                return Err(Error::unsupported(
-                    BROKER,
-                    format!("https in {url}: this version speaks plain HTTP; put a TLS-terminating proxy in front"),
-                ))
-            }
+        let tls = match url.scheme() {
+            "http" => false,
+            "https" => true,
             other => {
                 return Err(Error::config(
                     BROKER,
-                    format!("expected an http:// URL, got scheme {other:?} in {url}"),
+                    format!("expected an http:// or https:// URL, got scheme {other:?} in {url}"),
                 ))
             }
-        }
+        };
         url.check_options(BROKER, OPTIONS)?;
         if url.username().is_some() || url.password().is_some() {
             return Err(Error::unsupported(
@@ -95,10 +101,14 @@ impl HttpConfig {
             .host()
             .filter(|h| !h.is_empty())
             .ok_or_else(|| Error::config(BROKER, format!("no host in {url}")))?;
-        let port = url.as_url().port_or_known_default().unwrap_or(80);
+        let port = url
+            .as_url()
+            .port_or_known_default()
+            .unwrap_or(if tls { 443 } else { 80 });
         let path = url.as_url().path().trim_end_matches('/').to_owned();
         let base_path = if path == "/" { String::new() } else { path };
-        let base = format!("http://{}:{port}{base_path}", host_for_url(host));
+        let scheme = if tls { "https" } else { "http" };
+        let base = format!("{scheme}://{}:{port}{base_path}", host_for_url(host));
         let listen = match url.option("listen") {
             Some(l) => l.to_owned(),
             None => format!("{}:{port}", host_for_url(host)),
@@ -116,7 +126,12 @@ impl HttpConfig {
         let duration = |name: &str, default: Duration| -> Result<Duration> {
             Ok(url.duration_option(BROKER, name)?.unwrap_or(default))
         };
+        let text = |name: &str| url.option(name).map(str::to_owned);
         let config = HttpConfig {
+            tls,
+            ca_file: text("ca_file"),
+            tls_cert: text("tls_cert"),
+            tls_key: text("tls_key"),
             base,
             base_path,
             listen,
@@ -132,6 +147,20 @@ impl HttpConfig {
                 .unwrap_or(DEFAULT_MAX_PAYLOAD),
             queue_size: url.parse_option(BROKER, "queue_size")?.unwrap_or(1024),
         };
+        if !tls
+            && (config.tls_cert.is_some() || config.tls_key.is_some() || config.ca_file.is_some())
+        {
+            return Err(Error::config(
+                BROKER,
+                format!("ca_file, tls_cert and tls_key need an https:// URL, got {url}"),
+            ));
+        }
+        if config.tls_cert.is_some() != config.tls_key.is_some() {
+            return Err(Error::config(
+                BROKER,
+                format!("tls_cert and tls_key go together in {url}"),
+            ));
+        }
         if config.queue_size == 0 || config.max_attempts == Some(0) {
             return Err(Error::config(
                 BROKER,
@@ -176,8 +205,16 @@ mod tests {
         );
         let e = HttpConfig::from_url(&"http://h?retries=3".parse().unwrap()).unwrap_err();
         assert!(e.to_string().contains("unknown option \"retries\""), "{e}");
-        let e = HttpConfig::from_url(&"https://h".parse().unwrap()).unwrap_err();
-        assert!(matches!(e, Error::Unsupported { .. }), "{e}");
+        let c = HttpConfig::from_url(&"https://h/x?ca_file=/ca.pem".parse().unwrap()).unwrap();
+        assert_eq!(
+            (c.base.as_str(), c.ca_file.as_deref()),
+            ("https://h:443/x", Some("/ca.pem"))
+        );
+        let e = HttpConfig::from_url(&"http://h?tls_cert=c.pem&tls_key=k.pem".parse().unwrap())
+            .unwrap_err();
+        assert!(e.to_string().contains("https://"), "{e}");
+        let e = HttpConfig::from_url(&"https://h?tls_cert=c.pem".parse().unwrap()).unwrap_err();
+        assert!(e.to_string().contains("together"), "{e}");
         let e = HttpConfig::from_url(&"http://u:secret@h".parse().unwrap()).unwrap_err();
         assert!(!e.to_string().contains("secret"), "{e}");
     }

@@ -22,7 +22,7 @@
 //! ```
 //!
 //! # URL
-//! `http://host[:port][/base][?option=value&…]`. Publishing POSTs to
+//! `http[s]://host[:port][/base][?option=value&…]`. Publishing POSTs to
 //! `http://host:port/base/<destination>`; subscribing serves `POST /base/<topic>` on
 //! `host:port` (or `listen`). One URL therefore names both ends of a webhook: two
 //! processes with the same URL, one subscribing and one publishing, talk to each other.
@@ -40,8 +40,14 @@
 //! | `ack_timeout` | `30s` | webhook server: time the subscriber has to settle a delivery before the sender gets 504 |
 //! | `max_payload` | 4 MiB | largest body sent or accepted |
 //!
-//! `https://` is refused with [`Error::Unsupported`]: terminate TLS in a proxy. Credentials
-//! in the URL are refused too (no authentication yet).
+//! | `ca_file` | — | `https`: PEM certificates trusted besides the Mozilla roots (webpki-roots) |
+//! | `tls_cert`, `tls_key` | — | `https`: PEM certificate chain and private key the webhook server presents (needed to serve `https`) |
+//!
+//! `https://host[:443]/base` speaks TLS on both ends (rustls, ring provider): publishes
+//! verify the receiver's certificate against the Mozilla roots and `ca_file`; the webhook
+//! server serves TLS with `tls_cert`/`tls_key`. Credentials in the URL are refused (no
+//! authentication yet: put the webhook behind a proxy that checks them, or use a secret
+//! path as `base`).
 //!
 //! # Webhook in (subscribe)
 //! The first `subscribe` binds the server; it serves until the [`HttpBroker`] is dropped.
@@ -119,13 +125,13 @@
 //! [`Error::PayloadTooLarge`]: polybridge_core::Error::PayloadTooLarge
 //! [`Error::Permanent`]: polybridge_core::Error::Permanent
 //! [`Error::Timeout`]: polybridge_core::Error::Timeout
-//! [`Error::Unsupported`]: polybridge_core::Error::Unsupported
 
 mod config;
 pub mod mapping;
 mod publisher;
 mod server;
 mod subscriber;
+mod tls;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
@@ -172,7 +178,7 @@ impl HttpBroker {
         };
         Ok(HttpBroker {
             capabilities: capabilities(&config),
-            sender: Arc::new(publisher::Sender::new(config.clone())),
+            sender: Arc::new(publisher::Sender::new(config.clone())?),
             config,
             url: url.clone(),
             server: OnceCell::new(),

@@ -66,7 +66,7 @@ pub(crate) async fn run_queue(
 }
 
 pub(crate) struct Sender {
-    client: Client<HttpConnector, SignalBody>,
+    client: Client<hyper_rustls::HttpsConnector<HttpConnector>, SignalBody>,
     pub config: std::sync::Arc<HttpConfig>,
 }
 
@@ -119,12 +119,19 @@ enum Attempt {
 }
 
 impl Sender {
-    pub fn new(config: std::sync::Arc<HttpConfig>) -> Self {
+    pub fn new(config: std::sync::Arc<HttpConfig>) -> Result<Self> {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(config.request_timeout));
+        connector.enforce_http(false);
+        let tls = crate::tls::client_config(config.ca_file.as_deref())?;
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(connector);
         let client = Client::builder(TokioExecutor::new()).build(connector);
-        Sender { client, config }
+        Ok(Sender { client, config })
     }
 
     /// POSTs `message` to `destination` until it is confirmed, refused, out of attempts, or
@@ -201,7 +208,7 @@ impl Sender {
                     Error::Transient {
                         broker: BROKER,
                         destination: destination.to_owned(),
-                        reason: format!("POST {uri} failed: {e}"),
+                        reason: format!("POST {uri} failed: {}", chain(&e)),
                         source: Some(Box::new(e)),
                     },
                     None,
@@ -265,6 +272,18 @@ async fn classify(
         return Attempt::Retry(Error::transient(BROKER, destination, reason), hint);
     }
     Attempt::Done(Err(Error::permanent(BROKER, destination, reason)))
+}
+
+/// An error with its causes, `a: b: c` (hyper's own message alone says little).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(": ");
+        text.push_str(&c.to_string());
+        cause = c.source();
+    }
+    text
 }
 
 /// `x-pb-retry-after-ms`, else `retry-after` in seconds (an HTTP date is ignored).

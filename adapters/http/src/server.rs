@@ -82,6 +82,16 @@ pub(crate) enum Outcome {
 impl Server {
     /// Binds `config.listen` and starts serving.
     pub async fn bind(config: Arc<HttpConfig>) -> Result<Server> {
+        let acceptor = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => Some(crate::tls::acceptor(cert, key)?),
+            _ if config.tls => {
+                return Err(Error::config(
+                    BROKER,
+                    "serving https:// needs tls_cert and tls_key (PEM files)",
+                ))
+            }
+            _ => None,
+        };
         let listener = TcpListener::bind(&config.listen)
             .await
             .map_err(|e| Error::Connection {
@@ -101,7 +111,7 @@ impl Server {
             groups: RwLock::new(Vec::new()),
             next_private: AtomicU64::new(0),
         });
-        let accept = tokio::spawn(accept_loop(listener, state.clone()));
+        let accept = tokio::spawn(accept_loop(listener, state.clone(), acceptor));
         tracing::info!(listen = %local_addr, "http: webhook server listening");
         Ok(Server {
             state,
@@ -111,7 +121,11 @@ impl Server {
     }
 }
 
-async fn accept_loop(listener: TcpListener, state: Arc<State>) {
+async fn accept_loop(
+    listener: TcpListener,
+    state: Arc<State>,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
+) {
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(s) => s,
@@ -122,12 +136,22 @@ async fn accept_loop(listener: TcpListener, state: Arc<State>) {
             }
         };
         let state = state.clone();
+        let acceptor = acceptor.clone();
         tokio::spawn(async move {
+            let _ = stream.set_nodelay(true);
             let service = hyper::service::service_fn(move |req| handle(state.clone(), req));
-            if let Err(e) = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await
-            {
+            let http = hyper::server::conn::http1::Builder::new();
+            let served = match acceptor {
+                None => http.serve_connection(TokioIo::new(stream), service).await,
+                Some(acceptor) => match acceptor.accept(stream).await {
+                    Ok(tls) => http.serve_connection(TokioIo::new(tls), service).await,
+                    Err(e) => {
+                        tracing::debug!(%peer, error = %e, "http: TLS handshake failed");
+                        return;
+                    }
+                },
+            };
+            if let Err(e) = served {
                 tracing::debug!(%peer, error = %e, "http: connection ended with an error");
             }
         });
