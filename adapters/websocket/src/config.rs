@@ -1,4 +1,4 @@
-//! `ws://host:port[/path][?connect_timeout=5s&max_frame=BYTES]`
+//! `ws://host:port[/path][?connect_timeout=5s&serve=true&max_payload=BYTES]`
 
 use std::time::Duration;
 
@@ -13,6 +13,11 @@ pub struct WsConfig {
     pub endpoint: String,
     /// Time allowed to connect and receive the hub's `welcome` (`connect_timeout`).
     pub connect_timeout: Duration,
+    /// `serve=true`: run the hub at `host:port` in this process over a new in-memory
+    /// broker, instead of connecting to one.
+    pub serve: Option<String>,
+    /// `serve=true`: the in-memory backend's largest payload (`max_payload`).
+    pub max_payload: Option<usize>,
 }
 
 impl WsConfig {
@@ -33,7 +38,7 @@ impl WsConfig {
                 ))
             }
         }
-        url.check_options(BROKER, &["connect_timeout"])?;
+        url.check_options(BROKER, &["connect_timeout", "serve", "max_payload"])?;
         if url.username().is_some() || url.password().is_some() {
             return Err(Error::unsupported(
                 BROKER,
@@ -50,7 +55,17 @@ impl WsConfig {
         } else {
             host.to_owned()
         };
+        let serve = url.parse_option::<bool>(BROKER, "serve")?.unwrap_or(false);
+        let max_payload = url.parse_option(BROKER, "max_payload")?;
+        if max_payload.is_some() && !serve {
+            return Err(Error::config(
+                BROKER,
+                format!("max_payload is an option of serve=true (the hub's backend) in {url}; a client learns the limit from the hub"),
+            ));
+        }
         Ok(WsConfig {
+            serve: serve.then(|| format!("{host}:{port}")),
+            max_payload,
             endpoint: format!("ws://{host}:{port}{}", url.as_url().path()),
             connect_timeout: url
                 .duration_option(BROKER, "connect_timeout")?
@@ -74,6 +89,16 @@ mod tests {
         .unwrap();
         assert_eq!(c.endpoint, "ws://127.0.0.1:9000/hub");
         assert_eq!(c.connect_timeout, Duration::from_secs(2));
+        let c = WsConfig::from_url(
+            &"ws://0.0.0.0:8090/?serve=true&max_payload=10"
+                .parse()
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            (c.serve.as_deref(), c.max_payload),
+            (Some("0.0.0.0:8090"), Some(10))
+        );
         let e = WsConfig::from_url(&"ws://h?x=1".parse().unwrap()).unwrap_err();
         assert!(e.to_string().contains("unknown option \"x\""), "{e}");
         assert!(matches!(

@@ -18,7 +18,7 @@ use polybridge_core::{
 };
 use serde_json::{json, Map, Value as Json};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message as Frame;
 
@@ -28,17 +28,19 @@ use crate::BROKER;
 /// How long the hub gives its backend to confirm a publish.
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// A running hub. Dropping it stops accepting connections (open ones continue until they
-/// close).
+/// A running hub. Dropping it stops accepting connections and closes the open ones (their
+/// subscriptions end; the backend redelivers what they had not settled).
 pub struct WsHub {
     local_addr: SocketAddr,
     backend: Arc<dyn Broker>,
     accept: JoinHandle<()>,
+    shutdown: watch::Sender<bool>,
 }
 
 impl Drop for WsHub {
     fn drop(&mut self) {
         self.accept.abort();
+        let _ = self.shutdown.send(true);
     }
 }
 
@@ -59,12 +61,14 @@ impl WsHub {
             reason: e.to_string(),
             source: None,
         })?;
-        let accept = tokio::spawn(accept_loop(listener, backend.clone()));
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let accept = tokio::spawn(accept_loop(listener, backend.clone(), shutdown_rx));
         tracing::info!(listen = %local_addr, backend = backend.name(), "websocket: hub listening");
         Ok(WsHub {
             local_addr,
             backend,
             accept,
+            shutdown,
         })
     }
 
@@ -92,13 +96,18 @@ impl WsHub {
     }
 }
 
-async fn accept_loop(listener: TcpListener, backend: Arc<dyn Broker>) {
+async fn accept_loop(
+    listener: TcpListener,
+    backend: Arc<dyn Broker>,
+    shutdown: watch::Receiver<bool>,
+) {
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
                 let backend = backend.clone();
+                let shutdown = shutdown.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = connection(stream, backend).await {
+                    if let Err(e) = connection(stream, backend, shutdown).await {
                         tracing::debug!(%peer, error = %e, "websocket: hub connection ended");
                     }
                 });
@@ -131,6 +140,7 @@ struct Sub {
 async fn connection(
     stream: TcpStream,
     backend: Arc<dyn Broker>,
+    mut shutdown: watch::Receiver<bool>,
 ) -> std::result::Result<(), String> {
     let _ = stream.set_nodelay(true);
     let ws = tokio_tungstenite::accept_async(stream)
@@ -187,6 +197,7 @@ async fn connection(
     let mut next_tag = 0u64;
     let result = loop {
         tokio::select! {
+            _ = shutdown.changed() => break Ok(()),
             frame = incoming.next() => {
                 let text = match frame {
                     None | Some(Ok(Frame::Close(_))) => break Ok(()),

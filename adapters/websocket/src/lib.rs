@@ -45,6 +45,8 @@
 //! | option | default | meaning |
 //! |---|---|---|
 //! | `connect_timeout` | `5s` | time to connect and receive the hub's `welcome` |
+//! | `serve` | `false` | `true`: instead of connecting, run a hub on `host:port` in this process over a new in-memory broker ([`WsBroker::hub`]); this broker then publishes and subscribes on that backend directly, and browsers connect to the hub — how a bridge route pushes a Kafka topic to web pages: `kafka://… → ws://0.0.0.0:8090/?serve=true` |
+//! | `max_payload` | 8 MiB | with `serve=true`: the backend's payload limit |
 //!
 //! # Semantics
 //! - `publish` sends a `publish` frame and resolves on the hub's `ok`, which the hub sends
@@ -59,10 +61,14 @@
 //!   `unsubscribe` and resolves once the hub closed the backend subscription (its
 //!   unsettled deliveries go back to the backend). A browser can subscribe with
 //!   `auto_ack: true`: the hub acks each message when it forwards it (at most once).
-//! - When the connection breaks, pending publishes fail with [`Error::Connection`] (or time
-//!   out) and subscriptions end with an `Err` item; the hub closes the connection's
-//!   subscriptions so the backend redelivers what was unsettled. The client does not
-//!   reconnect by itself.
+//! - When the connection breaks (or the hub is dropped, which closes its connections),
+//!   pending and later publishes fail with [`Error::Connection`] and subscriptions end with
+//!   an `Err` item; the hub closes the connection's subscriptions so the backend redelivers
+//!   what was unsettled. The client does not reconnect by itself (`reconnect` is false):
+//!   connect again.
+//! - With `serve=true` there is no socket between the broker and the hub's backend: it
+//!   behaves as the in-memory broker (errors name `memory`), while browsers and other
+//!   clients reach the same topics through the hub.
 //!
 //! [`Error::Unsupported`]: polybridge_core::Error::Unsupported
 //! [`Error::Connection`]: polybridge_core::Error::Connection
@@ -108,6 +114,8 @@ pub struct WsBroker {
     closed: AtomicBool,
     next_sub: AtomicU64,
     task: JoinHandle<()>,
+    /// `serve=true`: the hub this broker runs and its own connection to the hub's backend.
+    local: Option<(Arc<dyn Broker>, WsHub)>,
 }
 
 impl Drop for WsBroker {
@@ -120,6 +128,9 @@ impl WsBroker {
     /// Connects to the hub at `url` and waits for its `welcome`.
     pub async fn connect(url: &BrokerUrl) -> Result<Self> {
         let config = WsConfig::from_url(url)?;
+        if let Some(listen) = config.serve.clone() {
+            return WsBroker::serve(url, config, &listen).await;
+        }
         let connection_error = |reason: String| Error::Connection {
             broker: BROKER,
             endpoint: url.to_string(),
@@ -171,7 +182,47 @@ impl WsBroker {
             closed: AtomicBool::new(false),
             next_sub: AtomicU64::new(0),
             task,
+            local: None,
         })
+    }
+
+    /// `serve=true`: binds a hub over a new in-memory broker and talks to that broker
+    /// directly.
+    async fn serve(url: &BrokerUrl, config: WsConfig, listen: &str) -> Result<Self> {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let mut memory = format!(
+            "memory://ws-hub-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, AtomicOrdering::Relaxed)
+        );
+        if let Some(max) = config.max_payload {
+            memory.push_str(&format!("?max_payload={max}"));
+        }
+        let hub = WsHub::bind_memory(listen, &memory).await?;
+        // A connection of its own, so closing this broker's publisher leaves the hub's.
+        let backend: Arc<dyn Broker> =
+            Arc::new(polybridge_memory::MemoryBroker::connect(&memory.parse()?)?);
+        let mut capabilities = backend.capabilities().clone();
+        capabilities.reconnect = false;
+        // No socket: the command channel leads nowhere.
+        let (commands, _) = mpsc::unbounded_channel();
+        Ok(WsBroker {
+            config,
+            url: url.clone(),
+            capabilities,
+            backend: backend.name().to_owned(),
+            commands,
+            permits: Arc::new(Semaphore::new(PUBLISH_PERMITS)),
+            closed: AtomicBool::new(false),
+            next_sub: AtomicU64::new(0),
+            task: tokio::spawn(async {}),
+            local: Some((backend, hub)),
+        })
+    }
+
+    /// With `serve=true`, the hub this broker runs.
+    pub fn hub(&self) -> Option<&WsHub> {
+        self.local.as_ref().map(|(_, hub)| hub)
     }
 
     /// The name of the hub's backend broker (from `welcome`), e.g. `memory`.
@@ -252,6 +303,9 @@ impl Publisher for WsBroker {
             .acquire()
             .await
             .map_err(|_| Error::closed(BROKER, "the publisher"))?;
+        if let Some((backend, _)) = &self.local {
+            return backend.publish(destination, message, deadline).await;
+        }
         let mut frame = Map::new();
         frame.insert("op".into(), json!("publish"));
         frame.insert("topic".into(), json!(destination));
@@ -288,6 +342,9 @@ impl Publisher for WsBroker {
 #[async_trait]
 impl Subscriber for WsBroker {
     async fn subscribe(&self, subscription: Subscription) -> Result<DeliveryStream> {
+        if let Some((backend, _)) = &self.local {
+            return backend.subscribe(subscription).await;
+        }
         if let Some(name) = subscription.options.keys().next() {
             return Err(Error::config(
                 BROKER,

@@ -321,3 +321,48 @@ async fn the_client_reports_what_it_cannot_do() {
     .expect("no hub there");
     assert!(matches!(e, Error::Connection { .. }), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_the_hub_goes_away_subscriptions_end_and_publishes_fail() {
+    let hub = common::hub().await;
+    let service = common::connect(&hub).await;
+    let mut sub = service.subscribe(subscription("t")).await.unwrap();
+    drop(hub);
+    match tokio::time::timeout(WAIT, sub.next())
+        .await
+        .expect("the stream reports the loss")
+    {
+        Some(Err(Error::Connection { .. })) | None => {}
+        other => panic!("expected a connection error, got {other:?}"),
+    }
+    let e = service
+        .publish("t", Message::new("x"), deadline())
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::Connection { .. }), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_runs_the_hub_in_process_for_browsers() {
+    let port = common::free_port();
+    let served = polybridge_websocket::WsBroker::connect(
+        &format!("ws://127.0.0.1:{port}/?serve=true")
+            .parse()
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    let hub = served.hub().expect("serve=true runs a hub");
+    let mut ws = browser(hub).await;
+    send(
+        &mut ws,
+        json!({"op": "subscribe", "ref": 1, "sub": "s", "pattern": "ticks", "auto_ack": true}),
+    )
+    .await;
+    assert_eq!(read(&mut ws, "subscribed").await["op"], "ok");
+    served
+        .publish("ticks", Message::new("42"), deadline())
+        .await
+        .unwrap();
+    assert_eq!(read(&mut ws, "tick").await["payload"], "42");
+}

@@ -24,3 +24,12 @@ pub async fn connect(hub: &WsHub) -> WsBroker {
         .await
         .expect("connect to the hub")
 }
+
+/// A free TCP port on 127.0.0.1 (bound and released; the test binds it again at once).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
