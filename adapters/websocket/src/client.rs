@@ -9,10 +9,9 @@ use std::sync::Arc;
 use futures::{SinkExt, StreamExt};
 use polybridge_core::{AckHandle, Acknowledger, Delivery, DeliveryInfo, Error, Result, Settlement};
 use serde_json::{json, Map, Value as Json};
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Message as Frame;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_tungstenite::WebSocketStream;
 
 use crate::mapping;
 use crate::BROKER;
@@ -69,11 +68,13 @@ impl Acknowledger for SubAcker {
 }
 
 /// Runs the connection until the socket closes or the broker is dropped.
-pub(crate) async fn run(
-    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+pub(crate) async fn run<S>(
+    ws: WebSocketStream<S>,
     mut commands: mpsc::UnboundedReceiver<Command>,
     endpoint: String,
-) {
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let (mut sink, mut incoming) = ws.split();
     let mut next_ref = 0u64;
     // Per request: where to answer, the route to remove once answered, the route it

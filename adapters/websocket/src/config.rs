@@ -1,4 +1,4 @@
-//! `ws://host:port[/path][?connect_timeout=5s&serve=true&max_payload=BYTES]`
+//! `ws[s]://host:port[/path][?connect_timeout=5s&serve=true&max_payload=BYTES&ca_file=…&tls_cert=…&tls_key=…]`
 
 use std::time::Duration;
 
@@ -9,6 +9,18 @@ use crate::BROKER;
 /// Settings of a connection to a hub, from its URL.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WsConfig {
+    /// The hub's host (no brackets).
+    pub host: String,
+    /// The hub's port.
+    pub port: u16,
+    /// `wss://`.
+    pub tls: bool,
+    /// `wss`: PEM certificates trusted besides the Mozilla roots (`ca_file`).
+    pub ca_file: Option<String>,
+    /// `wss` with `serve=true`: the hub's PEM certificate chain (`tls_cert`).
+    pub tls_cert: Option<String>,
+    /// `wss` with `serve=true`: the PEM private key of `tls_cert` (`tls_key`).
+    pub tls_key: Option<String>,
     /// The URL to connect to, without options.
     pub endpoint: String,
     /// Time allowed to connect and receive the hub's `welcome` (`connect_timeout`).
@@ -23,22 +35,27 @@ pub struct WsConfig {
 impl WsConfig {
     /// Reads the config from a `ws://` URL.
     pub fn from_url(url: &BrokerUrl) -> Result<Self> {
-        match url.scheme() {
-            "ws" => {}
-            "wss" => {
-                return Err(Error::unsupported(
-                    BROKER,
-                    format!("wss in {url}: this version speaks plain WebSocket; put a TLS-terminating proxy in front of the hub"),
-                ))
-            }
+        let tls = match url.scheme() {
+            "ws" => false,
+            "wss" => true,
             other => {
                 return Err(Error::config(
                     BROKER,
-                    format!("expected a ws:// URL, got scheme {other:?} in {url}"),
+                    format!("expected a ws:// or wss:// URL, got scheme {other:?} in {url}"),
                 ))
             }
-        }
-        url.check_options(BROKER, &["connect_timeout", "serve", "max_payload"])?;
+        };
+        url.check_options(
+            BROKER,
+            &[
+                "connect_timeout",
+                "serve",
+                "max_payload",
+                "ca_file",
+                "tls_cert",
+                "tls_key",
+            ],
+        )?;
         if url.username().is_some() || url.password().is_some() {
             return Err(Error::unsupported(
                 BROKER,
@@ -49,7 +66,10 @@ impl WsConfig {
             .host()
             .filter(|h| !h.is_empty())
             .ok_or_else(|| Error::config(BROKER, format!("no host in {url}")))?;
-        let port = url.as_url().port_or_known_default().unwrap_or(80);
+        let port = url
+            .as_url()
+            .port_or_known_default()
+            .unwrap_or(if tls { 443 } else { 80 });
         let host = if host.contains(':') && !host.starts_with('[') {
             format!("[{host}]")
         } else {
@@ -63,10 +83,37 @@ impl WsConfig {
                 format!("max_payload is an option of serve=true (the hub's backend) in {url}; a client learns the limit from the hub"),
             ));
         }
+        let text = |name: &str| url.option(name).map(str::to_owned);
+        let (ca_file, tls_cert, tls_key) = (text("ca_file"), text("tls_cert"), text("tls_key"));
+        if !tls && (ca_file.is_some() || tls_cert.is_some() || tls_key.is_some()) {
+            return Err(Error::config(
+                BROKER,
+                format!("ca_file, tls_cert and tls_key need a wss:// URL, got {url}"),
+            ));
+        }
+        if tls && serve && (tls_cert.is_none() || tls_key.is_none()) {
+            return Err(Error::config(
+                BROKER,
+                format!("serving wss:// needs tls_cert and tls_key (PEM files) in {url}"),
+            ));
+        }
         Ok(WsConfig {
+            host: host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned(),
+            port,
+            tls,
+            ca_file,
+            tls_cert,
+            tls_key,
             serve: serve.then(|| format!("{host}:{port}")),
             max_payload,
-            endpoint: format!("ws://{host}:{port}{}", url.as_url().path()),
+            endpoint: format!(
+                "{}://{host}:{port}{}",
+                if tls { "wss" } else { "ws" },
+                url.as_url().path()
+            ),
             connect_timeout: url
                 .duration_option(BROKER, "connect_timeout")?
                 .unwrap_or(Duration::from_secs(5)),
@@ -101,9 +148,12 @@ mod tests {
         );
         let e = WsConfig::from_url(&"ws://h?x=1".parse().unwrap()).unwrap_err();
         assert!(e.to_string().contains("unknown option \"x\""), "{e}");
-        assert!(matches!(
-            WsConfig::from_url(&"wss://h".parse().unwrap()),
-            Err(Error::Unsupported { .. })
-        ));
+        let c = WsConfig::from_url(&"wss://h/x?ca_file=ca.pem".parse().unwrap()).unwrap();
+        assert_eq!(
+            (c.endpoint.as_str(), c.ca_file.as_deref()),
+            ("wss://h:443/x", Some("ca.pem"))
+        );
+        let e = WsConfig::from_url(&"wss://h?serve=true".parse().unwrap()).unwrap_err();
+        assert!(e.to_string().contains("tls_cert"), "{e}");
     }
 }

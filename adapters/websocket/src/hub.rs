@@ -17,7 +17,7 @@ use polybridge_core::{
     Broker, BrokerUrl, Deadline, Delivery, Error, Result, StartPosition, Subscription, TopicPattern,
 };
 use serde_json::{json, Map, Value as Json};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message as Frame;
@@ -35,6 +35,7 @@ pub struct WsHub {
     backend: Arc<dyn Broker>,
     accept: JoinHandle<()>,
     shutdown: watch::Sender<bool>,
+    tls: bool,
 }
 
 impl Drop for WsHub {
@@ -47,6 +48,26 @@ impl Drop for WsHub {
 impl WsHub {
     /// Serves `backend` on `addr` (`host:port`; port 0 picks a free one).
     pub async fn bind(addr: &str, backend: Arc<dyn Broker>) -> Result<WsHub> {
+        WsHub::bind_with(addr, backend, None).await
+    }
+
+    /// Serves `backend` over `wss://` on `addr`, presenting the PEM certificate chain
+    /// `cert_file` with the PEM private key `key_file`.
+    pub async fn bind_tls(
+        addr: &str,
+        backend: Arc<dyn Broker>,
+        cert_file: &str,
+        key_file: &str,
+    ) -> Result<WsHub> {
+        let acceptor = crate::tls::acceptor(cert_file, key_file)?;
+        WsHub::bind_with(addr, backend, Some(acceptor)).await
+    }
+
+    async fn bind_with(
+        addr: &str,
+        backend: Arc<dyn Broker>,
+        acceptor: Option<tokio_rustls::TlsAcceptor>,
+    ) -> Result<WsHub> {
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|e| Error::Connection {
@@ -62,13 +83,20 @@ impl WsHub {
             source: None,
         })?;
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let accept = tokio::spawn(accept_loop(listener, backend.clone(), shutdown_rx));
+        let tls = acceptor.is_some();
+        let accept = tokio::spawn(accept_loop(
+            listener,
+            backend.clone(),
+            shutdown_rx,
+            acceptor,
+        ));
         tracing::info!(listen = %local_addr, backend = backend.name(), "websocket: hub listening");
         Ok(WsHub {
             local_addr,
             backend,
             accept,
             shutdown,
+            tls,
         })
     }
 
@@ -85,9 +113,10 @@ impl WsHub {
         self.local_addr
     }
 
-    /// `ws://<local address>/`, the URL clients connect to.
+    /// `ws://<local address>/` (`wss://` with TLS), the URL clients connect to.
     pub fn url(&self) -> String {
-        format!("ws://{}/", self.local_addr)
+        let scheme = if self.tls { "wss" } else { "ws" };
+        format!("{scheme}://{}/", self.local_addr)
     }
 
     /// The broker behind the hub.
@@ -100,14 +129,24 @@ async fn accept_loop(
     listener: TcpListener,
     backend: Arc<dyn Broker>,
     shutdown: watch::Receiver<bool>,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
 ) {
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
                 let backend = backend.clone();
                 let shutdown = shutdown.clone();
+                let acceptor = acceptor.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = connection(stream, backend, shutdown).await {
+                    let _ = stream.set_nodelay(true);
+                    let served = match acceptor {
+                        None => connection(stream, backend, shutdown).await,
+                        Some(acceptor) => match acceptor.accept(stream).await {
+                            Ok(tls) => connection(tls, backend, shutdown).await,
+                            Err(e) => Err(format!("TLS handshake: {e}")),
+                        },
+                    };
+                    if let Err(e) = served {
                         tracing::debug!(%peer, error = %e, "websocket: hub connection ended");
                     }
                 });
@@ -137,12 +176,14 @@ struct Sub {
     auto_ack: bool,
 }
 
-async fn connection(
-    stream: TcpStream,
+async fn connection<S>(
+    stream: S,
     backend: Arc<dyn Broker>,
     mut shutdown: watch::Receiver<bool>,
-) -> std::result::Result<(), String> {
-    let _ = stream.set_nodelay(true);
+) -> std::result::Result<(), String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let ws = tokio_tungstenite::accept_async(stream)
         .await
         .map_err(|e| format!("handshake: {e}"))?;

@@ -38,15 +38,19 @@
 //! [`Broker::capabilities`] are the backend's, with `reconnect` false).
 //!
 //! # URL
-//! `ws://host[:port][/path][?connect_timeout=5s]`: the hub to connect to (default port 80;
-//! the hub serves any path). `wss://` is refused with [`Error::Unsupported`]: terminate TLS
-//! in a proxy in front of the hub. Credentials are refused (no authentication yet).
+//! `ws[s]://host[:port][/path][?option=value&…]`: the hub to connect to (default port 80,
+//! 443 for `wss`; the hub serves any path). `wss://` speaks TLS (rustls, ring provider):
+//! the client verifies the hub's certificate against the Mozilla roots (webpki-roots) and
+//! `ca_file`; a hub serves TLS with [`WsHub::bind_tls`] or `serve=true` with
+//! `tls_cert`/`tls_key`. Credentials in the URL are refused (no authentication yet).
 //!
 //! | option | default | meaning |
 //! |---|---|---|
 //! | `connect_timeout` | `5s` | time to connect and receive the hub's `welcome` |
 //! | `serve` | `false` | `true`: instead of connecting, run a hub on `host:port` in this process over a new in-memory broker ([`WsBroker::hub`]); this broker then publishes and subscribes on that backend directly, and browsers connect to the hub — how a bridge route pushes a Kafka topic to web pages: `kafka://… → ws://0.0.0.0:8090/?serve=true` |
 //! | `max_payload` | 8 MiB | with `serve=true`: the backend's payload limit |
+//! | `ca_file` | — | `wss`: PEM certificates trusted besides the Mozilla roots |
+//! | `tls_cert`, `tls_key` | — | `wss` with `serve=true`: the hub's PEM certificate chain and private key |
 //!
 //! # Semantics
 //! - `publish` sends a `publish` frame and resolves on the hub's `ok`, which the hub sends
@@ -70,13 +74,13 @@
 //!   behaves as the in-memory broker (errors name `memory`), while browsers and other
 //!   clients reach the same topics through the hub.
 //!
-//! [`Error::Unsupported`]: polybridge_core::Error::Unsupported
 //! [`Error::Connection`]: polybridge_core::Error::Connection
 
 mod client;
 mod config;
 mod hub;
 pub mod mapping;
+mod tls;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering as AtomicOrdering};
 use std::sync::Arc;
@@ -87,7 +91,9 @@ use polybridge_core::{
     Acknowledger, Broker, BrokerUrl, Capabilities, Deadline, DeliveryStream, Error, Message,
     Publisher, Receipt, Result, StartPosition, Subscriber, Subscription,
 };
+use rustls::pki_types::ServerName;
 use serde_json::{json, Map, Value as Json};
+use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::task::JoinHandle;
 use tokio_tungstenite::tungstenite::Message as Frame;
@@ -137,27 +143,30 @@ impl WsBroker {
             reason,
             source: None,
         };
-        let handshake = async {
-            let (mut ws, _) = tokio_tungstenite::connect_async(config.endpoint.as_str())
+        let endpoint = url.to_string();
+        let connected = async {
+            let tcp = TcpStream::connect((config.host.as_str(), config.port))
                 .await
                 .map_err(|e| connection_error(e.to_string()))?;
-            loop {
-                match ws.next().await {
-                    Some(Ok(Frame::Text(t))) => {
-                        let welcome: Json = serde_json::from_str(&t)
-                            .map_err(|e| connection_error(format!("not a hub: {e}")))?;
-                        if welcome.get("op").and_then(Json::as_str) != Some("welcome") {
-                            return Err(connection_error("not a hub: no welcome frame".into()));
-                        }
-                        return Ok((ws, welcome));
-                    }
-                    Some(Ok(_)) => continue,
-                    Some(Err(e)) => return Err(connection_error(e.to_string())),
-                    None => return Err(connection_error("closed before welcome".into())),
-                }
+            let _ = tcp.set_nodelay(true);
+            if config.tls {
+                let tls = Arc::new(tls::client_config(config.ca_file.as_deref())?);
+                let name = ServerName::try_from(config.host.clone()).map_err(|e| {
+                    Error::config(
+                        BROKER,
+                        format!("{:?} is not a TLS server name: {e}", config.host),
+                    )
+                })?;
+                let stream = tokio_rustls::TlsConnector::from(tls)
+                    .connect(name, tcp)
+                    .await
+                    .map_err(|e| connection_error(format!("TLS: {e}")))?;
+                start(stream, &config.endpoint, endpoint.clone(), connection_error).await
+            } else {
+                start(tcp, &config.endpoint, endpoint.clone(), connection_error).await
             }
         };
-        let (ws, welcome) = tokio::time::timeout(config.connect_timeout, handshake)
+        let (task, commands, welcome) = tokio::time::timeout(config.connect_timeout, connected)
             .await
             .map_err(|_| {
                 connection_error(format!("no welcome within {:?}", config.connect_timeout))
@@ -170,8 +179,6 @@ impl WsBroker {
             .and_then(Json::as_str)
             .unwrap_or("unknown")
             .to_owned();
-        let (commands, commands_rx) = mpsc::unbounded_channel();
-        let task = tokio::spawn(client::run(ws, commands_rx, url.to_string()));
         Ok(WsBroker {
             config,
             url: url.clone(),
@@ -198,7 +205,13 @@ impl WsBroker {
         if let Some(max) = config.max_payload {
             memory.push_str(&format!("?max_payload={max}"));
         }
-        let hub = WsHub::bind_memory(listen, &memory).await?;
+        let memory_url: BrokerUrl = memory.parse()?;
+        let hub_backend: Arc<dyn Broker> =
+            Arc::new(polybridge_memory::MemoryBroker::connect(&memory_url)?);
+        let hub = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => WsHub::bind_tls(listen, hub_backend, cert, key).await?,
+            _ => WsHub::bind(listen, hub_backend).await?,
+        };
         // A connection of its own, so closing this broker's publisher leaves the hub's.
         let backend: Arc<dyn Broker> =
             Arc::new(polybridge_memory::MemoryBroker::connect(&memory.parse()?)?);
@@ -261,6 +274,40 @@ impl WsBroker {
             source: None,
         }
     }
+}
+
+/// The WebSocket handshake on `stream`, then the hub's `welcome`; starts the connection
+/// task.
+async fn start<S>(
+    stream: S,
+    request: &str,
+    endpoint: String,
+    connection_error: impl Fn(String) -> Error,
+) -> Result<(JoinHandle<()>, mpsc::UnboundedSender<Command>, Json)>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut ws, _) = tokio_tungstenite::client_async(request, stream)
+        .await
+        .map_err(|e| connection_error(e.to_string()))?;
+    let welcome = loop {
+        match ws.next().await {
+            Some(Ok(Frame::Text(t))) => {
+                let welcome: Json = serde_json::from_str(&t)
+                    .map_err(|e| connection_error(format!("not a hub: {e}")))?;
+                if welcome.get("op").and_then(Json::as_str) != Some("welcome") {
+                    return Err(connection_error("not a hub: no welcome frame".into()));
+                }
+                break welcome;
+            }
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => return Err(connection_error(e.to_string())),
+            None => return Err(connection_error("closed before welcome".into())),
+        }
+    };
+    let (commands, commands_rx) = mpsc::unbounded_channel();
+    let task = tokio::spawn(client::run(ws, commands_rx, endpoint));
+    Ok((task, commands, welcome))
 }
 
 impl Broker for WsBroker {
