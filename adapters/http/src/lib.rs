@@ -80,6 +80,9 @@
 //! When several groups match and one nacks, the retry goes to all of them again:
 //! duplicates for the others (at least once).
 //!
+//! A group's `dead_letter` topic is the one its first member gave. In-flight limits above
+//! [`MAX_IN_FLIGHT`] are lowered to it.
+//!
 //! `reject(reason)` answers 422 and, when the subscription has a `dead_letter` topic,
 //! delivers the message with the [`well_known`](polybridge_core::well_known) reason headers
 //! to the subscriptions of this same server matching that topic (in the background,
@@ -150,6 +153,9 @@ pub use server::SEPARATOR;
 
 /// The adapter's name in errors and logs.
 pub const BROKER: &str = "http";
+
+/// Largest in-flight limit of a subscription (larger ones are lowered to it).
+pub const MAX_IN_FLIGHT: usize = 65_536;
 
 /// Publishes in progress allowed in `publish=wait` mode (a bound `close` can wait for).
 const WAIT_MODE_PERMITS: usize = 65_536;

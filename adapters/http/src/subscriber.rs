@@ -54,7 +54,7 @@ pub(crate) fn start(
     group: Arc<Group>,
     subscription: &Subscription,
 ) -> DeliveryStream {
-    let max_in_flight = subscription.max_in_flight.max(1);
+    let max_in_flight = subscription.max_in_flight.clamp(1, crate::MAX_IN_FLIGHT);
     let (deliveries_tx, deliveries_rx) = mpsc::channel(max_in_flight);
     let (close_tx, close_rx) = oneshot::channel();
     let (closed_tx, closed_rx) = oneshot::channel::<()>();

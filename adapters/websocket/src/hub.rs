@@ -382,7 +382,11 @@ fn subscription_of(frame: &Map<String, Json>) -> Result<(String, Subscription, b
         s = s.group(g);
     }
     if let Some(n) = frame.get("max_in_flight").and_then(Json::as_u64) {
-        s = s.max_in_flight(usize::try_from(n).unwrap_or(usize::MAX));
+        s = s.max_in_flight(
+            usize::try_from(n)
+                .unwrap_or(usize::MAX)
+                .min(crate::MAX_IN_FLIGHT),
+        );
     }
     if let Some(d) = text("dead_letter") {
         s = s.dead_letter(d);

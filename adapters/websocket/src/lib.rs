@@ -106,6 +106,9 @@ use client::{Answer, Command, Route, SubAcker};
 /// The adapter's name in errors and logs.
 pub const BROKER: &str = "websocket";
 
+/// Largest in-flight limit of a subscription (larger ones are lowered to it).
+pub const MAX_IN_FLIGHT: usize = 65_536;
+
 /// Publishes in progress that `close` can wait for.
 const PUBLISH_PERMITS: usize = 65_536;
 
@@ -231,6 +234,21 @@ impl WsBroker {
             task: tokio::spawn(async {}),
             local: Some((backend, hub)),
         })
+    }
+
+    /// What a connection to `url` can do, without connecting: with `serve=true`, the
+    /// in-memory backend's; for a client, those of a hub over the in-memory broker (the
+    /// [`WsHub::bind_memory`] default) — a connected [`WsBroker`] reports the hub's actual
+    /// ones, from its `welcome`.
+    pub fn capabilities_for(url: &BrokerUrl) -> Result<Capabilities> {
+        let config = WsConfig::from_url(url)?;
+        let mut memory = String::from("memory://capabilities");
+        if let Some(max) = config.max_payload {
+            memory.push_str(&format!("?max_payload={max}"));
+        }
+        let mut capabilities = polybridge_memory::MemoryBroker::capabilities_for(&memory.parse()?)?;
+        capabilities.reconnect = false;
+        Ok(capabilities)
     }
 
     /// With `serve=true`, the hub this broker runs.
@@ -410,7 +428,7 @@ impl Subscriber for WsBroker {
             }
         };
         let sub = format!("s{}", self.next_sub.fetch_add(1, AtomicOrdering::Relaxed));
-        let max_in_flight = subscription.max_in_flight.max(1);
+        let max_in_flight = subscription.max_in_flight.clamp(1, MAX_IN_FLIGHT);
         let mut frame = Map::new();
         frame.insert("op".into(), json!("subscribe"));
         frame.insert("sub".into(), json!(sub));

@@ -278,6 +278,25 @@ async fn the_client_reports_what_it_cannot_do() {
     let hub = common::hub().await;
     let service = common::connect(&hub).await;
     assert_eq!(service.backend(), "memory");
+    // Without connecting, a client assumes a memory-backed hub: what this one is.
+    let offline = polybridge_websocket::WsBroker::capabilities_for(
+        &format!("{}?", hub.url()).parse().unwrap(),
+    )
+    .unwrap();
+    use polybridge_core::Broker;
+    assert_eq!(
+        offline.max_payload,
+        Some(polybridge_memory::DEFAULT_MAX_PAYLOAD),
+        "the default limit, not this hub's"
+    );
+    assert_eq!(
+        (offline.delivery, offline.replay, offline.consumer_groups),
+        (
+            service.capabilities().delivery,
+            service.capabilities().replay,
+            service.capabilities().consumer_groups
+        )
+    );
     let e = service
         .publish("t", Message::new(vec![0u8; 65537]), deadline())
         .await
