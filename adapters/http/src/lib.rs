@@ -56,6 +56,14 @@
 //! The topic is the rest of the path, percent-decoded; subscriptions match it as
 //! `.`-separated levels with any [`TopicPattern`](polybridge_core::TopicPattern).
 //!
+//! Any webhook sender works, e.g. curl:
+//!
+//! ```text
+//! curl -i http://127.0.0.1:8080/hooks/orders.created -H 'content-type: application/json' \
+//!      -H 'idempotency-key: o-1' -H 'x-pb-header-trace: t1' -d '{"id":1}'
+//! HTTP/1.1 204 No Content          (once a subscriber acked it)
+//! ```
+//!
 //! The request is offered to every consumer group whose pattern matches (a subscription
 //! without a group is a private group; members of one group share the requests, a member
 //! takes one only while it holds fewer than `max_in_flight` unsettled) and answered once
