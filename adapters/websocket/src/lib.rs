@@ -35,7 +35,7 @@
 //! (deliveries arrive as `message` frames with a `tag`), `ack`/`nack`/`reject` a tag,
 //! `unsubscribe`. [`WsBroker`] is the Rust client of that protocol: a [`Broker`] whose
 //! semantics are the hub backend's, which the hub announces in its `welcome` frame (so
-//! [`Broker::capabilities`] are the backend's, with `reconnect` false).
+//! [`Broker::capabilities`] are the backend's, with `reconnect` true: the client's own).
 //!
 //! # URL
 //! `ws[s]://host[:port][/path][?option=value&…]`: the hub to connect to (default port 80,
@@ -66,10 +66,13 @@
 //!   unsettled deliveries go back to the backend). A browser can subscribe with
 //!   `auto_ack: true`: the hub acks each message when it forwards it (at most once).
 //! - When the connection breaks (or the hub is dropped, which closes its connections),
-//!   pending and later publishes fail with [`Error::Connection`] and subscriptions end with
-//!   an `Err` item; the hub closes the connection's subscriptions so the backend redelivers
-//!   what was unsettled. The client does not reconnect by itself (`reconnect` is false):
-//!   connect again.
+//!   the hub closes the connection's subscriptions, so the backend redelivers what was
+//!   unsettled; the client reconnects with backoff (50 ms doubling to 2 s, forever) and
+//!   subscribes again with the same patterns, groups and limits, and the streams go on
+//!   (`reconnect` is true). Publishes waiting for an answer, and those made while
+//!   disconnected, fail with a retryable [`Error::Connection`] (the hub may have published
+//!   a message whose `ok` was lost: retrying may duplicate). Settling a delivery of the
+//!   lost connection does nothing: the backend redelivers it (duplicates, at least once).
 //! - With `serve=true` there is no socket between the broker and the hub's backend: it
 //!   behaves as the in-memory broker (errors name `memory`), while browsers and other
 //!   clients reach the same topics through the hub.
@@ -86,17 +89,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering as AtomicOrdering};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use futures::StreamExt;
 use polybridge_core::{
     Acknowledger, Broker, BrokerUrl, Capabilities, Deadline, DeliveryStream, Error, Message,
     Publisher, Receipt, Result, StartPosition, Subscriber, Subscription,
 };
-use rustls::pki_types::ServerName;
 use serde_json::{json, Map, Value as Json};
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::task::JoinHandle;
-use tokio_tungstenite::tungstenite::Message as Frame;
 
 pub use config::WsConfig;
 pub use hub::WsHub;
@@ -147,36 +146,18 @@ impl WsBroker {
             source: None,
         };
         let endpoint = url.to_string();
-        let connected = async {
-            let tcp = TcpStream::connect((config.host.as_str(), config.port))
+        let (ws, welcome) =
+            tokio::time::timeout(config.connect_timeout, client::dial(&config, &endpoint))
                 .await
-                .map_err(|e| connection_error(e.to_string()))?;
-            let _ = tcp.set_nodelay(true);
-            if config.tls {
-                let tls = Arc::new(tls::client_config(config.ca_file.as_deref())?);
-                let name = ServerName::try_from(config.host.clone()).map_err(|e| {
-                    Error::config(
-                        BROKER,
-                        format!("{:?} is not a TLS server name: {e}", config.host),
-                    )
-                })?;
-                let stream = tokio_rustls::TlsConnector::from(tls)
-                    .connect(name, tcp)
-                    .await
-                    .map_err(|e| connection_error(format!("TLS: {e}")))?;
-                start(stream, &config.endpoint, endpoint.clone(), connection_error).await
-            } else {
-                start(tcp, &config.endpoint, endpoint.clone(), connection_error).await
-            }
-        };
-        let (task, commands, welcome) = tokio::time::timeout(config.connect_timeout, connected)
-            .await
-            .map_err(|_| {
-                connection_error(format!("no welcome within {:?}", config.connect_timeout))
-            })??;
+                .map_err(|_| {
+                    connection_error(format!("no welcome within {:?}", config.connect_timeout))
+                })??;
+        let (commands, commands_rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(client::run(ws, commands_rx, config.clone(), endpoint));
         let mut capabilities =
             mapping::capabilities_from_json(welcome.get("capabilities").unwrap_or(&Json::Null));
-        capabilities.reconnect = false;
+        // The client reconnects and subscribes again by itself.
+        capabilities.reconnect = true;
         let backend = welcome
             .get("broker")
             .and_then(Json::as_str)
@@ -238,8 +219,8 @@ impl WsBroker {
 
     /// What a connection to `url` can do, without connecting: with `serve=true`, the
     /// in-memory backend's; for a client, those of a hub over the in-memory broker (the
-    /// [`WsHub::bind_memory`] default) — a connected [`WsBroker`] reports the hub's actual
-    /// ones, from its `welcome`.
+    /// [`WsHub::bind_memory`] default) with `reconnect` — a connected [`WsBroker`] reports
+    /// the hub's actual ones, from its `welcome`.
     pub fn capabilities_for(url: &BrokerUrl) -> Result<Capabilities> {
         let config = WsConfig::from_url(url)?;
         let mut memory = String::from("memory://capabilities");
@@ -247,7 +228,7 @@ impl WsBroker {
             memory.push_str(&format!("?max_payload={max}"));
         }
         let mut capabilities = polybridge_memory::MemoryBroker::capabilities_for(&memory.parse()?)?;
-        capabilities.reconnect = false;
+        capabilities.reconnect = config.serve.is_none();
         Ok(capabilities)
     }
 
@@ -292,40 +273,6 @@ impl WsBroker {
             source: None,
         }
     }
-}
-
-/// The WebSocket handshake on `stream`, then the hub's `welcome`; starts the connection
-/// task.
-async fn start<S>(
-    stream: S,
-    request: &str,
-    endpoint: String,
-    connection_error: impl Fn(String) -> Error,
-) -> Result<(JoinHandle<()>, mpsc::UnboundedSender<Command>, Json)>
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let (mut ws, _) = tokio_tungstenite::client_async(request, stream)
-        .await
-        .map_err(|e| connection_error(e.to_string()))?;
-    let welcome = loop {
-        match ws.next().await {
-            Some(Ok(Frame::Text(t))) => {
-                let welcome: Json = serde_json::from_str(&t)
-                    .map_err(|e| connection_error(format!("not a hub: {e}")))?;
-                if welcome.get("op").and_then(Json::as_str) != Some("welcome") {
-                    return Err(connection_error("not a hub: no welcome frame".into()));
-                }
-                break welcome;
-            }
-            Some(Ok(_)) => continue,
-            Some(Err(e)) => return Err(connection_error(e.to_string())),
-            None => return Err(connection_error("closed before welcome".into())),
-        }
-    };
-    let (commands, commands_rx) = mpsc::unbounded_channel();
-    let task = tokio::spawn(client::run(ws, commands_rx, endpoint));
-    Ok((task, commands, welcome))
 }
 
 impl Broker for WsBroker {

@@ -1,28 +1,76 @@
 //! The conformance suite through a hub, twice:
 //! - `client`: every broker of the suite is a [`WsBroker`] connected over a real WebSocket
-//!   to a [`WsHub`] whose backend is a fresh in-memory broker;
+//!   to a [`WsHub`] whose backend is a fresh in-memory broker; the reconnect test restarts
+//!   the hub (its backend keeps the messages) and the clients reconnect;
 //! - `served`: the first broker runs the hub itself (`serve=true`, talking to its backend
 //!   directly), later ones connect to it over WebSocket.
 
 mod common;
 
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use polybridge_conformance::Fixture;
 use polybridge_core::{Broker, Result};
 use polybridge_websocket::{WsBroker, WsHub};
-use tokio::sync::OnceCell;
+use tokio::sync::{Mutex, OnceCell};
 
+/// A hub on a fixed port over a named in-memory broker, so that restarting the hub (drop,
+/// bind again) keeps the backend's messages, as restarting a broker keeps its data.
 struct WsFixture {
-    hub: OnceCell<WsHub>,
+    port: u16,
+    memory: String,
+    hub: Mutex<Option<WsHub>>,
+}
+
+impl WsFixture {
+    fn new() -> Self {
+        static N: AtomicU64 = AtomicU64::new(0);
+        WsFixture {
+            port: common::free_port(),
+            memory: format!(
+                "memory://wsconf{}x{}?max_payload=65536",
+                std::process::id(),
+                N.fetch_add(1, AtomicOrdering::Relaxed)
+            ),
+            hub: Mutex::new(None),
+        }
+    }
+
+    /// Binds the hub, retrying while the port of the previous one is being released.
+    async fn start(&self) -> Result<WsHub> {
+        let end = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            match WsHub::bind_memory(&format!("127.0.0.1:{}", self.port), &self.memory).await {
+                Ok(hub) => return Ok(hub),
+                Err(e) if tokio::time::Instant::now() >= end => return Err(e),
+                Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    }
 }
 
 #[async_trait]
 impl Fixture for WsFixture {
     async fn connect(&self) -> Result<Arc<dyn Broker>> {
-        let hub = self.hub.get_or_init(common::hub).await;
-        Ok(Arc::new(WsBroker::connect(&hub.url().parse()?).await?))
+        {
+            let mut hub = self.hub.lock().await;
+            if hub.is_none() {
+                *hub = Some(self.start().await?);
+            }
+        }
+        let url = format!("ws://127.0.0.1:{}/", self.port);
+        Ok(Arc::new(WsBroker::connect(&url.parse()?).await?))
+    }
+
+    async fn restart_broker(&self) -> Option<Result<()>> {
+        let mut hub = self.hub.lock().await;
+        drop(hub.take());
+        Some(self.start().await.map(|h| {
+            *hub = Some(h);
+        }))
     }
 }
 
@@ -54,9 +102,7 @@ impl Fixture for ServedFixture {
 
 mod client {
     use super::*;
-    polybridge_conformance::conformance_tests!(WsFixture {
-        hub: OnceCell::new()
-    });
+    polybridge_conformance::conformance_tests!(WsFixture::new());
 }
 
 mod served {

@@ -342,23 +342,54 @@ async fn the_client_reports_what_it_cannot_do() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn when_the_hub_goes_away_subscriptions_end_and_publishes_fail() {
-    let hub = common::hub().await;
-    let service = common::connect(&hub).await;
+async fn while_the_hub_is_away_publishes_fail_then_the_client_reconnects_and_resubscribes() {
+    let port = common::free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let memory = format!("memory://wsgone{}?max_payload=65536", std::process::id());
+    let hub = polybridge_websocket::WsHub::bind_memory(&addr, &memory)
+        .await
+        .unwrap();
+    let service = polybridge_websocket::WsBroker::connect(&hub.url().parse().unwrap())
+        .await
+        .unwrap();
     let mut sub = service.subscribe(subscription("t")).await.unwrap();
     drop(hub);
-    match tokio::time::timeout(WAIT, sub.next())
-        .await
-        .expect("the stream reports the loss")
-    {
-        Some(Err(Error::Connection { .. })) | None => {}
-        other => panic!("expected a connection error, got {other:?}"),
-    }
     let e = service
-        .publish("t", Message::new("x"), deadline())
+        .publish("t", Message::new("lost"), deadline())
         .await
         .unwrap_err();
     assert!(matches!(e, Error::Connection { .. }), "{e}");
+    assert!(e.is_retryable(), "{e}");
+    // The hub comes back (on the same backend): the client reconnects and subscribes again.
+    let end = tokio::time::Instant::now() + WAIT;
+    let _hub = loop {
+        match polybridge_websocket::WsHub::bind_memory(&addr, &memory).await {
+            Ok(h) => break h,
+            Err(e) => {
+                assert!(tokio::time::Instant::now() < end, "rebinding the hub: {e}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    loop {
+        match service
+            .publish("t", Message::new("back").with_id("b1"), deadline())
+            .await
+        {
+            Ok(_) => break,
+            Err(e) if e.is_retryable() => {
+                assert!(
+                    tokio::time::Instant::now() < end,
+                    "publishing after the restart: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    let d = next(&mut sub, "after the reconnect").await;
+    assert_eq!(d.message.id, "b1");
+    d.ack().unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
