@@ -8,7 +8,7 @@
 //! | `key` | `x-pb-key`, percent-encoded bytes |
 //! | `timestamp` | `x-pb-timestamp`, Unix milliseconds |
 //! | `reply_to`, `correlation_id` | `x-pb-reply-to`, `x-pb-correlation-id`, percent-encoded |
-//! | headers | one `x-pb-header` line per header, in order: `NAME=VALUE` (text) or `NAME;base64=B64` (binary), NAME and VALUE percent-encoded |
+//! | headers | one `x-pb-header` line per header, in order: `NAME=VALUE` (text) or `NAME;base64=B64` (binary), NAME and VALUE percent-encoded (lines a proxy joined with `,` are split again) |
 //! | delivery attempt | `x-pb-attempt` (1 for the first POST, 2 for the first retry, …) |
 //!
 //! For senders that cannot produce `x-pb-header`, a request header `x-pb-header-NAME: VALUE`
@@ -124,8 +124,16 @@ pub fn from_request(headers: &HeaderMap, body: Bytes) -> (Message, u32) {
     }
     m.reply_to = text(REPLY_TO);
     m.correlation_id = text(CORRELATION_ID);
-    for line in headers.get_all(HEADER) {
-        let Ok(line) = line.to_str() else { continue };
+    // Proxies may join repeated header lines with commas; `,` is always percent-encoded
+    // inside a line, so splitting there is safe.
+    let lines = headers
+        .get_all(HEADER)
+        .iter()
+        .filter_map(|l| l.to_str().ok())
+        .flat_map(|l| l.split(','))
+        .map(str::trim)
+        .filter(|l| !l.is_empty());
+    for line in lines {
         if let Some((name, b64)) = line.split_once(";base64=") {
             if let Ok(bytes) = BASE64.decode(b64) {
                 m.headers.append(
@@ -232,8 +240,18 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("idempotency-key", HttpValue::from_static("abc"));
         h.insert("x-pb-header-Trace", HttpValue::from_static("t1"));
+        h.insert(
+            "x-pb-header",
+            HttpValue::from_static("a=1%2C2, bin;base64=AP8=, a=3"),
+        );
         let (m, attempt) = from_request(&h, Bytes::from_static(b"{}"));
         assert_eq!((m.id.as_str(), attempt), ("abc", 1));
         assert_eq!(m.headers.get_str("trace"), Some("t1"));
+        let a: Vec<_> = m.headers.get_all("a").filter_map(|v| v.as_str()).collect();
+        assert_eq!(a, ["1,2", "3"], "lines joined by a proxy");
+        assert_eq!(
+            m.headers.get("bin").map(|v| v.as_bytes()),
+            Some(&[0u8, 0xff][..])
+        );
     }
 }
