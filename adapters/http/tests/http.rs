@@ -359,3 +359,38 @@ async fn with_publish_wait_a_publish_resolves_once_the_subscriber_acked() {
         .unwrap()
         .expect("confirmed");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_that_never_answers_hits_the_per_request_timeout() {
+    // Accepts connections, reads, never answers.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (accepted_tx, mut accepted) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            let _ = accepted_tx.send(());
+            held.push(stream);
+        }
+    });
+    let publisher = polybridge_http::HttpBroker::connect(
+        &format!("http://{addr}/in?request_timeout=200ms&max_attempts=2&retry_initial=10ms")
+            .parse()
+            .unwrap(),
+    )
+    .unwrap();
+    let started = tokio::time::Instant::now();
+    let e = publisher
+        .publish("t", Message::new("x"), Deadline::after(WAIT))
+        .await
+        .unwrap_err();
+    assert!(e.is_retryable(), "{e}");
+    assert!(e.to_string().contains("no answer within"), "{e}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(400),
+        "two attempts of 200 ms"
+    );
+    for _ in 0..2 {
+        accepted.recv().await.unwrap();
+    }
+}
