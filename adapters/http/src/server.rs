@@ -425,10 +425,4 @@ impl State {
             }
         }
     }
-
-    /// How many groups exist (tests).
-    #[allow(dead_code)]
-    pub fn group_count(&self) -> usize {
-        self.groups.read().map(|g| g.len()).unwrap_or(0)
-    }
 }
