@@ -13,7 +13,7 @@
 //! if let Some(delivery) = orders.next().await {
 //!     delivery?.ack()?; // only now does the sender get its 204
 //! }
-//! // Webhook out: POST to https://receiver/… through a TLS proxy, or plain http.
+//! // Webhook out (https:// works the same way).
 //! let outbound = polybridge_http::HttpBroker::connect(&"http://127.0.0.1:9000/in".parse()?)?;
 //! outbound
 //!     .publish("orders.created", Message::new("{}"), Deadline::after(Duration::from_secs(30)))
@@ -23,7 +23,7 @@
 //!
 //! # URL
 //! `http[s]://host[:port][/base][?option=value&…]`. Publishing POSTs to
-//! `http://host:port/base/<destination>`; subscribing serves `POST /base/<topic>` on
+//! `http[s]://host:port/base/<destination>`; subscribing serves `POST /base/<topic>` on
 //! `host:port` (or `listen`). One URL therefore names both ends of a webhook: two
 //! processes with the same URL, one subscribing and one publishing, talk to each other.
 //!
@@ -39,7 +39,6 @@
 //! | `queue_size` | `1024` | `publish=queue`: most messages queued or being delivered; `publish` waits for room |
 //! | `ack_timeout` | `30s` | webhook server: time the subscriber has to settle a delivery before the sender gets 504 |
 //! | `max_payload` | 4 MiB | largest body sent or accepted |
-//!
 //! | `ca_file` | — | `https`: PEM certificates trusted besides the Mozilla roots (webpki-roots) |
 //! | `tls_cert`, `tls_key` | — | `https`: PEM certificate chain and private key the webhook server presents (needed to serve `https`) |
 //!
@@ -112,10 +111,21 @@
 //! `publish` resolves once the message is queued (at most `queue_size`); queued messages
 //! are started in publish order (the next request starts once hyper took the previous
 //! one's body, which keeps the order on the wire though not a promise of order at the
-//! receiver) and each is then POSTed with the same retries for up to `retry_for`; `close` refuses new
-//! publishes and returns at once, the queued messages keep being delivered (the process
-//! must live on for them); [`HttpBroker::flush`] waits until they are confirmed. In that mode [`Capabilities::confirmed_publish`] is false and a message
-//! that cannot be delivered is logged, not returned.
+//! receiver) and each is then POSTed with the same retries for up to `retry_for`. `close`
+//! refuses new publishes and returns at once: the queued messages keep being delivered
+//! (the process must live on for them); [`HttpBroker::flush`] waits until they are
+//! confirmed. In that mode [`Capabilities::confirmed_publish`] is false and a message that
+//! cannot be delivered is logged, not returned.
+//!
+//! # Failure
+//! - The webhook server's address in use or not bindable: `subscribe` fails with
+//!   [`Error::Connection`] naming it (nothing is bound before the first `subscribe`).
+//! - A receiver that is down, overloaded (429, 5xx) or silent (`request_timeout`): the
+//!   publisher retries with backoff until the deadline (`publish=wait`) or `retry_for`
+//!   (`publish=queue`); a retried POST may duplicate a message the receiver had taken
+//!   (at least once; receivers can deduplicate by `x-pb-id`).
+//! - This process dies: deliveries in progress are lost to it, their senders see the
+//!   connection break and retry; nothing was acknowledged to them.
 //!
 //! # Capabilities
 //! | | `publish=wait` | `publish=queue` |
@@ -134,6 +144,7 @@
 //! [`Receipt`]: polybridge_core::Receipt
 //! [`Capabilities::confirmed_publish`]: polybridge_core::Capabilities::confirmed_publish
 //! [`Error::PayloadTooLarge`]: polybridge_core::Error::PayloadTooLarge
+//! [`Error::Connection`]: polybridge_core::Error::Connection
 //! [`Error::Permanent`]: polybridge_core::Error::Permanent
 //! [`Error::Timeout`]: polybridge_core::Error::Timeout
 
