@@ -73,6 +73,9 @@
 //!   disconnected, fail with a retryable [`Error::Connection`] (the hub may have published
 //!   a message whose `ok` was lost: retrying may duplicate). Settling a delivery of the
 //!   lost connection does nothing: the backend redelivers it (duplicates, at least once).
+//!   A subscription with a group continues where the group is; one without a group is a
+//!   new subscription on the hub after a reconnect: with `Latest` it misses what was
+//!   published meanwhile, with `Earliest` it reads the history again.
 //! - With `serve=true` there is no socket between the broker and the hub's backend: it
 //!   behaves as the in-memory broker (errors name `memory`), while browsers and other
 //!   clients reach the same topics through the hub.
