@@ -21,16 +21,19 @@
 //!   the reply published to the default exchange with routing key = the request's
 //!   `reply-to` and the same `correlation-id` (the AMQP adapter's destination
 //!   `queue:NAME`). A pika RPC server can take the service's place, and a pika RPC client
-//!   can call the service.
+//!   can call the service (the tutorial declares `rpc_queue` non-durable: add
+//!   `?durable=false` to the AMQP URL so both declare it alike).
 //! - The gateway keeps no state: it puts the NATS inbox in the AMQP correlation id, and
 //!   the service echoes it. Each delivery is acked only after the publish it caused was
 //!   confirmed, so a crash in between redelivers instead of losing a request (core NATS
 //!   itself is at most once).
 //!
 //! The bridge daemon routes one way per route and leaves `reply_to` and `correlation_id`
-//! as they are; it cannot rewrite them, so a cross-broker RPC needs this small gateway
-//! (or a requester and responder that share a `reply_to` naming scheme both brokers
-//! reach through routes).
+//! as they are; it cannot rewrite them. A cross-broker RPC through the bridge alone works
+//! only when the requester's `reply_to` is a topic a return route carries back (say NATS
+//! `replies.<id>`, with a route from AMQP `replies.#` to NATS `replies.{1}`, and a
+//! responder that publishes its reply to that topic); for native clients on both sides
+//! (NATS inboxes, AMQP reply queues) use a gateway like this one.
 //!
 //! Exit status 0 after three round trips.
 
@@ -65,11 +68,13 @@ async fn service(amqp: Arc<dyn Broker>, mut requests: DeliveryStream) -> polybri
             delivery.reject("a request without reply-to")?;
             continue;
         };
-        let mut reply = Message::new(request.to_uppercase());
+        let answer = request.to_uppercase();
+        // Printed before replying, so the requester's lines follow the service's.
+        println!("service    {request:?} → {answer:?}");
+        let mut reply = Message::new(answer);
         reply.correlation_id = delivery.message.correlation_id.clone();
         amqp.publish(&format!("queue:{reply_to}"), reply, deadline())
             .await?;
-        println!("service    {request:?} → {:?}", request.to_uppercase());
         delivery.ack()?;
     }
     Ok(())

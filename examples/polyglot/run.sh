@@ -22,6 +22,7 @@ export AMQP_URL=${AMQP_URL:-amqp://guest:guest@127.0.0.1:5672/%2f}
 export MQTT_URL=${MQTT_URL:-mqtt://127.0.0.1:1883}
 export STOMP_URL=${STOMP_URL:-stomp://user:password@127.0.0.1:61613}
 export POLYGLOT_ADMIN=${POLYGLOT_ADMIN:-127.0.0.1:9464}
+export PYTHONDONTWRITEBYTECODE=1  # keep __pycache__ out of the example directory
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/polyglot.XXXXXX")
 bridge_pid=""

@@ -1,6 +1,8 @@
 //! The library examples run against real brokers: `any_broker` on NATS and Mosquitto (the
 //! same binary, only the URL differs) and `request_reply` across NATS and RabbitMQ.
-//! `cargo test` builds the examples next to the test binaries (`target/<profile>/examples`).
+//! `cargo test -p polybridge` builds the examples next to the test binaries
+//! (`target/<profile>/examples`); `cargo test --test examples` alone does not, so run
+//! `cargo build -p polybridge --examples` first in that case.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
