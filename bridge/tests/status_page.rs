@@ -354,3 +354,30 @@ fn the_status_page_is_self_contained_and_its_api_answers() {
     d.signal("TERM");
     assert_eq!(d.wait_exit(Duration::from_secs(30)).code(), Some(0));
 }
+
+#[test]
+fn the_screenshot_check_rejects_the_page_without_data() {
+    let Some(chromium) = chromium_or_skip() else {
+        return;
+    };
+    // The page opened from a file: its requests fail, so it shows "Unreachable" and no data.
+    let dir = temp_dir("statusnodata");
+    let page = root().join("bridge/src/status/index.html");
+    let url = format!("file://{}", page.display());
+    let dom = run_chromium(&chromium, &dir, "dom", "--dump-dom", &url);
+    assert!(dom.contains("data-state=\"error\""), "{dom}");
+    assert!(dom.contains(">Unreachable<"), "{dom}");
+    let shot = dir.join("nodata.png");
+    run_chromium(
+        &chromium,
+        &dir,
+        "shot",
+        &format!("--screenshot={}", shot.display()),
+        &url,
+    );
+    let checked = std::panic::catch_unwind(|| check_screenshot(&shot));
+    assert!(
+        checked.is_err(),
+        "a screenshot of the page without data passed the check"
+    );
+}
