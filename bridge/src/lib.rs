@@ -4,7 +4,8 @@
 //! - [`config`]: the rule file, read with every error reported at its line and column.
 //! - [`route`]: the data path — source delivery → rule match → mapping → publish to every
 //!   sink → settle the source.
-//! - [`admin`]: `/metrics`, `/health`, `/ready`, `/api/routes`.
+//! - [`admin`]: the status page at `/`, `/metrics`, `/health`, `/ready`, `/api/routes`,
+//!   `/api/status`.
 //!
 //! The binary is `polybridge` (`src/main.rs`); this library is what it runs, and what the
 //! tests drive.

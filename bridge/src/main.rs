@@ -165,10 +165,11 @@ async fn run(path: PathBuf, drain: Duration, watch: Duration) -> anyhow::Result<
                     admin_config.listen
                 )
             })?;
-        tracing::info!(listen = %admin_config.listen, "admin server: /metrics /health /ready /api/routes");
-        let state = Arc::new(AdminState {
-            table: bridge.table(),
-        });
+        tracing::info!(
+            listen = %admin_config.listen,
+            "admin server: / (status page) /metrics /health /ready /api/routes /api/status"
+        );
+        let state = Arc::new(AdminState::new(bridge.table()));
         tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, admin::router(state)).await {
                 tracing::error!(error = %e, "admin server stopped");

@@ -65,6 +65,24 @@ impl RouteMetrics {
         self.errors[i].fetch_add(1, Ordering::Relaxed);
     }
 
+    /// The latency observations so far: (count, sum in seconds).
+    pub fn latency(&self) -> (u64, f64) {
+        (
+            self.latency_count.load(Ordering::Relaxed),
+            self.latency_sum_micros.load(Ordering::Relaxed) as f64 / 1e6,
+        )
+    }
+
+    /// Errors so far, by kind (kinds with none left out), in [`ERROR_KINDS`] order.
+    pub fn errors_by_kind(&self) -> Vec<(&'static str, u64)> {
+        ERROR_KINDS
+            .iter()
+            .zip(&self.errors)
+            .map(|(k, n)| (*k, n.load(Ordering::Relaxed)))
+            .filter(|(_, n)| *n > 0)
+            .collect()
+    }
+
     /// Records one end-to-end latency (source delivery to source ack).
     pub fn observe_latency(&self, d: Duration) {
         let secs = d.as_secs_f64();

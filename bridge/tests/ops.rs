@@ -555,6 +555,29 @@ admin: {{ listen: "127.0.0.1:{admin}" }}
     assert_eq!(r0["received"], 10);
     assert_eq!(r0["delivered"], 10);
     assert_eq!(r0["subscribed"], true);
+
+    // What the status page shows beyond /api/routes: errors by kind, retries, latency,
+    // totals and broker connections.
+    let (status, body) = http_get(admin, "/api/status").unwrap();
+    assert_eq!(status, 200, "{body}");
+    let s: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(s["ready"], true);
+    let (m, dl) = (&s["routes"][0], &s["routes"][1]);
+    assert_eq!((&m["name"], &dl["name"]), (&"m".into(), &"dl".into()));
+    assert_eq!(m["received"], 10);
+    assert_eq!(m["errors_total"], 0);
+    assert_eq!(m["latency"]["count"], 10);
+    assert_eq!(dl["dead_lettered"], 1);
+    assert_eq!(dl["errors"], serde_json::json!({ "filter": 1 }));
+    assert_eq!(dl["errors_total"], 1);
+    assert_eq!(s["totals"]["received"], 11);
+    assert_eq!(s["totals"]["dead_lettered"], 1);
+    assert_eq!(s["totals"]["errors"], 1);
+    assert_eq!(s["totals"]["in_flight"], 0);
+    assert_eq!(
+        s["brokers"],
+        serde_json::json!([{ "name": "redis", "scheme": "redis", "connected": true, "reconnects": 0 }])
+    );
     d.signal("TERM");
     assert_eq!(d.wait_exit(Duration::from_secs(60)).code(), Some(0));
 }
