@@ -24,16 +24,6 @@ impl KafkaFixture {
             options: "",
         }
     }
-
-    /// Every publish to partition 0. Kafka orders messages per partition only, and a
-    /// message without a key goes to any partition; `payload_limits` expects its keyless
-    /// messages in publish order, so it runs with one partition in use.
-    fn one_partition() -> Self {
-        KafkaFixture {
-            server: Server::start(),
-            options: "partition=0",
-        }
-    }
 }
 
 #[async_trait]
@@ -74,12 +64,4 @@ impl Fixture for KafkaFixture {
     }
 }
 
-// The whole suite; only `payload_limits` runs with the one-partition fixture.
-polybridge_conformance::conformance_tests!(@each KafkaFixture::new();
-    publish_subscribe, concurrent_subscribe, multiple_topics, resend_on_nack,
-    in_flight_limit, continue_after_subscriber_close, concurrent_close,
-    continue_after_errors, order_per_key, publisher_close_flushes, topic_isolation,
-    cancellation_returns_unacked, new_subscriber_replays_history, reconnect,
-    consumer_groups, header_round_trip, nack_with_delay, reject_to_dead_letter,
-    ack_after_close, dropped_delivery_is_redelivered);
-polybridge_conformance::conformance_tests!(@each KafkaFixture::one_partition(); payload_limits);
+polybridge_conformance::conformance_tests!(KafkaFixture::new());
