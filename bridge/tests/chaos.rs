@@ -242,7 +242,7 @@ fn start_checker(
     let seen = Arc::new(Mutex::new(Seen::default()));
     let out = seen.clone();
     // Subscribe before returning, so nothing the bridge publishes is missed.
-    let sub = || {
+    let sub = move || {
         let mut s = Subscription::new(topic.parse().unwrap())
             .start(StartPosition::Earliest)
             .max_in_flight(256);
