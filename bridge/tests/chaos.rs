@@ -191,6 +191,10 @@ struct Seen {
     order_violations: u64,
     /// Arrivals per `x-instance` header.
     by_instance: BTreeMap<String, u64>,
+    /// Arrivals per `x-instance` header of messages numbered `late_from` or more.
+    late_by_instance: BTreeMap<String, u64>,
+    /// See `late_by_instance` (0: not tracked).
+    late_from: u64,
     /// Payloads that were not ours.
     foreign: u64,
 }
@@ -208,6 +212,9 @@ impl Seen {
         };
         if let Some(inst) = instance {
             *self.by_instance.entry(inst.to_owned()).or_default() += 1;
+            if self.late_from > 0 && i >= self.late_from {
+                *self.late_by_instance.entry(inst.to_owned()).or_default() += 1;
+            }
         }
         let c = self.counts.entry(i).or_default();
         *c += 1;
@@ -291,17 +298,28 @@ fn start_checker(
 /// Publishes `prefix-0..n` to `topic` in KEYS lanes (lane j: the numbers ≡ j mod KEYS, in
 /// order, key `k{j}`), retrying each publish until confirmed. Returns the number of retries.
 async fn publish_all(broker: Arc<dyn Broker>, topic: String, prefix: String, n: usize) -> u64 {
+    publish_range(broker, topic, prefix, 0, n).await
+}
+
+/// [`publish_all`] for the numbers `from..n` (`from` a multiple of KEYS).
+async fn publish_range(
+    broker: Arc<dyn Broker>,
+    topic: String,
+    prefix: String,
+    from: usize,
+    n: usize,
+) -> u64 {
     let mut lanes = Vec::new();
     for lane in 0..KEYS {
         let (broker, topic, prefix) = (broker.clone(), topic.clone(), prefix.clone());
         lanes.push(tokio::spawn(async move {
             let mut retries = 0u64;
-            let mut i = lane;
+            let mut i = from + lane;
             while i < n {
                 let body = format!("{prefix}-{i}");
                 let m = Message::new(body.clone())
                     .with_id(body)
-                    .with_key(format!("k{lane}"));
+                    .with_key(format!("k{}", i % KEYS));
                 loop {
                     match broker
                         .publish(&topic, m.clone(), Deadline::after(Duration::from_secs(10)))
@@ -430,9 +448,11 @@ fn run_scenario(s: Scenario) {
 
     // The checker subscribes at the sink before anything flows.
     let check_broker = rt
-        .block_on(polybridge::connect(
-            &s.to.url(&dst_base, &format!("{tag}v"), &topics),
-        ))
+        .block_on(polybridge::connect(&s.to.url(
+            &dst_base,
+            &format!("{tag}v"),
+            &topics,
+        )))
         .unwrap();
     let group = (s.to != Adapter::Mqtt).then(|| "verify".to_owned());
     let (seen, checker) = start_checker(&rt, check_broker, to.clone(), group, prefix.clone());
@@ -450,16 +470,23 @@ fn run_scenario(s: Scenario) {
     wait_ready(&mut d, admin, Duration::from_secs(60));
 
     let pub_broker = rt
-        .block_on(polybridge::connect(
-            &s.from.url(&src_base, &format!("{tag}p"), &topics),
-        ))
+        .block_on(polybridge::connect(&s.from.url(
+            &src_base,
+            &format!("{tag}p"),
+            &topics,
+        )))
         .unwrap();
     let publisher = rt.spawn(publish_all(pub_broker, from.clone(), prefix.clone(), n));
     let fault_timeout = Duration::from_secs(120 + (n / 200) as u64);
 
     match s.fault {
         Fault::RestartSource | Fault::RestartSink | Fault::PauseSource | Fault::PauseSink => {
-            wait_unique(&seen, n / 3, fault_timeout, "a third routed before the fault");
+            wait_unique(
+                &seen,
+                n / 3,
+                fault_timeout,
+                "a third routed before the fault",
+            );
             let b = if source_faulted { &mut src } else { &mut dst };
             match s.fault {
                 Fault::RestartSource | Fault::RestartSink => b.process().restart().unwrap(),
@@ -705,18 +732,37 @@ fn scale_out(name: &str, from: Adapter, instances: usize, short_n: usize) {
         daemons.push(d);
     }
     let pub_broker = rt
-        .block_on(polybridge::connect(
-            &from.url(&src_base, &format!("{tag}p"), &topics),
-        ))
+        .block_on(polybridge::connect(&from.url(
+            &src_base,
+            &format!("{tag}p"),
+            &topics,
+        )))
         .unwrap();
-    let publisher = rt.spawn(publish_all(pub_broker, from_t.clone(), tag.clone(), n));
+    // The first half while every instance runs; one instance dies once a quarter arrived;
+    // the second half is published after its death, so only survivors can deliver it.
+    let half = n / 2 / KEYS * KEYS;
+    seen.lock().unwrap().late_from = half as u64;
+    let first = rt.spawn(publish_range(
+        pub_broker.clone(),
+        from_t.clone(),
+        tag.clone(),
+        0,
+        half,
+    ));
     let timeout = Duration::from_secs(120 + (n / 200) as u64);
-    wait_unique(&seen, n / 3, timeout, "a third routed");
+    wait_unique(&seen, n / 4, timeout, "a quarter routed");
     let before_kill = seen.lock().unwrap().by_instance.clone();
-    // The last instance dies mid-run.
+    let victim_name = format!("i{}", instances - 1);
     let mut victim = daemons.pop().unwrap();
     sigkill(&mut victim);
-    let retries = rt.block_on(publisher).unwrap();
+    let mut retries = rt.block_on(first).unwrap();
+    retries += rt.block_on(publish_range(
+        pub_broker,
+        from_t.clone(),
+        tag.clone(),
+        half,
+        n,
+    ));
     let end = Instant::now() + settle_timeout(n);
     while seen.lock().unwrap().unique() < n && Instant::now() < end {
         std::thread::sleep(Duration::from_millis(50));
@@ -733,12 +779,10 @@ fn scale_out(name: &str, from: Adapter, instances: usize, short_n: usize) {
     let unique = seen.unique();
     let lost = n - unique.min(n);
     let dups = seen.duplicates();
-    println!(
-        "scenario={name} sent={n} received_unique={unique} lost={lost} duplicates={dups}"
-    );
+    println!("scenario={name} sent={n} received_unique={unique} lost={lost} duplicates={dups}");
     eprintln!(
-        "scenario={name} instances={instances} before_kill={before_kill:?} total_by_instance={:?} publish_retries={retries}",
-        seen.by_instance
+        "scenario={name} instances={instances} killed={victim_name} seen_before_kill={before_kill:?} total_by_instance={:?} second_half_by_instance={:?} publish_retries={retries}",
+        seen.by_instance, seen.late_by_instance
     );
     assert_eq!(lost, 0, "scenario {name}: messages lost");
     for i in 0..instances {
@@ -749,16 +793,19 @@ fn scale_out(name: &str, from: Adapter, instances: usize, short_n: usize) {
             seen.by_instance
         );
     }
-    let survivors_after: u64 = (0..instances - 1)
-        .map(|i| {
-            let inst = format!("i{i}");
-            seen.by_instance.get(&inst).copied().unwrap_or(0)
-                - before_kill.get(&inst).copied().unwrap_or(0)
-        })
-        .sum();
+    assert_eq!(
+        seen.late_by_instance
+            .get(&victim_name)
+            .copied()
+            .unwrap_or(0),
+        0,
+        "scenario {name}: the killed instance delivered messages published after its death"
+    );
+    let survivors_late: u64 = seen.late_by_instance.values().sum();
     assert!(
-        survivors_after > 0,
-        "scenario {name}: the survivors took nothing over"
+        survivors_late >= (n - half) as u64,
+        "scenario {name}: the survivors did not take the second half over: {:?}",
+        seen.late_by_instance
     );
     let bound = 2 * WINDOW as u64 + 256 + retries * 2 + kafka_slack(from);
     assert!(
