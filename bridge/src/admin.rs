@@ -1,17 +1,22 @@
 //! The admin HTTP server (127.0.0.1:9464 by default): `/metrics` (Prometheus), `/health`
 //! (the process is up), `/ready` (every route's source subscription is active) and
 //! `/api/routes` (JSON). Broker URLs appear with passwords redacted.
+//!
+//! With `admin.token` (or `token_file`) set, every endpoint but `/health` answers
+//! `401 Unauthorized` unless the request carries `Authorization: Bearer <token>`.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
-use axum::response::IntoResponse;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
 
+use crate::config::AdminToken;
 use crate::route::Route;
 use crate::{metrics, RouteTable};
 
@@ -19,6 +24,8 @@ use crate::{metrics, RouteTable};
 pub struct AdminState {
     /// The bridge's routes and brokers, kept current across reloads.
     pub table: RouteTable,
+    /// Bearer token required on every endpoint but `/health`, if set.
+    pub token: Option<AdminToken>,
 }
 
 impl AdminState {
@@ -32,12 +39,34 @@ impl AdminState {
 
 /// The admin router.
 pub fn router(state: Arc<AdminState>) -> Router {
-    Router::new()
+    let protected = Router::new()
         .route("/metrics", get(metrics_page))
-        .route("/health", get(|| async { "ok\n" }))
         .route("/ready", get(ready))
         .route("/api/routes", get(routes))
+        .route_layer(middleware::from_fn_with_state(state.clone(), authorize));
+    Router::new()
+        .route("/health", get(|| async { "ok\n" }))
+        .merge(protected)
         .with_state(state)
+}
+
+async fn authorize(State(state): State<Arc<AdminState>>, req: Request, next: Next) -> Response {
+    if let Some(token) = &state.token {
+        let ok = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| token.accepts(v));
+        if !ok {
+            return (
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, "Bearer")],
+                "unauthorized\n",
+            )
+                .into_response();
+        }
+    }
+    next.run(req).await
 }
 
 async fn metrics_page(State(state): State<Arc<AdminState>>) -> impl IntoResponse {

@@ -168,6 +168,7 @@ async fn run(path: PathBuf, drain: Duration, watch: Duration) -> anyhow::Result<
         tracing::info!(listen = %admin_config.listen, "admin server: /metrics /health /ready /api/routes");
         let state = Arc::new(AdminState {
             table: bridge.table(),
+            token: admin_config.token.clone(),
         });
         tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, admin::router(state)).await {

@@ -22,7 +22,8 @@
 //! ```
 //!
 //! # URL
-//! `mqtt://[user:password@]host[:port][?option=value&…]`, default port 1883.
+//! `mqtt://[user:password@]host[:port][?option=value&…]`, default port 1883;
+//! `mqtts://` for TLS (rustls), default port 8883.
 //!
 //! | option | default | meaning |
 //! |---|---|---|
@@ -38,6 +39,9 @@
 //! | `message_expiry` | none | MQTT 5 message expiry of publishes |
 //! | `session_expiry` | `1h` | MQTT 5: how long the broker keeps a persistent session after a disconnect |
 //! | `will_topic`, `will_payload`, `will_qos`, `will_retain` | none | the last will |
+//! | `tls` | `false` (`true` with `mqtts://`) | TLS; implied by the three options below |
+//! | `ca_file` | system roots | PEM file of the CA certificates to trust instead of the system's |
+//! | `cert_file`, `key_file` | none | client certificate and private key (PEM) for mutual TLS (`require_certificate true`) |
 //!
 //! # Connections and client ids
 //! The publisher is one connection, client id `<client_id>-p` (`-p1`, `-p2`… for further
@@ -96,6 +100,7 @@ pub mod mapping;
 mod publisher;
 mod session;
 mod subscriber;
+mod tls;
 mod wire;
 
 use std::sync::atomic::AtomicBool;
@@ -106,7 +111,7 @@ use polybridge_core::{
 };
 use tokio::sync::{mpsc, Semaphore};
 
-pub use config::{Format, MqttConfig, Version, Will, DEFAULT_PORT};
+pub use config::{Format, MqttConfig, TlsFiles, Version, Will, DEFAULT_PORT, DEFAULT_TLS_PORT};
 pub use publisher::MAX_TOPIC_BYTES;
 
 /// The broker name in errors and metrics.
