@@ -234,7 +234,7 @@ impl MqttConfig {
             keep_alive: url
                 .duration_option(BROKER, "keep_alive")?
                 .unwrap_or(Duration::from_secs(30))
-                .max(Duration::from_secs(1)),
+                .max(Duration::from_secs(5)),
             shared_subscriptions: url.parse_option::<bool>(BROKER, "shared")?.unwrap_or(true),
             max_payload,
             format,

@@ -32,7 +32,7 @@
 //! | `clean_session` | `false` with `client_id`, else `true` | persistent sessions resume after a restart |
 //! | `qos` | `1` | QoS of publishes and subscriptions: 0, 1 or 2 |
 //! | `retain` | `false` | publish retained messages |
-//! | `keep_alive` | `30s` | keep-alive interval |
+//! | `keep_alive` | `30s` | keep-alive interval (at least 5s: the client library refuses less) |
 //! | `shared` | `true` | consumer groups as shared subscriptions `$share/<group>/<filter>`; with `false` (brokers without them, e.g. RabbitMQ 3.10) a group names one durable subscriber |
 //! | `max_payload` | `1048576` | largest payload published (the packet limit is this plus 70 000 bytes for topic and properties) |
 //! | `format` | `raw` | MQTT 3.1.1: `raw` (payload only) or `envelope` (the [`polybridge_core::envelope`] JSON, with id, headers, key …) |

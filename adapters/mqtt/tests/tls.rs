@@ -45,7 +45,7 @@ async fn mutual_tls_connects_with_the_right_certificates_only() {
     stream.close().await;
 
     // No client certificate: the server requires one.
-    let no_cert = format!("{base}?ca_file={}&keep_alive=2s", files.ca.display());
+    let no_cert = format!("{base}?ca_file={}&keep_alive=5s", files.ca.display());
     let e = MqttBroker::connect(&no_cert.parse().unwrap())
         .await
         .err()
@@ -53,7 +53,7 @@ async fn mutual_tls_connects_with_the_right_certificates_only() {
     assert!(!e.to_string().is_empty());
     // A CA that did not sign the server's certificate.
     let wrong_ca = format!(
-        "{base}?ca_file={}&cert_file={}&key_file={}&keep_alive=2s",
+        "{base}?ca_file={}&cert_file={}&key_file={}&keep_alive=5s",
         files.other_ca.display(),
         files.client_cert.display(),
         files.client_key.display()
@@ -64,13 +64,13 @@ async fn mutual_tls_connects_with_the_right_certificates_only() {
         .expect("an unknown server CA is refused");
     assert!(!e.to_string().is_empty());
     // The system roots do not know the test CA either.
-    let e = MqttBroker::connect(&format!("{base}?keep_alive=2s").parse().unwrap())
+    let e = MqttBroker::connect(&format!("{base}?keep_alive=5s").parse().unwrap())
         .await
         .err()
         .expect("the test CA is not a system root");
     assert!(!e.to_string().is_empty());
     // Plain text on the TLS port is not TLS.
-    let plain = base.replace("mqtts://", "mqtt://") + "?keep_alive=2s";
+    let plain = base.replace("mqtts://", "mqtt://") + "?keep_alive=5s";
     assert!(MqttBroker::connect(&plain.parse().unwrap()).await.is_err());
 }
 
