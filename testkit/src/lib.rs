@@ -16,6 +16,12 @@
 //! - [`shared`]: one instance per broker kind per test binary, started on first use;
 //!   tests share it with unique topic names. It cannot be restarted.
 //! - [`private`]: a broker of the test's own, for fault injection.
+//! - [`private_tls`]: a broker of the test's own with TLS listeners and certificates
+//!   generated for it (a CA, server and client certificates: [`TlsFiles`]); clients need a
+//!   certificate signed by the test CA (mutual TLS). Redis (`--tls-port`), Mosquitto (a
+//!   second listener with `require_certificate`), NATS (`--tlsverify`: TLS only) and
+//!   RabbitMQ (`listeners.ssl`, `stomp.listeners.ssl`, `mqtt.listeners.ssl`); not ActiveMQ
+//!   or the Kafka broker.
 //!
 //! # Using running brokers instead
 //! When `POLYBRIDGE_<X>_URL` is set, [`shared`] returns that URL and starts nothing (this is

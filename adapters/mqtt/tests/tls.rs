@@ -84,3 +84,45 @@ fn mqtts_defaults_to_port_8883_and_a_certificate_needs_its_key() {
         .unwrap();
     assert!(e.to_string().contains("go together"), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_with_rabbitmq_mqtt() {
+    if let Some(why) = skip_reason(BrokerKind::RabbitMq) {
+        eprintln!("{why}");
+        return;
+    }
+    // `mqtt.listeners.ssl` with `ssl_options.fail_if_no_peer_cert = true`.
+    let server = private_tls(BrokerKind::RabbitMq).unwrap();
+    let files = server.tls_files().unwrap();
+    let base = server.tls_url(Endpoint::Mqtt).unwrap();
+    let url = format!(
+        "{base}?version=3.1.1&shared=false&ca_file={}&cert_file={}&key_file={}",
+        files.ca.display(),
+        files.client_cert.display(),
+        files.client_key.display()
+    );
+    let broker = MqttBroker::connect(&url.parse().unwrap()).await.unwrap();
+    let mut stream = broker
+        .subscribe(Subscription::new(TopicPattern::literal("tls/r", '/')))
+        .await
+        .unwrap();
+    broker
+        .publish("tls/r", Message::new("over tls"), Deadline::after(WAIT))
+        .await
+        .unwrap();
+    let d = tokio::time::timeout(WAIT, stream.next())
+        .await
+        .expect("a delivery")
+        .unwrap()
+        .unwrap();
+    assert_eq!(&d.message.payload[..], b"over tls");
+    d.ack().unwrap();
+    stream.close().await;
+    let no_cert = format!(
+        "{base}?version=3.1.1&keep_alive=5s&ca_file={}",
+        files.ca.display()
+    );
+    assert!(MqttBroker::connect(&no_cert.parse().unwrap())
+        .await
+        .is_err());
+}
