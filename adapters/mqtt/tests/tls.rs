@@ -48,8 +48,7 @@ async fn mutual_tls_connects_with_the_right_certificates_only() {
     let no_cert = format!("{base}?ca_file={}&keep_alive=5s", files.ca.display());
     let e = MqttBroker::connect(&no_cert.parse().unwrap())
         .await
-        .err()
-        .expect("refused without a client certificate");
+        .expect_err("refused without a client certificate");
     assert!(!e.to_string().is_empty());
     // A CA that did not sign the server's certificate.
     let wrong_ca = format!(
@@ -60,14 +59,12 @@ async fn mutual_tls_connects_with_the_right_certificates_only() {
     );
     let e = MqttBroker::connect(&wrong_ca.parse().unwrap())
         .await
-        .err()
-        .expect("an unknown server CA is refused");
+        .expect_err("an unknown server CA is refused");
     assert!(!e.to_string().is_empty());
     // The system roots do not know the test CA either.
     let e = MqttBroker::connect(&format!("{base}?keep_alive=5s").parse().unwrap())
         .await
-        .err()
-        .expect("the test CA is not a system root");
+        .expect_err("the test CA is not a system root");
     assert!(!e.to_string().is_empty());
     // Plain text on the TLS port is not TLS.
     let plain = base.replace("mqtts://", "mqtt://") + "?keep_alive=5s";
