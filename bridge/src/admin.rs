@@ -6,18 +6,26 @@
 //! The status page is three static files embedded in the binary (`src/status/`): no build
 //! step, no external assets, nothing but same-origin requests (its Content-Security-Policy
 //! says so).
+//!
+//! With `admin.token` (or `token_file`) set, every endpoint but `/health` and the page's
+//! static files (which carry no data) answers `401 Unauthorized` unless the request carries
+//! `Authorization: Bearer <token>`. The page sends the token it finds in its address's
+//! fragment: open `http://127.0.0.1:9464/#token=<token>` (a fragment never leaves the
+//! browser).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
-use axum::response::IntoResponse;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
 
+use crate::config::AdminToken;
 use crate::route::Route;
 use crate::{metrics, RouteTable};
 
@@ -27,14 +35,17 @@ pub struct AdminState {
     pub table: RouteTable,
     /// When the bridge started (for the uptime in `/api/status`).
     pub started: Instant,
+    /// Bearer token required on every endpoint but `/health` and the page's files, if set.
+    pub token: Option<AdminToken>,
 }
 
 impl AdminState {
-    /// The admin state of `table`, started now.
-    pub fn new(table: RouteTable) -> Self {
+    /// The admin state of `table`, started now, with an optional bearer token.
+    pub fn new(table: RouteTable, token: Option<AdminToken>) -> Self {
         AdminState {
             table,
             started: Instant::now(),
+            token,
         }
     }
 
@@ -48,15 +59,18 @@ impl AdminState {
 
 /// The admin router.
 pub fn router(state: Arc<AdminState>) -> Router {
-    Router::new()
+    let protected = Router::new()
         .route("/metrics", get(metrics_page))
-        .route("/health", get(|| async { "ok\n" }))
         .route("/ready", get(ready))
         .route("/api/routes", get(routes))
         .route("/api/status", get(status))
+        .route_layer(middleware::from_fn_with_state(state.clone(), authorize));
+    Router::new()
+        .route("/health", get(|| async { "ok\n" }))
         .route("/", get(page))
         .route("/status.js", get(script))
         .route("/status.css", get(style))
+        .merge(protected)
         .with_state(state)
 }
 
@@ -92,6 +106,25 @@ async fn script() -> impl IntoResponse {
 
 async fn style() -> impl IntoResponse {
     asset("text/css; charset=utf-8", PAGE_CSS)
+}
+
+async fn authorize(State(state): State<Arc<AdminState>>, req: Request, next: Next) -> Response {
+    if let Some(token) = &state.token {
+        let ok = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| token.accepts(v));
+        if !ok {
+            return (
+                StatusCode::UNAUTHORIZED,
+                [(header::WWW_AUTHENTICATE, "Bearer")],
+                "unauthorized\n",
+            )
+                .into_response();
+        }
+    }
+    next.run(req).await
 }
 
 async fn metrics_page(State(state): State<Arc<AdminState>>) -> impl IntoResponse {

@@ -189,6 +189,38 @@ pub struct AdminConfig {
     pub listen: String,
     /// Whether the admin server runs.
     pub enabled: bool,
+    /// Bearer token every endpoint but `/health` requires (`token` or `token_file`).
+    pub token: Option<AdminToken>,
+}
+
+/// The admin bearer token: compared in constant time, never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AdminToken(String);
+
+impl AdminToken {
+    /// Wraps a token.
+    pub fn new(token: impl Into<String>) -> Self {
+        AdminToken(token.into())
+    }
+
+    /// Whether an `Authorization` header value (`Bearer <token>`) carries this token.
+    pub fn accepts(&self, authorization: &str) -> bool {
+        let Some(given) = authorization
+            .strip_prefix("Bearer ")
+            .or_else(|| authorization.strip_prefix("bearer "))
+        else {
+            return false;
+        };
+        let (a, b) = (given.trim().as_bytes(), self.0.as_bytes());
+        // Constant time for tokens of equal length.
+        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    }
+}
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken(***)")
+    }
 }
 
 /// A rule file that could not be loaded: every problem, with positions.
@@ -318,6 +350,7 @@ impl Loader<'_> {
             None => Some(AdminConfig {
                 listen: "127.0.0.1:9464".into(),
                 enabled: true,
+                token: None,
             }),
         };
         top.finish(self.diags);
@@ -439,7 +472,37 @@ impl Loader<'_> {
         let mut m = MapReader::new(node, "`admin`", self.diags)?;
         let listen = m.optional_str("listen", self.diags);
         let enabled = m.optional_bool("enabled", self.diags);
+        let token = m.optional_str("token", self.diags);
+        let token_file = m.optional_str("token_file", self.diags);
         m.finish(self.diags);
+        let token = match (token, token_file) {
+            (Some(_), Some(f)) => {
+                self.diags.error(
+                    f.span(),
+                    "`admin` has a `token` and a `token_file`: keep one",
+                );
+                return None;
+            }
+            (Some(t), None) => Some(self.expand(t)?),
+            (None, Some(f)) => {
+                let path = self.expand(f)?;
+                match std::fs::read_to_string(&path) {
+                    Ok(t) => Some(t.trim().to_owned()),
+                    Err(e) => {
+                        self.diags
+                            .error(f.span(), format!("cannot read token_file {path:?}: {e}"));
+                        return None;
+                    }
+                }
+            }
+            (None, None) => None,
+        };
+        if token.as_deref() == Some("") {
+            self.diags
+                .error(node.span(), "the admin token is empty: set a non-empty one");
+            return None;
+        }
+        let token = token.map(AdminToken::new);
         let listen = match listen {
             Some(l) => {
                 let v = self.expand(l)?;
@@ -457,6 +520,7 @@ impl Loader<'_> {
         Some(AdminConfig {
             listen,
             enabled: enabled.unwrap_or(true),
+            token,
         })
     }
 

@@ -169,7 +169,7 @@ async fn run(path: PathBuf, drain: Duration, watch: Duration) -> anyhow::Result<
             listen = %admin_config.listen,
             "admin server: / (status page) /metrics /health /ready /api/routes /api/status"
         );
-        let state = Arc::new(AdminState::new(bridge.table()));
+        let state = Arc::new(AdminState::new(bridge.table(), admin_config.token.clone()));
         tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, admin::router(state)).await {
                 tracing::error!(error = %e, "admin server stopped");

@@ -89,7 +89,7 @@ const KEYS: usize = 16;
 /// A broker for one side of a route.
 enum Holder {
     Shared(Arc<polybridge_testkit::SharedBroker>),
-    Private(BrokerProcess),
+    Private(Box<BrokerProcess>),
 }
 
 impl Holder {
@@ -100,7 +100,7 @@ impl Holder {
         }
         Some(if private_one {
             match private(kind) {
-                Ok(p) => Holder::Private(p),
+                Ok(p) => Holder::Private(Box::new(p)),
                 // External brokers (POLYBRIDGE_<X>_URL) cannot be restarted by a test.
                 Err(e @ polybridge_testkit::HarnessError::External { .. }) => {
                     eprintln!("chaos scenario skipped: {e}");

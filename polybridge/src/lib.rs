@@ -27,8 +27,8 @@
 //! | `memory://NAME` | in-process reference broker, always built | available |
 //! | `nats://`, `jetstream://` | [`polybridge_nats`] (feature `nats`) | available |
 //! | `redis://`, `rediss://` | [`polybridge_redis`] (feature `redis`) | available |
-//! | `mqtt://` | [`polybridge_mqtt`] (feature `mqtt`) | available |
-//! | `stomp://`, `stomp+activemq://`, `stomp+rabbitmq://` | [`polybridge_stomp`] (feature `stomp`) | available |
+//! | `mqtt://`, `mqtts://` | [`polybridge_mqtt`] (feature `mqtt`) | available |
+//! | `stomp://`, `stomp+activemq://`, `stomp+rabbitmq://`, `stomp+ssl://`, `stomps://` | [`polybridge_stomp`] (feature `stomp`) | available |
 //! | `amqp://` | [`polybridge_amqp`] (feature `amqp`) | available |
 //! | `kafka://` | [`polybridge_kafka`] (feature `kafka`) | available |
 //! | `http://`, `https://` | [`polybridge_http`] (feature `http`): webhooks in and out | available |
@@ -74,7 +74,7 @@ pub async fn connect_url(url: &BrokerUrl) -> Result<Arc<dyn Broker>> {
         #[cfg(feature = "redis")]
         "redis" | "rediss" => Ok(Arc::new(redis::RedisBroker::connect(url).await?)),
         #[cfg(feature = "mqtt")]
-        "mqtt" => Ok(Arc::new(mqtt::MqttBroker::connect(url).await?)),
+        "mqtt" | "mqtts" => Ok(Arc::new(mqtt::MqttBroker::connect(url).await?)),
         #[cfg(feature = "amqp")]
         "amqp" => Ok(Arc::new(amqp::AmqpBroker::connect(url).await?)),
         #[cfg(feature = "kafka")]
@@ -84,7 +84,7 @@ pub async fn connect_url(url: &BrokerUrl) -> Result<Arc<dyn Broker>> {
         #[cfg(feature = "websocket")]
         "ws" | "wss" => Ok(Arc::new(websocket::WsBroker::connect(url).await?)),
         #[cfg(feature = "stomp")]
-        "stomp" | "stomp+activemq" | "stomp+rabbitmq" => {
+        "stomp" | "stomp+activemq" | "stomp+rabbitmq" | "stomp+ssl" | "stomps" => {
             Ok(Arc::new(stomp::StompBroker::connect(url).await?))
         }
         other => Err(Error::config(
@@ -107,7 +107,7 @@ pub fn capabilities_for(url: &BrokerUrl) -> Result<Capabilities> {
         #[cfg(feature = "redis")]
         "redis" | "rediss" => redis::RedisBroker::capabilities_for(url),
         #[cfg(feature = "mqtt")]
-        "mqtt" => mqtt::MqttBroker::capabilities_for(url),
+        "mqtt" | "mqtts" => mqtt::MqttBroker::capabilities_for(url),
         #[cfg(feature = "amqp")]
         "amqp" => amqp::AmqpBroker::capabilities_for(url),
         #[cfg(feature = "kafka")]
@@ -117,7 +117,9 @@ pub fn capabilities_for(url: &BrokerUrl) -> Result<Capabilities> {
         #[cfg(feature = "websocket")]
         "ws" | "wss" => websocket::WsBroker::capabilities_for(url),
         #[cfg(feature = "stomp")]
-        "stomp" | "stomp+activemq" | "stomp+rabbitmq" => stomp::StompBroker::capabilities_for(url),
+        "stomp" | "stomp+activemq" | "stomp+rabbitmq" | "stomp+ssl" | "stomps" => {
+            stomp::StompBroker::capabilities_for(url)
+        }
         other => Err(Error::config(
             "polybridge",
             format!(
@@ -137,7 +139,7 @@ pub fn available_schemes() -> Vec<&'static str> {
     #[cfg(feature = "redis")]
     schemes.extend(["redis", "rediss"]);
     #[cfg(feature = "mqtt")]
-    schemes.push("mqtt");
+    schemes.extend(["mqtt", "mqtts"]);
     #[cfg(feature = "amqp")]
     schemes.push("amqp");
     #[cfg(feature = "kafka")]

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::probe;
 use crate::process::{alive, free_port, Group};
+use crate::tls::{self, TlsFiles};
 use crate::{BrokerKind, Endpoint, HarnessError};
 
 const RABBITMQ_SERVER: &str = "/usr/lib/rabbitmq/bin/rabbitmq-server";
@@ -26,12 +27,36 @@ pub struct BrokerProcess {
     node: String,
     group: Option<Group>,
     starts: u32,
+    /// TLS brokers ([`BrokerProcess::start_tls`]): certificates and TLS listener ports.
+    tls: Option<TlsFiles>,
+    tls_ports: BTreeMap<Endpoint, u16>,
 }
 
 impl BrokerProcess {
     /// Starts a broker of `kind` on free loopback ports with a new data directory and waits
     /// until it answers its protocol.
     pub fn start(kind: BrokerKind) -> Result<BrokerProcess, HarnessError> {
+        Self::start_with(kind, false)
+    }
+
+    /// Like [`BrokerProcess::start`], with TLS listeners too, using certificates generated
+    /// into the data directory ([`BrokerProcess::tls_files`]). Clients must present a
+    /// certificate signed by the test CA where the broker can require one (mutual TLS):
+    /// Redis, Mosquitto, NATS and RabbitMQ. NATS serves TLS only (its one port);
+    /// the others keep their plain listener too (for probes) and add a TLS one
+    /// ([`BrokerProcess::tls_url`]). ActiveMQ and the Kafka broker have no TLS variant here.
+    pub fn start_tls(kind: BrokerKind) -> Result<BrokerProcess, HarnessError> {
+        if matches!(kind, BrokerKind::ActiveMq | BrokerKind::Kafka) {
+            return Err(HarnessError::Io {
+                broker: kind.name(),
+                what: "a TLS listener".into(),
+                source: std::io::Error::other("no TLS variant of this broker in the harness"),
+            });
+        }
+        Self::start_with(kind, true)
+    }
+
+    fn start_with(kind: BrokerKind, tls: bool) -> Result<BrokerProcess, HarnessError> {
         check_installed(kind)?;
         let name = kind.name();
         let dir = tempfile::Builder::new()
@@ -60,7 +85,20 @@ impl BrokerProcess {
             ),
             group: None,
             starts: 0,
+            tls: None,
+            tls_ports: BTreeMap::new(),
         };
+        if tls {
+            broker.tls = Some(tls::generate(broker.dir.path())?);
+            for e in kind.endpoints() {
+                let port = if kind == BrokerKind::Nats {
+                    broker.ports[e]
+                } else {
+                    free_port(name)?
+                };
+                broker.tls_ports.insert(*e, port);
+            }
+        }
         broker.write_config()?;
         broker.launch()?;
         Ok(broker)
@@ -86,6 +124,26 @@ impl BrokerProcess {
             Endpoint::Amqp => format!("amqp://guest:guest@127.0.0.1:{port}/%2f"),
             Endpoint::Stomp => format!("stomp://guest:guest@127.0.0.1:{port}"),
             Endpoint::Kafka => format!("kafka://127.0.0.1:{port}"),
+        })
+    }
+
+    /// The certificates of a TLS broker ([`BrokerProcess::start_tls`]).
+    pub fn tls_files(&self) -> Option<&TlsFiles> {
+        self.tls.as_ref()
+    }
+
+    /// The TLS URL of `endpoint` on a TLS broker, without certificate options, e.g.
+    /// `rediss://127.0.0.1:PORT`, `mqtts://…`, `tls://…` (NATS), `amqps://guest:guest@…/%2f`,
+    /// `stomp+ssl://guest:guest@…`.
+    pub fn tls_url(&self, endpoint: Endpoint) -> Option<String> {
+        let port = *self.tls_ports.get(&endpoint)?;
+        Some(match endpoint {
+            Endpoint::Redis => format!("rediss://127.0.0.1:{port}"),
+            Endpoint::Mqtt => format!("mqtts://127.0.0.1:{port}"),
+            Endpoint::Nats => format!("tls://127.0.0.1:{port}"),
+            Endpoint::Amqp => format!("amqps://guest:guest@127.0.0.1:{port}/%2f"),
+            Endpoint::Stomp => format!("stomp+ssl://guest:guest@127.0.0.1:{port}"),
+            Endpoint::Kafka => format!("kafka://127.0.0.1:{port}?security.protocol=ssl"),
         })
     }
 
@@ -207,25 +265,43 @@ impl BrokerProcess {
     fn write_config(&self) -> Result<(), HarnessError> {
         let dir = self.dir.path().display().to_string();
         match self.kind {
-            BrokerKind::Mosquitto => self.write(
-                "mosquitto.conf",
-                &format!(
+            BrokerKind::Mosquitto => {
+                let mut conf = format!(
                     "listener {port} 127.0.0.1\nuser root\nallow_anonymous true\npersistence true\npersistence_location {dir}/\nautosave_interval 1\nmax_queued_messages 100000\nmax_inflight_messages 1000\nlog_dest file {dir}/mosquitto.log\nlog_type error\nlog_type warning\nlog_type notice\n",
                     port = self.ports[&Endpoint::Mqtt]
-                ),
-            ),
+                );
+                if let (Some(t), Some(port)) = (&self.tls, self.tls_ports.get(&Endpoint::Mqtt)) {
+                    conf.push_str(&format!(
+                        "listener {port} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate true\n",
+                        t.ca.display(),
+                        t.server_cert.display(),
+                        t.server_key.display()
+                    ));
+                }
+                self.write("mosquitto.conf", &conf)
+            }
             BrokerKind::RabbitMq => {
                 for d in ["mnesia", "log"] {
-                    std::fs::create_dir_all(self.path(d)).map_err(self.io("creating directories"))?;
+                    std::fs::create_dir_all(self.path(d))
+                        .map_err(self.io("creating directories"))?;
                 }
                 self.write("enabled_plugins", "[rabbitmq_stomp,rabbitmq_mqtt].\n")?;
-                self.write(
-                    "rabbitmq.conf",
-                    &format!(
-                        "listeners.tcp.1 = 127.0.0.1:{}\nstomp.listeners.tcp.1 = 127.0.0.1:{}\nmqtt.listeners.tcp.1 = 127.0.0.1:{}\nmqtt.prefetch = 1000\nlog.console = false\nlog.file.level = warning\n",
-                        self.ports[&Endpoint::Amqp], self.ports[&Endpoint::Stomp], self.ports[&Endpoint::Mqtt]
-                    ),
-                )?;
+                let mut conf = format!(
+                    "listeners.tcp.1 = 127.0.0.1:{}\nstomp.listeners.tcp.1 = 127.0.0.1:{}\nmqtt.listeners.tcp.1 = 127.0.0.1:{}\nmqtt.prefetch = 1000\nlog.console = false\nlog.file.level = warning\n",
+                    self.ports[&Endpoint::Amqp], self.ports[&Endpoint::Stomp], self.ports[&Endpoint::Mqtt]
+                );
+                if let Some(t) = &self.tls {
+                    conf.push_str(&format!(
+                        "listeners.ssl.1 = 127.0.0.1:{}\nstomp.listeners.ssl.1 = 127.0.0.1:{}\nmqtt.listeners.ssl.1 = 127.0.0.1:{}\nssl_options.cacertfile = {}\nssl_options.certfile = {}\nssl_options.keyfile = {}\nssl_options.verify = verify_peer\nssl_options.fail_if_no_peer_cert = true\n",
+                        self.tls_ports[&Endpoint::Amqp],
+                        self.tls_ports[&Endpoint::Stomp],
+                        self.tls_ports[&Endpoint::Mqtt],
+                        t.ca.display(),
+                        t.server_cert.display(),
+                        t.server_key.display()
+                    ));
+                }
+                self.write("rabbitmq.conf", &conf)?;
                 let cookie = self.path(".erlang.cookie");
                 std::fs::write(&cookie, format!("POLYBRIDGE{}", std::process::id()))
                     .map_err(self.io("writing the Erlang cookie"))?;
@@ -235,7 +311,8 @@ impl BrokerProcess {
             }
             BrokerKind::ActiveMq => {
                 for d in ["conf", "data", "tmp"] {
-                    std::fs::create_dir_all(self.path(d)).map_err(self.io("creating directories"))?;
+                    std::fs::create_dir_all(self.path(d))
+                        .map_err(self.io("creating directories"))?;
                 }
                 self.write(
                     "conf/activemq.xml",
@@ -348,6 +425,17 @@ impl BrokerProcess {
                     "--daemonize",
                     "no",
                 ]);
+                if let (Some(t), Some(port)) = (&self.tls, self.tls_ports.get(&Endpoint::Redis)) {
+                    c.arg("--tls-port")
+                        .arg(port.to_string())
+                        .arg("--tls-cert-file")
+                        .arg(&t.server_cert)
+                        .arg("--tls-key-file")
+                        .arg(&t.server_key)
+                        .arg("--tls-ca-cert-file")
+                        .arg(&t.ca)
+                        .args(["--tls-auth-clients", "yes"]);
+                }
                 c
             }
             BrokerKind::Mosquitto => {
@@ -366,6 +454,15 @@ impl BrokerProcess {
                     "-sd",
                     &format!("{dir}/jetstream"),
                 ]);
+                if let Some(t) = &self.tls {
+                    c.arg("--tlsverify")
+                        .arg("--tlscert")
+                        .arg(&t.server_cert)
+                        .arg("--tlskey")
+                        .arg(&t.server_key)
+                        .arg("--tlscacert")
+                        .arg(&t.ca);
+                }
                 c
             }
             BrokerKind::RabbitMq => {
@@ -435,10 +532,20 @@ impl BrokerProcess {
         self.starts += 1;
         let started = Instant::now();
         let timeout = self.ready_timeout();
-        let endpoints: Vec<(Endpoint, u16)> = self.ports.iter().map(|(e, p)| (*e, *p)).collect();
-        for (endpoint, port) in endpoints {
+        let mut endpoints: Vec<(Endpoint, u16, bool)> =
+            self.ports.iter().map(|(e, p)| (*e, *p, false)).collect();
+        endpoints.extend(self.tls_ports.iter().map(|(e, p)| (*e, *p, true)));
+        if self.kind == BrokerKind::Nats && self.tls.is_some() {
+            endpoints.retain(|(_, _, tls)| *tls);
+        }
+        for (endpoint, port, tls) in endpoints {
             loop {
-                if probe::ready(endpoint, port) {
+                let ready = if tls {
+                    probe::listening(endpoint, port)
+                } else {
+                    probe::ready(endpoint, port)
+                };
+                if ready {
                     break;
                 }
                 let exited = self.group.as_mut().is_none_or(|g| g.exited());

@@ -16,6 +16,12 @@
 //! - [`shared`]: one instance per broker kind per test binary, started on first use;
 //!   tests share it with unique topic names. It cannot be restarted.
 //! - [`private`]: a broker of the test's own, for fault injection.
+//! - [`private_tls`]: a broker of the test's own with TLS listeners and certificates
+//!   generated for it (a CA, server and client certificates: [`TlsFiles`]); clients need a
+//!   certificate signed by the test CA (mutual TLS). Redis (`--tls-port`), Mosquitto (a
+//!   second listener with `require_certificate`), NATS (`--tlsverify`: TLS only) and
+//!   RabbitMQ (`listeners.ssl`, `stomp.listeners.ssl`, `mqtt.listeners.ssl`); not ActiveMQ
+//!   or the Kafka broker.
 //!
 //! # Using running brokers instead
 //! When `POLYBRIDGE_<X>_URL` is set, [`shared`] returns that URL and starts nothing (this is
@@ -51,11 +57,13 @@
 mod brokers;
 mod probe;
 mod process;
+mod tls;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
 pub use brokers::{kafka_home, BrokerProcess};
+pub use tls::TlsFiles;
 
 /// The brokers the harness can start.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -301,4 +309,20 @@ pub fn private(kind: BrokerKind) -> Result<BrokerProcess, HarnessError> {
         }
     }
     BrokerProcess::start(kind)
+}
+
+/// A broker of the test's own with TLS listeners and certificates generated for it
+/// ([`BrokerProcess::start_tls`]: mutual TLS where the broker supports it). Refused when an
+/// external broker is configured for `kind`, and for ActiveMQ and Kafka (no TLS variant).
+pub fn private_tls(kind: BrokerKind) -> Result<BrokerProcess, HarnessError> {
+    for e in kind.endpoints() {
+        if std::env::var(kind.env_var(*e)).is_ok() {
+            return Err(HarnessError::External {
+                broker: kind.name(),
+                operation: "a private TLS broker",
+                env: kind.env_var(*e),
+            });
+        }
+    }
+    BrokerProcess::start_tls(kind)
 }

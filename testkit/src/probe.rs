@@ -56,6 +56,19 @@ pub fn ready(endpoint: Endpoint, port: u16) -> bool {
     }
 }
 
+/// Whether a TLS listener on `port` accepts connections (NATS: sends its `INFO` first).
+pub fn listening(endpoint: Endpoint, port: u16) -> bool {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    if endpoint == Endpoint::Nats {
+        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+        let mut info = [0u8; 4];
+        return s.read_exact(&mut info).is_ok() && &info == b"INFO";
+    }
+    true
+}
+
 /// Sends `request` and checks what comes back (reading until `ok` holds or the peer stops).
 fn exchange(s: &mut TcpStream, request: &[u8], ok: impl Fn(&[u8]) -> bool) -> bool {
     if s.write_all(request).is_err() {

@@ -11,6 +11,8 @@ use crate::BROKER;
 
 /// The port MQTT brokers listen on unless the URL says otherwise.
 pub const DEFAULT_PORT: u16 = 1883;
+/// Default port of `mqtts://`.
+pub const DEFAULT_TLS_PORT: u16 = 8883;
 
 /// The protocol version.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -81,6 +83,17 @@ pub struct MqttConfig {
     pub session_expiry_secs: u32,
     /// The last will, from `will_topic`, `will_payload`, `will_qos`, `will_retain`.
     pub will: Option<Will>,
+    /// `mqtts://` (or `tls=true`): TLS, with these certificate files.
+    pub tls: Option<TlsFiles>,
+}
+
+/// Certificate files of a TLS connection (`mqtts://`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// CA certificates (PEM) to trust instead of the system's (`ca_file`).
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Client certificate and private key (PEM) for mutual TLS (`cert_file`, `key_file`).
+    pub client_cert: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 const OPTIONS: &[&str] = &[
@@ -99,20 +112,28 @@ const OPTIONS: &[&str] = &[
     "will_payload",
     "will_qos",
     "will_retain",
+    "tls",
+    "ca_file",
+    "cert_file",
+    "key_file",
 ];
 
 impl MqttConfig {
     /// Reads the config from an `mqtt://` URL.
     pub fn from_url(url: &BrokerUrl) -> Result<Self> {
-        if url.scheme() != "mqtt" {
+        if !matches!(url.scheme(), "mqtt" | "mqtts") {
             return Err(Error::config(
                 BROKER,
-                format!("expected an mqtt:// URL, got {url}"),
+                format!("expected an mqtt:// or mqtts:// URL, got {url}"),
             ));
         }
         url.check_options(BROKER, OPTIONS)?;
         let (host, port) = url
-            .hosts(DEFAULT_PORT)
+            .hosts(if url.scheme() == "mqtts" {
+                DEFAULT_TLS_PORT
+            } else {
+                DEFAULT_PORT
+            })
             .into_iter()
             .next()
             .ok_or_else(|| Error::config(BROKER, format!("no host in {url}")))?;
@@ -179,7 +200,26 @@ impl MqttConfig {
                     .unwrap_or(false),
             }),
         };
+        let client_cert = match (url.option("cert_file"), url.option("key_file")) {
+            (Some(c), Some(k)) => Some((c.into(), k.into())),
+            (None, None) => None,
+            _ => {
+                return Err(Error::config(
+                    BROKER,
+                    format!("options cert_file and key_file in {url} go together"),
+                ))
+            }
+        };
+        let files = TlsFiles {
+            ca_file: url.option("ca_file").map(Into::into),
+            client_cert,
+        };
+        let tls = (url.scheme() == "mqtts"
+            || url.parse_option::<bool>(BROKER, "tls")?.unwrap_or(false)
+            || files != TlsFiles::default())
+        .then_some(files);
         Ok(MqttConfig {
+            tls,
             host,
             port,
             username: url.username(),
@@ -194,7 +234,7 @@ impl MqttConfig {
             keep_alive: url
                 .duration_option(BROKER, "keep_alive")?
                 .unwrap_or(Duration::from_secs(30))
-                .max(Duration::from_secs(1)),
+                .max(Duration::from_secs(5)),
             shared_subscriptions: url.parse_option::<bool>(BROKER, "shared")?.unwrap_or(true),
             max_payload,
             format,

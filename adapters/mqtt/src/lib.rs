@@ -22,7 +22,8 @@
 //! ```
 //!
 //! # URL
-//! `mqtt://[user:password@]host[:port][?option=value&…]`, default port 1883.
+//! `mqtt://[user:password@]host[:port][?option=value&…]`, default port 1883;
+//! `mqtts://` for TLS (rustls), default port 8883.
 //!
 //! | option | default | meaning |
 //! |---|---|---|
@@ -31,13 +32,16 @@
 //! | `clean_session` | `false` with `client_id`, else `true` | persistent sessions resume after a restart |
 //! | `qos` | `1` | QoS of publishes and subscriptions: 0, 1 or 2 |
 //! | `retain` | `false` | publish retained messages |
-//! | `keep_alive` | `30s` | keep-alive interval |
+//! | `keep_alive` | `30s` | keep-alive interval (at least 5s: the client library refuses less) |
 //! | `shared` | `true` | consumer groups as shared subscriptions `$share/<group>/<filter>`; with `false` (brokers without them, e.g. RabbitMQ 3.10) a group names one durable subscriber |
 //! | `max_payload` | `1048576` | largest payload published (the packet limit is this plus 70 000 bytes for topic and properties) |
 //! | `format` | `raw` | MQTT 3.1.1: `raw` (payload only) or `envelope` (the [`polybridge_core::envelope`] JSON, with id, headers, key …) |
 //! | `message_expiry` | none | MQTT 5 message expiry of publishes |
 //! | `session_expiry` | `1h` | MQTT 5: how long the broker keeps a persistent session after a disconnect |
 //! | `will_topic`, `will_payload`, `will_qos`, `will_retain` | none | the last will |
+//! | `tls` | `false` (`true` with `mqtts://`) | TLS; implied by the three options below |
+//! | `ca_file` | system roots | PEM file of the CA certificates to trust instead of the system's |
+//! | `cert_file`, `key_file` | none | client certificate and private key (PEM) for mutual TLS (`require_certificate true`) |
 //!
 //! # Connections and client ids
 //! The publisher is one connection, client id `<client_id>-p` (`-p1`, `-p2`… for further
@@ -96,6 +100,7 @@ pub mod mapping;
 mod publisher;
 mod session;
 mod subscriber;
+mod tls;
 mod wire;
 
 use std::sync::atomic::AtomicBool;
@@ -106,7 +111,7 @@ use polybridge_core::{
 };
 use tokio::sync::{mpsc, Semaphore};
 
-pub use config::{Format, MqttConfig, Version, Will, DEFAULT_PORT};
+pub use config::{Format, MqttConfig, TlsFiles, Version, Will, DEFAULT_PORT, DEFAULT_TLS_PORT};
 pub use publisher::MAX_TOPIC_BYTES;
 
 /// The broker name in errors and metrics.

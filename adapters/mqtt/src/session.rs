@@ -96,7 +96,7 @@ pub(crate) async fn start(
         .as_ref()
         .map(|s| u16::try_from(s.max_in_flight).unwrap_or(u16::MAX))
         .unwrap_or(1000);
-    let (client, events) = wire::connect(config, &client_id, receive_maximum);
+    let (client, events) = wire::connect(config, &client_id, receive_maximum)?;
     let (ready_tx, ready_rx) = oneshot::channel();
     let session = Session {
         client,

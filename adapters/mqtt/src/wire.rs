@@ -11,6 +11,8 @@ use rumqttc::v5::mqttbytes::QoS as QoS5;
 use rumqttc::QoS as QoS4;
 use tokio::sync::{mpsc, oneshot};
 
+use polybridge_core::Result;
+
 use crate::config::{MqttConfig, Version};
 
 /// MQTT 5 publish properties that polybridge maps (empty for 3.1.1).
@@ -170,7 +172,14 @@ pub fn connect(
     config: &MqttConfig,
     client_id: &str,
     receive_maximum: u16,
-) -> (Client, mpsc::Receiver<WireEvent>) {
+) -> Result<(Client, mpsc::Receiver<WireEvent>)> {
+    let tls = match &config.tls {
+        Some(files) => Some(crate::tls::client_config(
+            files,
+            &format!("{}:{}", config.host, config.port),
+        )?),
+        None => None,
+    };
     let (tx, rx) = mpsc::channel(1024);
     // Room for every in-flight publish plus acks, so sends rarely wait.
     let capacity = 4096;
@@ -187,6 +196,11 @@ pub fn connect(
             if let (Some(u), Some(p)) = (&config.username, &config.password) {
                 o.set_credentials(u.clone(), p.clone());
             }
+            if let Some(tls) = &tls {
+                o.set_transport(rumqttc::Transport::tls_with_config(
+                    rumqttc::TlsConfiguration::Rustls(tls.clone()),
+                ));
+            }
             if let Some(will) = &config.will {
                 o.set_last_will(rumqttc::LastWill::new(
                     will.topic.clone(),
@@ -197,7 +211,7 @@ pub fn connect(
             }
             let (client, eventloop) = rumqttc::AsyncClient::new(o, capacity);
             tokio::spawn(poll_v4(eventloop, tx));
-            (Client::V4(client), rx)
+            Ok((Client::V4(client), rx))
         }
         Version::V5 => {
             let mut o = rumqttc::v5::MqttOptions::new(client_id, config.host.clone(), config.port);
@@ -213,6 +227,11 @@ pub fn connect(
             if let (Some(u), Some(p)) = (&config.username, &config.password) {
                 o.set_credentials(u.clone(), p.clone());
             }
+            if let Some(tls) = &tls {
+                o.set_transport(rumqttc::Transport::tls_with_config(
+                    rumqttc::TlsConfiguration::Rustls(tls.clone()),
+                ));
+            }
             if let Some(will) = &config.will {
                 o.set_last_will(p5::LastWill::new(
                     will.topic.clone(),
@@ -224,7 +243,7 @@ pub fn connect(
             }
             let (client, eventloop) = rumqttc::v5::AsyncClient::new(o, capacity);
             tokio::spawn(poll_v5(eventloop, tx));
-            (Client::V5(client), rx)
+            Ok((Client::V5(client), rx))
         }
     }
 }

@@ -69,6 +69,12 @@ pub struct NatsConfig {
     pub connect_timeout: Duration,
     /// Client name shown by the server (`name`, default `polybridge`).
     pub client_name: String,
+    /// Require TLS (`tls=true`; implied by `ca_file`, `cert_file`, `key_file`).
+    pub tls: bool,
+    /// PEM file of the CA certificates to trust instead of the system's (`ca_file`).
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Client certificate and private key (PEM) for mutual TLS (`cert_file`, `key_file`).
+    pub client_cert: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 const OPTIONS: &[&str] = &[
@@ -84,6 +90,10 @@ const OPTIONS: &[&str] = &[
     "inactive_threshold",
     "connect_timeout",
     "name",
+    "tls",
+    "ca_file",
+    "cert_file",
+    "key_file",
 ];
 
 impl NatsConfig {
@@ -194,7 +204,24 @@ impl NatsConfig {
                 format!("option ack_wait in {url} must be at least 100ms"),
             ));
         }
+        let ca_file = url.option("ca_file").map(std::path::PathBuf::from);
+        let client_cert = match (url.option("cert_file"), url.option("key_file")) {
+            (Some(c), Some(k)) => Some((c.into(), k.into())),
+            (None, None) => None,
+            _ => {
+                return Err(Error::config(
+                    BROKER,
+                    format!("options cert_file and key_file in {url} go together"),
+                ))
+            }
+        };
+        let tls = url.parse_option::<bool>(BROKER, "tls")?.unwrap_or(false)
+            || ca_file.is_some()
+            || client_cert.is_some();
         Ok(NatsConfig {
+            tls,
+            ca_file,
+            client_cert,
             servers,
             user,
             password,

@@ -39,6 +39,9 @@
 //! | `inactive_threshold` | `1h` | JetStream: lifetime on the server of an abandoned consumer of a subscription without a group |
 //! | `connect_timeout` | `5s` | time allowed for the first connection |
 //! | `name` | `polybridge` | client name shown by the server |
+//! | `tls` | `false` | require TLS (the server's `tls` block); implied by the three options below |
+//! | `ca_file` | system roots | PEM file of the CA certificates to trust instead of the system's |
+//! | `cert_file`, `key_file` | none | client certificate and private key (PEM) for mutual TLS (`verify: true`) |
 //!
 //! # Destinations and subscriptions
 //! A destination is a subject (`orders.eu.created`): tokens separated by `.`, no spaces,
@@ -180,6 +183,15 @@ impl NatsBroker {
         }
         if let Some(token) = &config.token {
             options = options.token(token.clone());
+        }
+        if config.tls {
+            options = options.require_tls(true);
+        }
+        if let Some(ca) = &config.ca_file {
+            options = options.add_root_certificates(ca.clone());
+        }
+        if let Some((cert, key)) = &config.client_cert {
+            options = options.add_client_certificate(cert.clone(), key.clone());
         }
         let endpoint = url.to_string();
         let client = options

@@ -51,6 +51,21 @@ pub struct RedisConfig {
     pub consumer_timeout: Duration,
     /// `connect_timeout` (default 5s).
     pub connect_timeout: Duration,
+    /// `rediss://` only: PEM file of the CA(s) to trust instead of the system's
+    /// (`ca_file`), and a client certificate and key for mutual TLS (`cert_file`,
+    /// `key_file`, both or neither).
+    pub tls: TlsFiles,
+}
+
+/// Certificate files of a `rediss://` connection.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// CA certificates (PEM) to trust instead of the system's.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Client certificate (PEM) for mutual TLS.
+    pub cert_file: Option<std::path::PathBuf>,
+    /// Client private key (PEM) for mutual TLS.
+    pub key_file: Option<std::path::PathBuf>,
 }
 
 const OPTIONS: &[&str] = &[
@@ -62,6 +77,9 @@ const OPTIONS: &[&str] = &[
     "block",
     "consumer_timeout",
     "connect_timeout",
+    "ca_file",
+    "cert_file",
+    "key_file",
 ];
 
 impl RedisConfig {
@@ -127,7 +145,25 @@ impl RedisConfig {
                 format!("option consumer_timeout in {url} must be at least 300ms"),
             ));
         }
+        let tls = TlsFiles {
+            ca_file: url.option("ca_file").map(Into::into),
+            cert_file: url.option("cert_file").map(Into::into),
+            key_file: url.option("key_file").map(Into::into),
+        };
+        if tls != TlsFiles::default() && url.scheme() != "rediss" {
+            return Err(Error::config(
+                BROKER,
+                format!("options ca_file, cert_file and key_file in {url} need a rediss:// URL"),
+            ));
+        }
+        if tls.cert_file.is_some() != tls.key_file.is_some() {
+            return Err(Error::config(
+                BROKER,
+                format!("options cert_file and key_file in {url} go together"),
+            ));
+        }
         Ok(RedisConfig {
+            tls,
             mode,
             format,
             maxlen: url.parse_option(BROKER, "maxlen")?,
@@ -182,6 +218,20 @@ mod tests {
     }
 
     #[test]
+    fn reads_tls_files() {
+        let c = config("rediss://h?ca_file=/c.pem&cert_file=/a.pem&key_file=/k.pem").unwrap();
+        assert_eq!(
+            c.tls.ca_file.as_deref(),
+            Some(std::path::Path::new("/c.pem"))
+        );
+        assert_eq!(
+            c.tls.key_file.as_deref(),
+            Some(std::path::Path::new("/k.pem"))
+        );
+        assert_eq!(config("rediss://h").unwrap().tls, TlsFiles::default());
+    }
+
+    #[test]
     fn refuses_bad_options_without_the_password() {
         for (url, expected) in [
             ("redis://:pw@h?mode=queue", "use streams, pubsub or lists"),
@@ -194,6 +244,8 @@ mod tests {
             ("redis://:pw@h?claim_idle=1ms", "at least 100ms"),
             ("redis://:pw@h?maxlen=lots", "maxlen"),
             ("redis://:pw@h?modes=x", "unknown option"),
+            ("redis://:pw@h?ca_file=/c.pem", "need a rediss:// URL"),
+            ("rediss://:pw@h?cert_file=/c.pem", "go together"),
         ] {
             let e = config(url).unwrap_err().to_string();
             assert!(e.contains(expected), "{url}: {e}");

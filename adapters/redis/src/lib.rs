@@ -34,6 +34,8 @@
 //! | `block` | `1s` | how long one blocking read (`XREADGROUP BLOCK`, `BLMOVE`) waits |
 //! | `consumer_timeout` | `10s` | lists: a consumer silent this long is dead and its processing list is requeued |
 //! | `connect_timeout` | `5s` | time allowed to connect |
+//! | `ca_file` | system roots | `rediss://`: PEM file of the CA certificates to trust instead of the system's |
+//! | `cert_file`, `key_file` | none | `rediss://`: client certificate and private key (PEM) for mutual TLS (`tls-auth-clients yes`) |
 //!
 //! # Streams (`mode=streams`): at least once
 //! - A destination is a stream key. `publish` is `XADD` (with `MAXLEN ~` when `maxlen` is
@@ -113,7 +115,7 @@ use polybridge_core::{
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{ErrorKind, RedisError};
 
-pub use config::{Format, Mode, RedisConfig};
+pub use config::{Format, Mode, RedisConfig, TlsFiles};
 
 /// The broker name in errors and metrics.
 pub const BROKER: &str = "redis";
@@ -135,12 +137,7 @@ impl RedisBroker {
     /// Connects to the server named by `url`.
     pub async fn connect(url: &BrokerUrl) -> Result<Self> {
         let config = RedisConfig::from_url(url)?;
-        let client = redis::Client::open(config::client_url(url)).map_err(|e| {
-            Error::config(
-                BROKER,
-                format!("{url}: {}", e.detail().unwrap_or("invalid URL")),
-            )
-        })?;
+        let client = open_client(&config, url)?;
         let connection = connect_manager(&client, &config, url).await?;
         Ok(RedisBroker {
             capabilities: capabilities(&config),
@@ -166,6 +163,45 @@ impl RedisBroker {
     pub(crate) async fn dedicated_connection(&self) -> Result<ConnectionManager> {
         connect_manager(&self.client, &self.config, &self.url).await
     }
+}
+
+/// The `redis` client: with the certificate files of `ca_file`, `cert_file`, `key_file`
+/// when given.
+fn open_client(config: &RedisConfig, url: &BrokerUrl) -> Result<redis::Client> {
+    let invalid = |e: RedisError| {
+        Error::config(
+            BROKER,
+            format!("{url}: {}", e.detail().unwrap_or("invalid URL")),
+        )
+    };
+    let tls = &config.tls;
+    if tls == &config::TlsFiles::default() {
+        return redis::Client::open(config::client_url(url)).map_err(invalid);
+    }
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| {
+            Error::config(
+                BROKER,
+                format!("{url}: cannot read {}: {e}", path.display()),
+            )
+        })
+    };
+    let root_cert = tls.ca_file.as_deref().map(read).transpose()?;
+    let client_tls = match (&tls.cert_file, &tls.key_file) {
+        (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
+            client_cert: read(cert)?,
+            client_key: read(key)?,
+        }),
+        _ => None,
+    };
+    redis::Client::build_with_tls(
+        config::client_url(url),
+        redis::TlsCertificates {
+            client_tls,
+            root_cert,
+        },
+    )
+    .map_err(invalid)
 }
 
 async fn connect_manager(

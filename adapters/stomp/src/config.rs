@@ -75,6 +75,17 @@ pub struct StompConfig {
     pub max_frame: usize,
     /// Largest payload `publish` accepts; `None` = no check by the adapter.
     pub max_payload: Option<usize>,
+    /// TLS (`stomp+ssl://` or `tls=true`), with these certificate files.
+    pub tls: Option<TlsFiles>,
+}
+
+/// Certificate files of a TLS connection.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// CA certificates (PEM) to trust instead of the system's (`ca_file`).
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Client certificate and private key (PEM) for mutual TLS (`cert_file`, `key_file`).
+    pub client_cert: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 impl std::fmt::Debug for StompConfig {
@@ -94,6 +105,7 @@ impl std::fmt::Debug for StompConfig {
             .field("receipt_timeout", &self.receipt_timeout)
             .field("max_frame", &self.max_frame)
             .field("max_payload", &self.max_payload)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -108,16 +120,23 @@ const KNOWN: &[&str] = &[
     "receipt_timeout",
     "max_frame",
     "max_payload",
+    "tls",
+    "ca_file",
+    "cert_file",
+    "key_file",
 ];
 
 impl StompConfig {
     /// Reads the URL; unknown options and bad values are [`Error::Config`].
     pub fn from_url(url: &BrokerUrl) -> Result<Self> {
-        if !matches!(url.scheme(), "stomp" | "stomp+activemq" | "stomp+rabbitmq") {
+        if !matches!(
+            url.scheme(),
+            "stomp" | "stomp+activemq" | "stomp+rabbitmq" | "stomp+ssl" | "stomps"
+        ) {
             return Err(Error::config(
                 BROKER,
                 format!(
-                    "scheme {:?} in {url}: use stomp:// (or stomp+activemq://, stomp+rabbitmq://)",
+                    "scheme {:?} in {url}: use stomp:// (or stomp+activemq://, stomp+rabbitmq://, stomp+ssl://)",
                     url.scheme()
                 ),
             ));
@@ -158,7 +177,26 @@ impl StompConfig {
                 format!("option prefetch in {url}: must be at least 1"),
             ));
         }
+        let client_cert = match (url.option("cert_file"), url.option("key_file")) {
+            (Some(c), Some(k)) => Some((c.into(), k.into())),
+            (None, None) => None,
+            _ => {
+                return Err(Error::config(
+                    BROKER,
+                    format!("options cert_file and key_file in {url} go together"),
+                ))
+            }
+        };
+        let files = TlsFiles {
+            ca_file: url.option("ca_file").map(Into::into),
+            client_cert,
+        };
+        let tls = (matches!(url.scheme(), "stomp+ssl" | "stomps")
+            || url.parse_option::<bool>(BROKER, "tls")?.unwrap_or(false)
+            || files != TlsFiles::default())
+        .then_some(files);
         Ok(StompConfig {
+            tls,
             host,
             port,
             login: url.username(),

@@ -15,9 +15,13 @@ use crate::config::{Flavor, StompConfig};
 use crate::frame::Frame;
 use crate::BROKER;
 
+/// The byte stream under a link: TCP, or TLS over TCP.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
 /// A live, handshaken STOMP 1.2 connection.
 pub(crate) struct Link {
-    framed: Framed<TcpStream, StompCodec>,
+    framed: Framed<Box<dyn Io>, StompCodec>,
     /// The flavor in use (configured, or detected from `server`).
     pub flavor: Flavor,
     /// Send a heart-beat when nothing was written for this long.
@@ -91,6 +95,31 @@ impl Link {
             source: Some(Box::new(e)),
         })?;
         let _ = stream.set_nodelay(true);
+        let stream: Box<dyn Io> = match &config.tls {
+            None => Box::new(stream),
+            Some(files) => {
+                let tls = crate::tls::client_config(files, &config.url.to_string())?;
+                let name =
+                    tokio_rustls::rustls::pki_types::ServerName::try_from(config.host.clone())
+                        .map_err(|e| {
+                            Error::config(
+                                BROKER,
+                                format!("{}: host {:?} for TLS: {e}", config.url, config.host),
+                            )
+                        })?;
+                let connector = tokio_rustls::TlsConnector::from(tls);
+                let stream = tokio::time::timeout_at(deadline, connector.connect(name, stream))
+                    .await
+                    .map_err(|_| timeout())?
+                    .map_err(|e| Error::Connection {
+                        broker: BROKER,
+                        endpoint: config.url.to_string(),
+                        reason: format!("TLS handshake with {endpoint} failed: {e}"),
+                        source: Some(Box::new(e)),
+                    })?;
+                Box::new(stream)
+            }
+        };
         let mut framed = Framed::new(stream, StompCodec::new(config.max_frame));
         let (cx, cy) = config.heartbeat;
         let mut connect = Frame::new("CONNECT")

@@ -34,7 +34,8 @@
 //!
 //! # URL
 //! `stomp://[login:passcode@]host[:port][/vhost][?option=value&…]`; default port 61613.
-//! `stomp+activemq://` and `stomp+rabbitmq://` set the flavor.
+//! `stomp+activemq://` and `stomp+rabbitmq://` set the flavor. `stomp+ssl://` (or `stomps://`,
+//! or `tls=true` with any of the others) connects over TLS (rustls).
 //!
 //! | option | default | meaning |
 //! |---|---|---|
@@ -47,6 +48,9 @@
 //! | `receipt_timeout` | `30s` | wait for the RECEIPT of a SUBSCRIBE |
 //! | `max_frame` | `16777216` | largest frame accepted from the server; larger is a connection error |
 //! | `max_payload` | none | largest payload `publish` sends; larger is [`Error::PayloadTooLarge`] before sending |
+//! | `tls` | `false` (`true` with `stomp+ssl://`) | TLS; implied by the three options below |
+//! | `ca_file` | system roots | PEM file of the CA certificates to trust instead of the system's |
+//! | `cert_file`, `key_file` | none | client certificate and private key (PEM) for mutual TLS |
 //!
 //! # Destinations and patterns
 //! See [`mapping`]. A plain topic `a.b` is `/topic/a.b` on RabbitMQ and the virtual topic
@@ -152,6 +156,7 @@ pub mod frame;
 pub mod mapping;
 mod publisher;
 mod subscriber;
+mod tls;
 
 use std::sync::Arc;
 
@@ -161,13 +166,19 @@ use polybridge_core::{
     Message, Ordering, Publisher, Receipt, Result, Subscriber, Subscription, Wildcards,
 };
 
-pub use config::{Flavor, StompConfig, DEFAULT_PORT};
+pub use config::{Flavor, StompConfig, TlsFiles, DEFAULT_PORT};
 
 /// The broker name in errors and metrics.
 pub const BROKER: &str = "stomp";
 
 /// URL schemes this adapter serves.
-pub const SCHEMES: &[&str] = &["stomp", "stomp+activemq", "stomp+rabbitmq"];
+pub const SCHEMES: &[&str] = &[
+    "stomp",
+    "stomp+activemq",
+    "stomp+rabbitmq",
+    "stomp+ssl",
+    "stomps",
+];
 
 /// A connection to a STOMP broker: one publishing connection, one connection per
 /// subscription.

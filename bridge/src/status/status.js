@@ -66,10 +66,12 @@
   }
 
   async function getJson(path) {
-    const response = await fetch(path, {
-      cache: "no-store",
-      headers: { Accept: "application/json" },
-    });
+    const headers = { Accept: "application/json" };
+    // With `admin.token` set, open the page as `/#token=<token>`: the fragment stays in
+    // the browser and is sent only as the bearer token of these requests.
+    const token = new URLSearchParams(window.location.hash.slice(1)).get("token");
+    if (token) headers.Authorization = "Bearer " + token;
+    const response = await fetch(path, { cache: "no-store", headers });
     if (!response.ok) throw new Error(path + " answered HTTP " + response.status);
     return response.json();
   }
