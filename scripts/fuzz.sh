@@ -42,7 +42,9 @@ for t in "${targets[@]}"; do
         -print_final_stats=1 >"$log" 2>&1; then
         grep -E '^(stat::number_of_executed_units|stat::peak_rss_mb|Done )' "$log" || true
     else
-        tail -n 60 "$log" >&2
+        # The panic message and libFuzzer's summary, without the stack trace.
+        grep -E -A2 "panicked at" "$log" >&2 || tail -n 40 "$log" >&2
+        grep -E "^(SUMMARY|artifact_prefix|Base64)" "$log" >&2 || true
         echo "fuzz.sh: $t found a failing input (saved under fuzz/artifacts/$t/)." >&2
         echo "reproduce: cargo fuzz run ${sanitizer[*]} --release --debug-assertions $t fuzz/artifacts/$t/<file>" >&2
         exit 1

@@ -105,12 +105,12 @@ async fn outcomes(out: &mut DeliveryStream, dead: &mut DeliveryStream, ids: &[St
         tokio::select! {
             d = out.next() => {
                 let d = d.expect("sink stream open").expect("no sink error");
+                let message = d.message.clone();
                 d.ack().unwrap();
-                o.delivered.insert(d.message.id.clone(), d.message);
+                o.delivered.insert(message.id.clone(), message);
             }
             d = dead.next() => {
                 let d = d.expect("dead-letter stream open").expect("no dead-letter error");
-                d.ack().unwrap();
                 let reason = d
                     .message
                     .headers
@@ -118,7 +118,9 @@ async fn outcomes(out: &mut DeliveryStream, dead: &mut DeliveryStream, ids: &[St
                     .unwrap_or_default()
                     .to_owned();
                 assert!(!reason.is_empty(), "dead-lettered without a reason: {:?}", d.message);
-                o.dead.insert(d.message.id.clone(), reason);
+                let id = d.message.id.clone();
+                d.ack().unwrap();
+                o.dead.insert(id, reason);
             }
             _ = tokio::time::sleep(left) => {}
         }

@@ -166,13 +166,30 @@ impl TopicPattern {
     /// Writes the pattern in `syntax`, or explains why it cannot.
     pub fn to_syntax(&self, syntax: Syntax) -> Result<String, PatternError> {
         match syntax {
-            Syntax::Canonical => Ok(self.to_string()),
+            Syntax::Canonical => self.to_canonical(),
             Syntax::Mqtt => self.to_mqtt(),
             Syntax::Nats => self.to_nats(),
             Syntax::Amqp => self.to_amqp(),
             Syntax::RedisGlob => self.to_redis_glob(),
             Syntax::KafkaRegex => self.to_kafka_regex(),
         }
+    }
+
+    /// The canonical text, when it reads back as this pattern: a pattern from another
+    /// syntax may have a literal level the canonical form cannot write (`a.b` or `*` in
+    /// MQTT, an empty level). [`fmt::Display`] writes such patterns anyway, for messages.
+    fn to_canonical(&self) -> Result<String, PatternError> {
+        self.check_literals(Syntax::Canonical, &['.'], &["*", ">", "#"])?;
+        if self
+            .segments
+            .iter()
+            .any(|s| matches!(s, Segment::Literal(l) if l.is_empty()))
+        {
+            return Err(
+                self.unsupported(Syntax::Canonical, "the canonical form has no empty levels")
+            );
+        }
+        Ok(self.to_string())
     }
 
     /// The segments.
@@ -318,6 +335,10 @@ impl TopicPattern {
     pub fn to_mqtt(&self) -> Result<String, PatternError> {
         self.check_literals(Syntax::Mqtt, &['/', '+', '#', '\0'], &[])?;
         let text = self.join('/', "+", None, "#");
+        if text.is_empty() {
+            // One empty level, e.g. the AMQP binding key "".
+            return Err(self.unsupported(Syntax::Mqtt, "an MQTT topic filter cannot be empty"));
+        }
         if text.len() > 65535 {
             return Err(
                 self.unsupported(Syntax::Mqtt, "an MQTT topic filter is at most 65535 bytes")
@@ -917,6 +938,29 @@ mod tests {
             .unwrap()
             .to_kafka_regex()
             .is_err());
+    }
+
+    /// The `topic_pattern` fuzz target's round-trip property: `to_syntax(Canonical)` of a
+    /// pattern read in another syntax must refuse what the canonical form cannot write.
+    #[test]
+    fn canonical_refuses_literals_it_cannot_write() {
+        for mqtt in ["a.b/c", "a/*", "x/>", "a//b", "/a"] {
+            let Ok(p) = TopicPattern::from_mqtt(mqtt) else {
+                continue;
+            };
+            assert!(
+                p.to_syntax(Syntax::Canonical).is_err(),
+                "{mqtt:?} printed as {:?}",
+                p.to_syntax(Syntax::Canonical)
+            );
+        }
+        // Found by the fuzz target: the empty AMQP binding key printed as the empty MQTT
+        // filter, which MQTT refuses.
+        let empty = TopicPattern::from_amqp("").unwrap();
+        assert!(empty.to_mqtt().is_err());
+        let p = TopicPattern::from_mqtt("a/+/#").unwrap();
+        assert_eq!(p.to_syntax(Syntax::Canonical).unwrap(), "a.>");
+        assert_eq!(TopicPattern::parse("a.>").unwrap(), p);
     }
 
     #[test]
