@@ -92,15 +92,24 @@ impl Outcomes {
 }
 
 /// Collects from `out` and `dead` until every id in `ids` has an outcome (20 s at most).
-async fn outcomes(out: &mut DeliveryStream, dead: &mut DeliveryStream, ids: &[String]) -> Outcomes {
+async fn outcomes(
+    bridge: &Bridge,
+    out: &mut DeliveryStream,
+    dead: &mut DeliveryStream,
+    ids: &[String],
+) -> Outcomes {
     let mut o = Outcomes::default();
-    let end = tokio::time::Instant::now() + Duration::from_secs(20);
+    // Longer than the bridge's 30 s publish timeout, so a publish that hangs still ends
+    // in a dead letter here.
+    let end = tokio::time::Instant::now() + Duration::from_secs(45);
     while !ids.iter().all(|id| o.has(id)) {
         let missing: Vec<_> = ids.iter().filter(|id| !o.has(id)).collect();
         let left = end.saturating_duration_since(tokio::time::Instant::now());
         assert!(
             !left.is_zero(),
-            "neither delivered nor dead-lettered (dropped?): {missing:?}"
+            "neither delivered nor dead-lettered (dropped?): {missing:?}; routes: {}; dead-lettered so far: {:?}",
+            route_counts(bridge),
+            o.dead
         );
         tokio::select! {
             d = out.next() => {
@@ -126,6 +135,31 @@ async fn outcomes(out: &mut DeliveryStream, dead: &mut DeliveryStream, ids: &[St
         }
     }
     o
+}
+
+/// Every route's counters, for failure messages.
+fn route_counts(bridge: &Bridge) -> String {
+    let r = Ordering::Relaxed;
+    bridge
+        .routes()
+        .iter()
+        .map(|route| {
+            let m = &route.metrics;
+            format!(
+                "{}: received={} delivered={} acked={} nacked={} dead_lettered={} retries={} filtered={} in_flight={}",
+                route.config.name,
+                m.received.load(r),
+                m.delivered.load(r),
+                m.acked.load(r),
+                m.nacked.load(r),
+                m.dead_lettered.load(r),
+                m.retries.load(r),
+                m.filtered.load(r),
+                m.in_flight.load(r)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// The source is settled for every message: acked (delivered or dead-lettered), and the
@@ -187,10 +221,14 @@ routes:
             .unwrap();
     }
     let ids: Vec<String> = payloads.iter().map(|(id, _)| id.to_string()).collect();
-    let o = outcomes(&mut out, &mut dead, &ids).await;
+    let o = outcomes(&bridge, &mut out, &mut dead, &ids).await;
     assert_eq!(o.delivered["fits"].payload.len(), 16);
     for id in ["over", "huge"] {
-        assert!(o.dead[id].contains("too large"), "{id}: {}", o.dead[id]);
+        assert!(
+            o.dead[id].contains("exceeds the broker's limit"),
+            "{id}: {}",
+            o.dead[id]
+        );
     }
     // Too large is permanent: one attempt, no retries.
     assert_eq!(
@@ -246,10 +284,14 @@ routes:
             .unwrap();
     }
     let ids: Vec<String> = payloads.iter().map(|(id, _)| id.to_string()).collect();
-    let o = outcomes(&mut out, &mut dead, &ids).await;
+    let o = outcomes(&bridge, &mut out, &mut dead, &ids).await;
     assert_eq!(o.delivered["small"].payload.len(), 1024);
     assert!(!o.delivered.contains_key("over"));
-    assert!(o.dead["over"].contains("too large"), "{}", o.dead["over"]);
+    assert!(
+        o.dead["over"].contains("exceeds the broker's limit"),
+        "{}",
+        o.dead["over"]
+    );
     all_settled(&bridge, 1, 1).await;
     bridge.stop().await;
 }
@@ -267,18 +309,18 @@ brokers:
   dlq: {{ url: "memory://{src}-dlq" }}
 routes:
   - name: filtered
-    from: {{ broker: src, topic: "filtered", group: bridge }}
+    from: {{ broker: src, topic: "filtered", group: g1 }}
     filter: "payload.kind == 'x'"
     to: [ {{ broker: dst, destination: "out" }} ]
     on_error: {{ max_attempts: 2, initial_backoff: 1ms, max_backoff: 5ms, dead_letter: {{ broker: dlq, destination: "dead" }} }}
   - name: enveloped
-    from: {{ broker: src, topic: "enveloped", group: bridge }}
+    from: {{ broker: src, topic: "enveloped", group: g2 }}
     to:
       - {{ broker: dst, destination: "out", envelope: json }}
       - {{ broker: dst, destination: "out-ce", envelope: cloudevents }}
     on_error: {{ max_attempts: 2, initial_backoff: 1ms, max_backoff: 5ms, dead_letter: {{ broker: dlq, destination: "dead" }} }}
   - name: templated
-    from: {{ broker: src, topic: "templated", group: bridge }}
+    from: {{ broker: src, topic: "templated", group: g3 }}
     to: [ {{ broker: dst, destination: "out", key: "{{key}}-{{header.tenant}}" }} ]
     on_error: {{ max_attempts: 2, initial_backoff: 1ms, max_backoff: 5ms, dead_letter: {{ broker: dlq, destination: "dead" }} }}
 "#
@@ -362,7 +404,7 @@ routes:
     ]
     .map(String::from)
     .to_vec();
-    let o = outcomes(&mut out, &mut dead, &ids).await;
+    let o = outcomes(&bridge, &mut out, &mut dead, &ids).await;
     assert!(o.delivered.contains_key("f-json"));
     assert!(o.dead["f-bin"].contains("filter"), "{}", o.dead["f-bin"]);
 
@@ -479,7 +521,7 @@ routes:
             .unwrap();
     }
     let ids: Vec<String> = messages.iter().map(|m| m.id.clone()).collect();
-    let o = outcomes(&mut out, &mut dead, &ids).await;
+    let o = outcomes(&bridge, &mut out, &mut dead, &ids).await;
     for m in &messages {
         if let Some(got) = o.delivered.get(&m.id) {
             assert_eq!(got.payload, m.payload, "{}: {}", kind.name(), m.id);
@@ -584,7 +626,7 @@ routes:
             .unwrap();
         ids.push(id);
     }
-    let o = outcomes(&mut out, &mut dead, &ids).await;
+    let o = outcomes(&bridge, &mut out, &mut dead, &ids).await;
     assert!(
         o.delivered.contains_key("room0"),
         "{}: the valid one",

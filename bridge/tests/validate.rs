@@ -96,13 +96,14 @@ fn cases() -> Vec<(&'static str, String, &'static str)> {
         ("pattern with a trailing separator", with_routes("  - name: r\n    from: { broker: a, topic: \"a.\" }\n    to: [ { broker: b, destination: t } ]\n"), "6:31: invalid canonical pattern"),
         ("empty pattern", with_routes("  - name: r\n    from: { broker: a, topic: \"\" }\n    to: [ { broker: b, destination: t } ]\n"), "6:31: "),
         // CEL that parses but cannot be a filter, and templates with stray braces.
-        ("CEL with an unknown function", with_routes("  - name: r\n    from: { broker: a, topic: t }\n    filter: \"nosuchfn(topic)\"\n    to: [ { broker: b, destination: t } ]\n"), "7:13: "),
+        ("CEL unterminated string", with_routes("  - name: r\n    from: { broker: a, topic: t }\n    filter: \"topic == 'abc\"\n    to: [ { broker: b, destination: t } ]\n"), "7:13: invalid CEL expression"),
         ("stray closing brace", with_routes("  - name: r\n    from: { broker: a, topic: t }\n    to: [ { broker: b, destination: \"a}b\" } ]\n"), "7:37: "),
         ("empty placeholder", with_routes("  - name: r\n    from: { broker: a, topic: t }\n    to: [ { broker: b, destination: \"a.{}\" } ]\n"), "7:37: "),
         ("capture zero", with_routes("  - name: r\n    from: { broker: a, topic: \"s.*\" }\n    to: [ { broker: b, destination: \"o.{0}\" } ]\n"), "7:37: "),
-        ("empty destination", with_routes("  - name: r\n    from: { broker: a, topic: t }\n    to: [ { broker: b, destination: \"\" } ]\n"), "7:37: "),
+        ("empty destination", with_routes("  - name: r\n    from: { broker: a, topic: t }\n    to: [ { broker: b, destination: \"\" } ]\n"), "7:37: `destination` cannot be empty"),
+        ("empty dead-letter destination", with_routes("  - name: r\n    from: { broker: a, topic: t }\n    to: [ { broker: b, destination: t } ]\n    on_error: { dead_letter: { broker: b, destination: \"\" } }\n"), "8:55: `destination` cannot be empty"),
         // Capability mismatches.
-        ("per-key ordering on an unordered source", "brokers:\n  ps: { url: \"redis://127.0.0.1:6379?mode=pubsub\" }\n  b: { url: \"memory://vb\" }\nroutes:\n  - name: r\n    from: { broker: ps, topic: t }\n    ordering: per_key\n    to: [ { broker: b, destination: t } ]\n".into(), "`ordering: per_key` needs a source that keeps order"),
+        ("cloudevents binary on an MQTT 3.1.1 sink", "brokers:\n  a: { url: \"memory://va\" }\n  m3: { url: \"mqtt://127.0.0.1:1883?version=3.1.1\" }\nroutes:\n  - name: r\n    from: { broker: a, topic: t }\n    to: [ { broker: m3, destination: t, envelope: cloudevents-binary } ]\n".into(), "cannot carry headers, so it cannot take CloudEvents binary mode"),
         ("destination not a scalar", with_routes("  - name: r\n    from: { broker: a, topic: t }\n    to: [ { broker: b, destination: [x] } ]\n"), "`destination` must be a single value"),
     ]
 }

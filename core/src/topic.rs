@@ -377,6 +377,17 @@ impl TopicPattern {
     /// Writes a NATS subject.
     pub fn to_nats(&self) -> Result<String, PatternError> {
         self.check_literals(Syntax::Nats, &['.', ' ', '\t', '\r', '\n'], &["*", ">"])?;
+        // Any Unicode whitespace, as `from_nats` refuses (found by the fuzz target: a
+        // vertical tab printed as a subject that did not parse back).
+        if let Some(l) = self.segments.iter().find_map(|s| match s {
+            Segment::Literal(l) if l.chars().any(char::is_whitespace) => Some(l),
+            _ => None,
+        }) {
+            return Err(self.unsupported(
+                Syntax::Nats,
+                format!("the level {l:?} contains whitespace, which NATS subjects cannot"),
+            ));
+        }
         if self
             .segments
             .iter()
@@ -523,6 +534,13 @@ impl TopicPattern {
                 Segment::Single => return Err(self.unsupported(Syntax::RedisGlob, "a glob '*' also matches '.', so a single-level wildcard before the end cannot be expressed")),
                 Segment::AnyLevels => return Err(self.unsupported(Syntax::RedisGlob, "zero-or-more levels after a literal would also need to match the parent channel, which one glob cannot; use one-or-more (canonical `a.>`)")),
             }
+        }
+        if out.is_empty() {
+            // One empty level (the AMQP binding key ""), alone or before `.*`.
+            return Err(self.unsupported(
+                Syntax::RedisGlob,
+                "a Redis glob needs a non-empty channel name",
+            ));
         }
         out.push_str(tail);
         Ok(out)
@@ -958,6 +976,13 @@ mod tests {
         // filter, which MQTT refuses.
         let empty = TopicPattern::from_amqp("").unwrap();
         assert!(empty.to_mqtt().is_err());
+        assert!(empty.to_redis_glob().is_err());
+        let vt = TopicPattern::from_mqtt("a\u{b}b/c\u{85}").unwrap();
+        assert!(vt.to_nats().is_err());
+        assert!(TopicPattern::from_amqp(".*")
+            .unwrap()
+            .to_redis_glob()
+            .is_err());
         let p = TopicPattern::from_mqtt("a/+/#").unwrap();
         assert_eq!(p.to_syntax(Syntax::Canonical).unwrap(), "a.>");
         assert_eq!(TopicPattern::parse("a.>").unwrap(), p);
