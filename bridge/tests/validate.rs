@@ -101,7 +101,7 @@ fn cases() -> Vec<(&'static str, String, &'static str)> {
         ("empty placeholder", with_routes("  - name: r\n    from: { broker: a, topic: t }\n    to: [ { broker: b, destination: \"a.{}\" } ]\n"), "7:37: "),
         ("capture zero", with_routes("  - name: r\n    from: { broker: a, topic: \"s.*\" }\n    to: [ { broker: b, destination: \"o.{0}\" } ]\n"), "7:37: "),
         ("empty destination", with_routes("  - name: r\n    from: { broker: a, topic: t }\n    to: [ { broker: b, destination: \"\" } ]\n"), "7:37: `destination` cannot be empty"),
-        ("empty dead-letter destination", with_routes("  - name: r\n    from: { broker: a, topic: t }\n    to: [ { broker: b, destination: t } ]\n    on_error: { dead_letter: { broker: b, destination: \"\" } }\n"), "8:55: `destination` cannot be empty"),
+        ("empty dead-letter destination", with_routes("  - name: r\n    from: { broker: a, topic: t }\n    to: [ { broker: b, destination: t } ]\n    on_error: { dead_letter: { broker: b, destination: \"\" } }\n"), "8:56: `destination` cannot be empty"),
         // Capability mismatches.
         ("cloudevents binary on an MQTT 3.1.1 sink", "brokers:\n  a: { url: \"memory://va\" }\n  m3: { url: \"mqtt://127.0.0.1:1883?version=3.1.1\" }\nroutes:\n  - name: r\n    from: { broker: a, topic: t }\n    to: [ { broker: m3, destination: t, envelope: cloudevents-binary } ]\n".into(), "cannot carry headers, so it cannot take CloudEvents binary mode"),
         ("destination not a scalar", with_routes("  - name: r\n    from: { broker: a, topic: t }\n    to: [ { broker: b, destination: [x] } ]\n"), "`destination` must be a single value"),
