@@ -187,7 +187,7 @@ impl Decoder for StompCodec {
                     let (frame, content_length) = parse_head(&buf[..head_end])?;
                     if let Some(n) = content_length {
                         // A peer-given length near usize::MAX must not overflow the sum.
-                        let size = body_start.checked_add(n).unwrap_or(usize::MAX);
+                        let size = body_start.saturating_add(n);
                         if size > self.max_frame || size == usize::MAX {
                             return Err(CodecError::TooLarge {
                                 size,
