@@ -463,7 +463,10 @@ impl TopicPattern {
             });
         }
         let (body, one_or_more) = match text.strip_suffix(".*") {
-            Some(b) if !b.ends_with('\\') => (b, true),
+            // `\.*` is an escaped '.', but `\\.*` is an escaped backslash before `.*`:
+            // the '.' is escaped only after an odd number of backslashes (found by the fuzz
+            // target: a literal level ending in '\' did not read back).
+            Some(b) if b.chars().rev().take_while(|c| *c == '\\').count() % 2 == 0 => (b, true),
             _ => (text, false),
         };
         let mut literal = String::new();
@@ -977,6 +980,10 @@ mod tests {
         let empty = TopicPattern::from_amqp("").unwrap();
         assert!(empty.to_mqtt().is_err());
         assert!(empty.to_redis_glob().is_err());
+        let backslash = TopicPattern::from_mqtt("a\\/+/#").unwrap();
+        let glob = backslash.to_redis_glob().unwrap();
+        assert_eq!(glob, "a\\\\.*");
+        assert_eq!(TopicPattern::from_redis_glob(&glob).unwrap(), backslash);
         let vt = TopicPattern::from_mqtt("a\u{b}b/c\u{85}").unwrap();
         assert!(vt.to_nats().is_err());
         assert!(TopicPattern::from_amqp(".*")
