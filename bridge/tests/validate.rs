@@ -104,6 +104,8 @@ fn cases() -> Vec<(&'static str, String, &'static str)> {
         ("empty dead-letter destination", with_routes("  - name: r\n    from: { broker: a, topic: t }\n    to: [ { broker: b, destination: t } ]\n    on_error: { dead_letter: { broker: b, destination: \"\" } }\n"), "8:56: `destination` cannot be empty"),
         // Capability mismatches.
         ("cloudevents binary on an MQTT 3.1.1 sink", "brokers:\n  a: { url: \"memory://va\" }\n  m3: { url: \"mqtt://127.0.0.1:1883?version=3.1.1\" }\nroutes:\n  - name: r\n    from: { broker: a, topic: t }\n    to: [ { broker: m3, destination: t, envelope: cloudevents-binary } ]\n".into(), "cannot carry headers, so it cannot take CloudEvents binary mode"),
+        // Found by the config_load fuzz target: a key with a newline made a second line.
+        ("unknown key with a newline", format!("{BROKERS}routes: []\n? |\n  rou\n  tes\n: 1\n"), "unknown key `rou\\ntes\\n` in the rule file"),
         ("destination not a scalar", with_routes("  - name: r\n    from: { broker: a, topic: t }\n    to: [ { broker: b, destination: [x] } ]\n"), "`destination` must be a single value"),
     ]
 }
