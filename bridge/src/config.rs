@@ -790,6 +790,16 @@ impl Loader<'_> {
         }
     }
 
+    /// A destination template: as [`Self::template`], and not empty (no broker takes an
+    /// empty destination, so it would fail every message at run time).
+    fn destination(&mut self, s: &MarkedScalarNode, captures: usize) -> Option<Template> {
+        if s.as_str().is_empty() {
+            self.diags.error(s.span(), "`destination` cannot be empty");
+            return None;
+        }
+        self.template(s, captures)
+    }
+
     fn sink(
         &mut self,
         node: &Node,
@@ -806,7 +816,7 @@ impl Loader<'_> {
         let drop_headers = m.optional_bool("drop_headers", self.diags);
         m.finish(self.diags);
         let broker = broker.and_then(|b| self.broker_ref(b, brokers));
-        let destination = destination.and_then(|d| self.template(d, captures));
+        let destination = destination.and_then(|d| self.destination(d, captures));
         let when = when.and_then(|w| match Filter::compile(w.as_str()) {
             Ok(f) => Some(f),
             Err(e) => {
@@ -928,7 +938,7 @@ impl Loader<'_> {
                 let destination = dm.required_str("destination", self.diags);
                 dm.finish(self.diags);
                 let broker = broker.and_then(|b| self.broker_ref(b, brokers));
-                let destination = destination.and_then(|t| self.template(t, captures));
+                let destination = destination.and_then(|t| self.destination(t, captures));
                 Some(DeadLetterConfig {
                     broker: broker?.name.clone(),
                     destination: destination?,

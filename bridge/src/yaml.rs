@@ -19,7 +19,17 @@ pub struct Diagnostic {
 
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}: {}", self.line, self.column, self.message)
+        // One line per problem, whatever a key or value in the message holds (found by
+        // the `config_load` fuzz target: a block-scalar key with a newline).
+        write!(f, "{}:{}: ", self.line, self.column)?;
+        for c in self.message.chars() {
+            match c {
+                '\n' => f.write_str("\\n")?,
+                '\r' => f.write_str("\\r")?,
+                c => fmt::Write::write_char(f, c)?,
+            }
+        }
+        Ok(())
     }
 }
 

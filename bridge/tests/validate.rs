@@ -66,6 +66,46 @@ fn cases() -> Vec<(&'static str, String, &'static str)> {
         ("cloudevents binary on a header-less sink", "brokers:\n  a: { url: \"memory://va\" }\n  ps: { url: \"redis://127.0.0.1:6379?mode=pubsub\" }\nroutes:\n  - name: r\n    from: { broker: a, topic: t }\n    to: [ { broker: ps, destination: t, envelope: cloudevents-binary } ]\n".into(), "5:5: route \"r\": broker \"ps\" (redis://127.0.0.1:6379?mode=pubsub) cannot carry headers, so it cannot take CloudEvents binary mode"),
         ("generator bad interval", "brokers:\n  g: { url: \"generate://x?interval=soon\" }\nroutes: []\n".into(), "2:13: broker \"g\""),
         ("stdout bad format", "brokers:\n  o: { url: \"stdout://?format=xml\" }\nroutes: []\n".into(), "expected `text` or `json`"),
+        // Types: a value of the wrong shape where a scalar, list or mapping belongs.
+        ("url not a scalar", "brokers:\n  a: { url: [memory://x] }\nroutes: []\n".into(), "2:13: "),
+        ("broker settings not a mapping", "brokers:\n  a: memory://x\nroutes: []\n".into(), "2:6: "),
+        ("route name not a scalar", with_routes("  - name: { r: 1 }\n    from: { broker: a, topic: t }\n    to: [ { broker: b, destination: t } ]\n"), "5:11: "),
+        ("topic not a scalar", with_routes("  - name: r\n    from: { broker: a, topic: [t] }\n    to: [ { broker: b, destination: t } ]\n"), "6:31: "),
+        ("from not a mapping", with_routes("  - name: r\n    from: a\n    to: [ { broker: b, destination: t } ]\n"), "6:11: "),
+        ("to entry not a mapping", with_routes("  - name: r\n    from: { broker: a, topic: t }\n    to: [ b ]\n"), "7:11: "),
+        ("max_in_flight not a number", with_routes("  - name: r\n    from: { broker: a, topic: t }\n    max_in_flight: lots\n    to: [ { broker: b, destination: t } ]\n"), "7:20: `max_in_flight` must be a positive integer"),
+        ("on_error not a mapping", with_routes("  - name: r\n    from: { broker: a, topic: t }\n    to: [ { broker: b, destination: t } ]\n    on_error: retry\n"), "8:15: "),
+        ("headers.set not a mapping", with_routes("  - name: r\n    from: { broker: a, topic: t }\n    to: [ { broker: b, destination: t, headers: { set: [x] } } ]\n"), "`headers.set` must map header names to values"),
+        ("headers.rename not a mapping", with_routes("  - name: r\n    from: { broker: a, topic: t }\n    to: [ { broker: b, destination: t, headers: { rename: x } } ]\n"), "`headers.rename` must map old names to new names"),
+        ("broker options not a mapping", "brokers:\n  a: { url: \"memory://x\", options: [1] }\nroutes: []\n".into(), "`options` must map option names to values"),
+        ("admin not a mapping", format!("{BROKERS}routes: []\nadmin: 9464\n"), "5:8: "),
+        // Unknown keys below the top level.
+        ("unknown key in from", with_routes("  - name: r\n    from: { broker: a, topic: t, gruop: g }\n    to: [ { broker: b, destination: t } ]\n"), "unknown key `gruop`"),
+        ("unknown key in a destination", with_routes("  - name: r\n    from: { broker: a, topic: t }\n    to: [ { broker: b, destination: t, keey: x } ]\n"), "unknown key `keey`"),
+        ("unknown key in on_error", with_routes("  - name: r\n    from: { broker: a, topic: t }\n    to: [ { broker: b, destination: t } ]\n    on_error: { max_attempt: 3 }\n"), "unknown key `max_attempt`"),
+        ("unknown key in dead_letter", with_routes("  - name: r\n    from: { broker: a, topic: t }\n    to: [ { broker: b, destination: t } ]\n    on_error: { dead_letter: { broker: b, destination: d, topic: d } }\n"), "unknown key `topic`"),
+        ("unknown key in admin", format!("{BROKERS}routes: []\nadmin: {{ listne: \"127.0.0.1:1\" }}\n"), "unknown key `listne`"),
+        // Missing environment variables wherever `${VAR}` is expanded.
+        ("missing env var in a broker option", "brokers:\n  a: { url: \"memory://x\", options: { max_payload: \"${NOPE_MAX}\" } }\nroutes: []\n".into(), "environment variable NOPE_MAX is not set"),
+        ("missing env var in password_file", "brokers:\n  a: { url: \"memory://u@x\", password_file: \"${NOPE_PW}\" }\nroutes: []\n".into(), "environment variable NOPE_PW is not set"),
+        ("missing env var in a group", with_routes("  - name: r\n    from: { broker: a, topic: t, group: \"${NOPE_GROUP}\" }\n    to: [ { broker: b, destination: t } ]\n"), "environment variable NOPE_GROUP is not set"),
+        ("missing env var in admin listen", format!("{BROKERS}routes: []\nadmin: {{ listen: \"${{NOPE_LISTEN}}\" }}\n"), "environment variable NOPE_LISTEN is not set"),
+        // Bad URLs and patterns of other shapes.
+        ("url with a bad port", "brokers:\n  a: { url: \"nats://127.0.0.1:99999\" }\nroutes: []\n".into(), "2:13: broker \"a\""),
+        ("empty url", "brokers:\n  a: { url: \"\" }\nroutes: []\n".into(), "2:13: broker \"a\""),
+        ("pattern with a trailing separator", with_routes("  - name: r\n    from: { broker: a, topic: \"a.\" }\n    to: [ { broker: b, destination: t } ]\n"), "6:31: invalid canonical pattern"),
+        ("empty pattern", with_routes("  - name: r\n    from: { broker: a, topic: \"\" }\n    to: [ { broker: b, destination: t } ]\n"), "6:31: "),
+        // CEL that parses but cannot be a filter, and templates with stray braces.
+        ("CEL unterminated string", with_routes("  - name: r\n    from: { broker: a, topic: t }\n    filter: \"topic == 'abc\"\n    to: [ { broker: b, destination: t } ]\n"), "7:13: invalid CEL expression"),
+        ("stray closing brace", with_routes("  - name: r\n    from: { broker: a, topic: t }\n    to: [ { broker: b, destination: \"a}b\" } ]\n"), "7:37: "),
+        ("empty placeholder", with_routes("  - name: r\n    from: { broker: a, topic: t }\n    to: [ { broker: b, destination: \"a.{}\" } ]\n"), "7:37: "),
+        ("capture zero", with_routes("  - name: r\n    from: { broker: a, topic: \"s.*\" }\n    to: [ { broker: b, destination: \"o.{0}\" } ]\n"), "7:37: "),
+        ("empty destination", with_routes("  - name: r\n    from: { broker: a, topic: t }\n    to: [ { broker: b, destination: \"\" } ]\n"), "7:37: `destination` cannot be empty"),
+        ("empty dead-letter destination", with_routes("  - name: r\n    from: { broker: a, topic: t }\n    to: [ { broker: b, destination: t } ]\n    on_error: { dead_letter: { broker: b, destination: \"\" } }\n"), "8:56: `destination` cannot be empty"),
+        // Capability mismatches.
+        ("cloudevents binary on an MQTT 3.1.1 sink", "brokers:\n  a: { url: \"memory://va\" }\n  m3: { url: \"mqtt://127.0.0.1:1883?version=3.1.1\" }\nroutes:\n  - name: r\n    from: { broker: a, topic: t }\n    to: [ { broker: m3, destination: t, envelope: cloudevents-binary } ]\n".into(), "cannot carry headers, so it cannot take CloudEvents binary mode"),
+        // Found by the config_load fuzz target: a key with a newline made a second line.
+        ("unknown key with a newline", format!("{BROKERS}routes: []\n? |\n  rou\n  tes\n: 1\n"), "unknown key `rou\\ntes\\n` in the rule file"),
         ("destination not a scalar", with_routes("  - name: r\n    from: { broker: a, topic: t }\n    to: [ { broker: b, destination: [x] } ]\n"), "`destination` must be a single value"),
     ]
 }

@@ -166,13 +166,30 @@ impl TopicPattern {
     /// Writes the pattern in `syntax`, or explains why it cannot.
     pub fn to_syntax(&self, syntax: Syntax) -> Result<String, PatternError> {
         match syntax {
-            Syntax::Canonical => Ok(self.to_string()),
+            Syntax::Canonical => self.to_canonical(),
             Syntax::Mqtt => self.to_mqtt(),
             Syntax::Nats => self.to_nats(),
             Syntax::Amqp => self.to_amqp(),
             Syntax::RedisGlob => self.to_redis_glob(),
             Syntax::KafkaRegex => self.to_kafka_regex(),
         }
+    }
+
+    /// The canonical text, when it reads back as this pattern: a pattern from another
+    /// syntax may have a literal level the canonical form cannot write (`a.b` or `*` in
+    /// MQTT, an empty level). [`fmt::Display`] writes such patterns anyway, for messages.
+    fn to_canonical(&self) -> Result<String, PatternError> {
+        self.check_literals(Syntax::Canonical, &['.'], &["*", ">", "#"])?;
+        if self
+            .segments
+            .iter()
+            .any(|s| matches!(s, Segment::Literal(l) if l.is_empty()))
+        {
+            return Err(
+                self.unsupported(Syntax::Canonical, "the canonical form has no empty levels")
+            );
+        }
+        Ok(self.to_string())
     }
 
     /// The segments.
@@ -318,6 +335,10 @@ impl TopicPattern {
     pub fn to_mqtt(&self) -> Result<String, PatternError> {
         self.check_literals(Syntax::Mqtt, &['/', '+', '#', '\0'], &[])?;
         let text = self.join('/', "+", None, "#");
+        if text.is_empty() {
+            // One empty level, e.g. the AMQP binding key "".
+            return Err(self.unsupported(Syntax::Mqtt, "an MQTT topic filter cannot be empty"));
+        }
         if text.len() > 65535 {
             return Err(
                 self.unsupported(Syntax::Mqtt, "an MQTT topic filter is at most 65535 bytes")
@@ -356,6 +377,17 @@ impl TopicPattern {
     /// Writes a NATS subject.
     pub fn to_nats(&self) -> Result<String, PatternError> {
         self.check_literals(Syntax::Nats, &['.', ' ', '\t', '\r', '\n'], &["*", ">"])?;
+        // Any Unicode whitespace, as `from_nats` refuses (found by the fuzz target: a
+        // vertical tab printed as a subject that did not parse back).
+        if let Some(l) = self.segments.iter().find_map(|s| match s {
+            Segment::Literal(l) if l.chars().any(char::is_whitespace) => Some(l),
+            _ => None,
+        }) {
+            return Err(self.unsupported(
+                Syntax::Nats,
+                format!("the level {l:?} contains whitespace, which NATS subjects cannot"),
+            ));
+        }
         if self
             .segments
             .iter()
@@ -431,7 +463,10 @@ impl TopicPattern {
             });
         }
         let (body, one_or_more) = match text.strip_suffix(".*") {
-            Some(b) if !b.ends_with('\\') => (b, true),
+            // `\.*` is an escaped '.', but `\\.*` is an escaped backslash before `.*`:
+            // the '.' is escaped only after an odd number of backslashes (found by the fuzz
+            // target: a literal level ending in '\' did not read back).
+            Some(b) if b.chars().rev().take_while(|c| *c == '\\').count() % 2 == 0 => (b, true),
             _ => (text, false),
         };
         let mut literal = String::new();
@@ -502,6 +537,13 @@ impl TopicPattern {
                 Segment::Single => return Err(self.unsupported(Syntax::RedisGlob, "a glob '*' also matches '.', so a single-level wildcard before the end cannot be expressed")),
                 Segment::AnyLevels => return Err(self.unsupported(Syntax::RedisGlob, "zero-or-more levels after a literal would also need to match the parent channel, which one glob cannot; use one-or-more (canonical `a.>`)")),
             }
+        }
+        if out.is_empty() {
+            // One empty level (the AMQP binding key ""), alone or before `.*`.
+            return Err(self.unsupported(
+                Syntax::RedisGlob,
+                "a Redis glob needs a non-empty channel name",
+            ));
         }
         out.push_str(tail);
         Ok(out)
@@ -917,6 +959,40 @@ mod tests {
             .unwrap()
             .to_kafka_regex()
             .is_err());
+    }
+
+    /// The `topic_pattern` fuzz target's round-trip property: `to_syntax(Canonical)` of a
+    /// pattern read in another syntax must refuse what the canonical form cannot write.
+    #[test]
+    fn canonical_refuses_literals_it_cannot_write() {
+        for mqtt in ["a.b/c", "a/*", "x/>", "a//b", "/a"] {
+            let Ok(p) = TopicPattern::from_mqtt(mqtt) else {
+                continue;
+            };
+            assert!(
+                p.to_syntax(Syntax::Canonical).is_err(),
+                "{mqtt:?} printed as {:?}",
+                p.to_syntax(Syntax::Canonical)
+            );
+        }
+        // Found by the fuzz target: the empty AMQP binding key printed as the empty MQTT
+        // filter, which MQTT refuses.
+        let empty = TopicPattern::from_amqp("").unwrap();
+        assert!(empty.to_mqtt().is_err());
+        assert!(empty.to_redis_glob().is_err());
+        let backslash = TopicPattern::from_mqtt("a\\/+/#").unwrap();
+        let glob = backslash.to_redis_glob().unwrap();
+        assert_eq!(glob, "a\\\\.*");
+        assert_eq!(TopicPattern::from_redis_glob(&glob).unwrap(), backslash);
+        let vt = TopicPattern::from_mqtt("a\u{b}b/c\u{85}").unwrap();
+        assert!(vt.to_nats().is_err());
+        assert!(TopicPattern::from_amqp(".*")
+            .unwrap()
+            .to_redis_glob()
+            .is_err());
+        let p = TopicPattern::from_mqtt("a/+/#").unwrap();
+        assert_eq!(p.to_syntax(Syntax::Canonical).unwrap(), "a.>");
+        assert_eq!(TopicPattern::parse("a.>").unwrap(), p);
     }
 
     #[test]

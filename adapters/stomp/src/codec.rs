@@ -186,9 +186,11 @@ impl Decoder for StompCodec {
                     };
                     let (frame, content_length) = parse_head(&buf[..head_end])?;
                     if let Some(n) = content_length {
-                        if body_start + n > self.max_frame {
+                        // A peer-given length near usize::MAX must not overflow the sum.
+                        let size = body_start.saturating_add(n);
+                        if size > self.max_frame || size == usize::MAX {
                             return Err(CodecError::TooLarge {
-                                size: body_start + n,
+                                size,
                                 limit: self.max_frame,
                             });
                         }
@@ -210,7 +212,9 @@ impl Decoder for StompCodec {
                     let body_len = match *content_length {
                         Some(n) => {
                             if buf.len() <= n {
-                                buf.reserve(n + 1 - buf.len());
+                                // n < usize::MAX (checked above); reserve a bounded step,
+                                // not a peer-chosen amount all at once.
+                                buf.reserve((n + 1 - buf.len()).min(1 << 20));
                                 return Ok(None);
                             }
                             if buf[n] != 0 {
@@ -542,6 +546,31 @@ mod tests {
         let mut codec = StompCodec::new(20);
         let mut buf = BytesMut::from(&b"MESSAGE\n\n0123456789\0"[..]);
         assert!(matches!(codec.decode(&mut buf), Ok(Some(Item::Frame(_)))));
+    }
+
+    /// Found while writing the `stomp_codec` fuzz target: a content-length near
+    /// `usize::MAX` overflowed the size check (a panic with overflow checks; without them
+    /// the check passed and the buffer reservation panicked). A peer must not crash the
+    /// client.
+    #[test]
+    fn a_huge_content_length_is_too_large_not_a_panic() {
+        for len in [usize::MAX, usize::MAX - 1, usize::MAX / 2 + 1] {
+            let mut codec = StompCodec::new(1024);
+            let mut buf =
+                BytesMut::from(format!("MESSAGE\ncontent-length:{len}\n\nbody\0").as_bytes());
+            assert!(
+                matches!(
+                    codec.decode(&mut buf),
+                    Err(CodecError::TooLarge { limit: 1024, .. })
+                ),
+                "content-length {len}"
+            );
+        }
+        // Even with no practical limit.
+        let mut codec = StompCodec::new(usize::MAX);
+        let mut buf =
+            BytesMut::from(format!("MESSAGE\ncontent-length:{}\n\nx", usize::MAX).as_bytes());
+        assert!(codec.decode(&mut buf).is_err());
     }
 
     #[test]
