@@ -10,7 +10,7 @@
 //! | content type | Content Type property |
 //! | correlation id | Correlation Data property |
 //! | reply-to | Response Topic property |
-//! | headers | user properties, in order; a binary value travels as base64 and its name is listed in a `pb-binary` user property |
+//! | headers | user properties, in order; a binary value travels as base64 and its name is listed in a `pb-binary` user property; a text value with control characters (which MQTT brokers refuse in UTF-8 strings: Mosquitto drops the connection) travels as base64 listed in `pb-text-base64` |
 //!
 //! **MQTT 3.1.1** has no properties. With `format=raw` (the default) only the payload
 //! travels (`Capabilities::headers` is `None`, ids are generated on receipt); with
@@ -32,6 +32,14 @@ const KEY: &str = "pb-key";
 const KEY_BASE64: &str = "pb-key-base64";
 const TIMESTAMP: &str = "pb-timestamp";
 const BINARY: &str = "pb-binary";
+const TEXT_BASE64: &str = "pb-text-base64";
+
+/// Characters MQTT says a UTF-8 string should not contain (MQTT 5, 1.5.4), which Mosquitto
+/// refuses by closing the connection: U+0000–U+001F and U+007F–U+009F.
+pub(crate) fn has_control(s: &str) -> bool {
+    s.chars()
+        .any(|c| matches!(c, '\u{0}'..='\u{1f}' | '\u{7f}'..='\u{9f}'))
+}
 
 /// The payload and properties that carry `message` on this connection.
 pub fn to_mqtt(config: &MqttConfig, message: &Message) -> (Bytes, Properties) {
@@ -46,8 +54,8 @@ pub fn to_mqtt(config: &MqttConfig, message: &Message) -> (Bytes, Properties) {
     user.push((ID.to_owned(), message.id.clone()));
     if let Some(key) = &message.key {
         match std::str::from_utf8(key) {
-            Ok(text) => user.push((KEY.to_owned(), text.to_owned())),
-            Err(_) => user.push((KEY_BASE64.to_owned(), BASE64.encode(key))),
+            Ok(text) if !has_control(text) => user.push((KEY.to_owned(), text.to_owned())),
+            _ => user.push((KEY_BASE64.to_owned(), BASE64.encode(key))),
         }
     }
     if let Some(ms) = message
@@ -58,6 +66,10 @@ pub fn to_mqtt(config: &MqttConfig, message: &Message) -> (Bytes, Properties) {
     }
     for (name, value) in message.headers.iter() {
         match value {
+            HeaderValue::Text(t) if has_control(t) => {
+                user.push((TEXT_BASE64.to_owned(), name.to_owned()));
+                user.push((name.to_owned(), BASE64.encode(t)));
+            }
             HeaderValue::Text(t) => user.push((name.to_owned(), t.clone())),
             HeaderValue::Binary(b) => {
                 user.push((BINARY.to_owned(), name.to_owned()));
@@ -99,6 +111,12 @@ pub fn from_mqtt(payload: Bytes, properties: Properties) -> (Message, u32) {
         .filter(|(k, _)| k == BINARY)
         .map(|(_, v)| v.clone())
         .collect();
+    let text_base64: Vec<String> = properties
+        .user
+        .iter()
+        .filter(|(k, _)| k == TEXT_BASE64)
+        .map(|(_, v)| v.clone())
+        .collect();
     let mut headers = Headers::new();
     for (name, value) in properties.user {
         match name.as_str() {
@@ -111,7 +129,15 @@ pub fn from_mqtt(payload: Bytes, properties: Properties) -> (Message, u32) {
                     .ok()
                     .map(|ms| SystemTime::UNIX_EPOCH + Duration::from_millis(ms))
             }
-            BINARY => {}
+            BINARY | TEXT_BASE64 => {}
+            _ if text_base64.contains(&name) => match BASE64
+                .decode(&value)
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok())
+            {
+                Some(text) => headers.append(name, text),
+                None => headers.append(name, value),
+            },
             _ if binary.contains(&name) => match BASE64.decode(&value) {
                 Ok(bytes) => headers.append(name, HeaderValue::Binary(Bytes::from(bytes))),
                 Err(_) => headers.append(name, value),
@@ -127,6 +153,27 @@ pub fn from_mqtt(payload: Bytes, properties: Properties) -> (Message, u32) {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn text_with_control_characters_is_escaped_and_restored() {
+        let config = MqttConfig::from_url(&"mqtt://h".parse().unwrap()).unwrap();
+        let m = Message::new("p")
+            .with_header("c", "line1\r\nline2")
+            .with_header("plain", "v")
+            .with_key("k\u{7}");
+        let (payload, properties) = to_mqtt(&config, &m);
+        assert!(properties
+            .user
+            .iter()
+            .all(|(k, v)| !has_control(k) && !has_control(v)));
+        let (back, _) = from_mqtt(payload, properties);
+        assert_eq!(
+            back.headers.get("c"),
+            Some(&HeaderValue::from("line1\r\nline2"))
+        );
+        assert_eq!(back.headers.get("plain"), Some(&HeaderValue::from("v")));
+        assert_eq!(back.key.as_deref(), Some(&b"k\x07"[..]));
+    }
 
     #[test]
     fn mqtt5_properties_carry_every_field() {

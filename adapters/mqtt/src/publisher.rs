@@ -35,6 +35,21 @@ impl Publisher for MqttBroker {
             });
         }
         let (payload, properties) = mapping::to_mqtt(&self.config, &message);
+        // Values with control characters are escaped by the mapping; names cannot be.
+        if let Some(name) = properties
+            .user
+            .iter()
+            .map(|(name, _)| name)
+            .chain(properties.content_type.iter())
+            .chain(properties.response_topic.iter())
+            .find(|s| mapping::has_control(s))
+        {
+            return Err(Error::permanent(
+                BROKER,
+                destination,
+                format!("{name:?} contains control characters, which MQTT 5 strings cannot carry"),
+            ));
+        }
         deadline
             .run(BROKER, "publish", destination, async {
                 // Bounds the publishes waiting for confirmation.
