@@ -192,7 +192,7 @@ fn endpoint(cache: &mut BTreeMap<&'static str, Endpoint>, kind: Kind) -> Result<
                 }
                 Kind::Mqtt => {
                     let sep = if base.contains('?') { '&' } else { '?' };
-                    format!("{base}{sep}qos=1")
+                    format!("{base}{sep}qos=1&client_id=pbbench{}", std::process::id())
                 }
                 Kind::Stomp => base.replacen("stomp://", "stomp+activemq://", 1),
                 _ => base,
@@ -428,7 +428,7 @@ async fn bridged(
         .first()
         .cloned()
         .ok_or_else(|| anyhow!("no route"))?;
-    let deadline = Instant::now() + Duration::from_secs(120).max(Duration::from_millis(n * 10));
+    let deadline = Instant::now() + Duration::from_secs(30).max(Duration::from_millis(n * 10));
     loop {
         let acked = route
             .metrics

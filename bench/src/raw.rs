@@ -92,7 +92,7 @@ impl Endpoint {
             ),
             Kind::Mqtt => format!("{{ broker: src, topic: \"{}\" }}", self.raw_name(base)),
             _ => format!(
-                "{{ broker: src, topic: \"{}\", group: bench, start: earliest }}",
+                "{{ broker: src, topic: \"{}\", group: \"g{base}\", start: earliest }}",
                 self.raw_name(base)
             ),
         }
@@ -299,7 +299,7 @@ pub async fn subscriber(ep: &Endpoint, name: &str) -> Result<Box<dyn RawSub>> {
             let stream = broker
                 .subscribe(
                     Subscription::new(pattern)
-                        .group("raw")
+                        .group(format!("raw{name}"))
                         .start(StartPosition::Latest)
                         .max_in_flight(WINDOW),
                 )
