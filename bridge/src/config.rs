@@ -99,6 +99,9 @@ pub enum Envelope {
     Json,
     /// CloudEvents 1.0 structured mode (`application/cloudevents+json`).
     CloudEvents,
+    /// CloudEvents 1.0 binary mode: the payload as it is, the event attributes in headers
+    /// named by the sink protocol's binding (see [`crate::mapping::cloudevents_prefix`]).
+    CloudEventsBinary,
 }
 
 /// Header edits on the way to a sink, applied in this order: drop, rename, set.
@@ -129,6 +132,8 @@ pub struct SinkConfig {
     pub envelope: Envelope,
     /// Explicitly accept losing headers on a sink that cannot carry them.
     pub drop_headers: bool,
+    /// The URL scheme of the sink broker (chooses the CloudEvents binary-mode binding).
+    pub scheme: String,
 }
 
 /// Where messages go that failed every attempt.
@@ -415,7 +420,7 @@ impl Loader<'_> {
                 }
             }
         }
-        let capabilities = match polybridge::capabilities_for(&url) {
+        let capabilities = match crate::builtin::capabilities_for(&url) {
             Ok(c) => c,
             Err(e) => {
                 self.diags
@@ -601,6 +606,13 @@ impl Loader<'_> {
         for sink in &sinks {
             if let Some(b) = brokers.get(&sink.broker) {
                 if b.capabilities.headers == HeaderSupport::None
+                    && sink.envelope == Envelope::CloudEventsBinary
+                {
+                    self.diags.error(&route_span, format!(
+                        "route {:?}: broker {:?} ({}) cannot carry headers, so it cannot take CloudEvents binary mode; use `envelope: cloudevents` (structured mode)",
+                        name.map(|n| n.as_str()).unwrap_or("?"), sink.broker, b.url
+                    ));
+                } else if b.capabilities.headers == HeaderSupport::None
                     && sink.envelope == Envelope::None
                     && !sink.drop_headers
                 {
@@ -750,16 +762,19 @@ impl Loader<'_> {
             None | Some((_, "none")) => Envelope::None,
             Some((_, "json")) => Envelope::Json,
             Some((_, "cloudevents")) => Envelope::CloudEvents,
+            Some((_, "cloudevents-binary")) => Envelope::CloudEventsBinary,
             Some((e, other)) => {
                 self.diags.error(
                     e.span(),
-                    format!("`envelope` must be `none`, `json` or `cloudevents`, got {other:?}"),
+                    format!("`envelope` must be `none`, `json`, `cloudevents` or `cloudevents-binary`, got {other:?}"),
                 );
                 Envelope::None
             }
         };
+        let broker = broker?;
         Some(SinkConfig {
-            broker: broker?.name.clone(),
+            scheme: broker.url.scheme().to_owned(),
+            broker: broker.name.clone(),
             destination: destination?,
             when,
             key,

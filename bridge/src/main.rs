@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand, ValueEnum};
 use polybridge_bridge::admin::{self, AdminState};
 use polybridge_bridge::config::{self, parse_duration};
-use polybridge_bridge::{connect_brokers, Bridge};
+use polybridge_bridge::{ruletest, Bridge};
 
 /// Routes messages between brokers by declarative YAML rules, at least once.
 #[derive(Parser)]
@@ -32,6 +32,17 @@ enum Command {
         /// Log format.
         #[arg(long, value_enum, default_value_t = LogFormat::Text)]
         log_format: LogFormat,
+        /// How often to check the rule file for changes (a change reloads it, like SIGHUP);
+        /// `0s` turns watching off.
+        #[arg(long, default_value = "1s", value_parser = parse_duration)]
+        watch_interval: Duration,
+    },
+    /// Runs the rule tests of a test file on in-memory brokers: given input messages,
+    /// asserts what the routes send where. Exits with 1 if a case fails.
+    Test {
+        /// Test files (format: docs/rules.md, "Rule tests").
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
     },
     /// Checks rule files without connecting to anything; prints `file:line:col: reason` for
     /// every problem and exits with 2 if there is one.
@@ -52,10 +63,25 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Validate { files } => validate(&files),
+        Command::Test { files } => {
+            let runtime = match tokio::runtime::Runtime::new() {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("polybridge: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let mut code = 0u8;
+            for f in &files {
+                code = code.max(runtime.block_on(ruletest::run_file(f)));
+            }
+            ExitCode::from(code)
+        }
         Command::Run {
             config,
             drain_timeout,
             log_format,
+            watch_interval,
         } => {
             init_logs(log_format);
             let runtime = match tokio::runtime::Runtime::new() {
@@ -65,7 +91,7 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match runtime.block_on(run(config, drain_timeout)) {
+            match runtime.block_on(run(config, drain_timeout, watch_interval)) {
                 Ok(code) => code,
                 Err(e) => {
                     tracing::error!("{e:#}");
@@ -82,7 +108,8 @@ fn init_logs(format: LogFormat) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -112,8 +139,15 @@ fn validate(files: &[PathBuf]) -> ExitCode {
     }
 }
 
-async fn run(path: PathBuf, drain: Duration) -> anyhow::Result<ExitCode> {
-    let config = match config::load_file(&path) {
+async fn run(path: PathBuf, drain: Duration, watch: Duration) -> anyhow::Result<ExitCode> {
+    let mut text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("{}:1:1: cannot read the file: {e}", path.display());
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let config = match load_text(&path, &text) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("{e}");
@@ -121,11 +155,7 @@ async fn run(path: PathBuf, drain: Duration) -> anyhow::Result<ExitCode> {
         }
     };
     let admin_config = config.admin.clone();
-    let brokers = connect_brokers(&config).await?;
-    for (name, b) in &brokers {
-        tracing::info!(broker = %name, url = %b.url(), "connected");
-    }
-    let bridge = Bridge::start(config, &brokers, drain)?;
+    let mut bridge = Bridge::connect_and_start(config, drain).await?;
     if admin_config.enabled {
         let listener = tokio::net::TcpListener::bind(&admin_config.listen)
             .await
@@ -135,34 +165,90 @@ async fn run(path: PathBuf, drain: Duration) -> anyhow::Result<ExitCode> {
                     admin_config.listen
                 )
             })?;
-        tracing::info!(listen = %admin_config.listen, "admin server: /metrics /health /ready /api/routes");
-        let state = Arc::new(AdminState {
-            routes: bridge.routes.clone(),
-        });
+        tracing::info!(
+            listen = %admin_config.listen,
+            "admin server: / (status page) /metrics /health /ready /api/routes /api/status"
+        );
+        let state = Arc::new(AdminState::new(bridge.table()));
         tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, admin::router(state)).await {
                 tracing::error!(error = %e, "admin server stopped");
             }
         });
     }
-    wait_for_shutdown().await?;
-    tracing::info!(?drain, "shutting down: draining in-flight messages");
-    bridge.stop().await;
-    for (name, b) in &brokers {
-        if let Err(e) = b.close(polybridge::Deadline::after(drain)).await {
-            tracing::warn!(broker = %name, error = %e, "closing the publisher");
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut hup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
+    let mut poll = tokio::time::interval(if watch.is_zero() {
+        Duration::from_secs(3600)
+    } else {
+        watch
+    });
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tracing::info!(file = %path.display(), "running; SIGHUP or a change of the file reloads it, SIGTERM stops");
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            r = tokio::signal::ctrl_c() => { r.context("cannot watch Ctrl-C")?; break }
+            _ = hup.recv() => {
+                if let Ok(t) = std::fs::read_to_string(&path) {
+                    text = t;
+                }
+                reload(&mut bridge, &path, &text, "SIGHUP", &admin_config.listen).await;
+            }
+            _ = poll.tick(), if !watch.is_zero() => {
+                match std::fs::read_to_string(&path) {
+                    Ok(t) if t != text => {
+                        text = t;
+                        reload(&mut bridge, &path, &text, "file change", &admin_config.listen).await;
+                    }
+                    Ok(_) => {}
+                    Err(e) => tracing::debug!(error = %e, "cannot read the rule file to check for changes"),
+                }
+            }
         }
     }
+    tracing::info!(
+        ?drain,
+        "shutting down: no new deliveries; draining those in progress"
+    );
+    bridge.shutdown().await;
     tracing::info!("stopped");
     Ok(ExitCode::SUCCESS)
 }
 
-async fn wait_for_shutdown() -> anyhow::Result<()> {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .context("cannot watch SIGTERM")?;
-    tokio::select! {
-        _ = term.recv() => {}
-        r = tokio::signal::ctrl_c() => r.context("cannot watch Ctrl-C")?,
+fn load_text(path: &std::path::Path, text: &str) -> Result<config::Config, config::ConfigErrors> {
+    config::load(text, &path.display().to_string(), &|name| {
+        std::env::var(name).ok()
+    })
+}
+
+/// Validates the rule file again and applies it; an invalid file changes nothing.
+async fn reload(bridge: &mut Bridge, path: &std::path::Path, text: &str, why: &str, listen: &str) {
+    tracing::info!(file = %path.display(), trigger = why, "reloading the rule file");
+    let config = match load_text(path, text) {
+        Ok(c) => c,
+        Err(e) => {
+            for line in e.to_string().lines() {
+                tracing::error!("{line}");
+            }
+            tracing::error!(
+                errors = e.diagnostics.len(),
+                "reload refused: the new rule file is invalid; the current routes keep running"
+            );
+            return;
+        }
+    };
+    if config.admin.listen != listen {
+        tracing::warn!(old = listen, new = %config.admin.listen, "the admin listen address changes only on restart");
     }
-    Ok(())
+    match bridge.reload(config).await {
+        Ok(s) => tracing::info!(
+            started = ?s.started,
+            stopped = ?s.stopped,
+            unchanged = ?s.unchanged,
+            "reloaded"
+        ),
+        Err(e) => tracing::error!("reload refused: {e:#}; the current routes keep running"),
+    }
 }

@@ -9,6 +9,14 @@
 //!   (`polybridge/<route>`), `type` (`polybridge.message`), `subject` (source topic),
 //!   `time`, `datacontenttype`, `data` (JSON payloads inline, text as a string) or
 //!   `data_base64`, and the headers under the extension attribute `polybridgeheaders`.
+//! - `cloudevents-binary`: CloudEvents 1.0 binary mode. The payload and content type stay
+//!   as they are (`datacontenttype` is the sink's native content type); the attributes
+//!   `specversion` (`1.0`), `id` (message id), `source` (`polybridge/<route>`), `type`
+//!   (`polybridge.message`), `subject` (source topic), `time` (when the message has a
+//!   timestamp) and `partitionkey` (when it has a key) are added as headers named by the
+//!   sink protocol's binding ([`cloudevents_prefix`]): `ce_` for Kafka, `cloudEvents_` for
+//!   AMQP, no prefix for MQTT 5 user properties, `ce-` for NATS, HTTP and the others. User
+//!   headers travel beside them unchanged.
 
 use std::time::SystemTime;
 
@@ -59,6 +67,9 @@ pub fn prepare(sink: &SinkConfig, input: &TemplateInput<'_>) -> Result<Prepared,
             message.payload =
                 Bytes::from(cloudevent(input.route, input.topic, &message).to_string());
             message.content_type = Some("application/cloudevents+json".into());
+        }
+        Envelope::CloudEventsBinary => {
+            cloudevent_binary(input.route, input.topic, &mut message, &sink.scheme)
         }
     }
     if sink.drop_headers {
@@ -117,6 +128,43 @@ pub fn json_envelope(topic: &str, message: &Message) -> Value {
     })
 }
 
+/// The header-name prefix of CloudEvents attributes in binary mode, by the sink's URL
+/// scheme, from each protocol binding: Kafka `ce_`; AMQP `cloudEvents_` (the AMQP binding's
+/// JMS-safe form; consumers also accept `cloudEvents:`); MQTT 5 user properties carry the
+/// bare attribute names; HTTP and NATS `ce-`. Protocols without a binding (STOMP, Redis,
+/// memory) use `ce-` too.
+pub fn cloudevents_prefix(scheme: &str) -> &'static str {
+    match scheme {
+        "kafka" | "kafkas" => "ce_",
+        "amqp" | "amqps" => "cloudEvents_",
+        "mqtt" | "mqtts" => "",
+        _ => "ce-",
+    }
+}
+
+/// Adds the CloudEvents binary-mode attribute headers to `message`.
+fn cloudevent_binary(route: &str, topic: &str, message: &mut Message, scheme: &str) {
+    let p = cloudevents_prefix(scheme);
+    let mut attrs: Vec<(&str, String)> = vec![
+        ("specversion", "1.0".into()),
+        ("id", message.id.clone()),
+        ("source", format!("polybridge/{route}")),
+        ("type", "polybridge.message".into()),
+        ("subject", topic.to_owned()),
+    ];
+    if let Value::String(t) = rfc3339(message.timestamp) {
+        attrs.push(("time", t));
+    }
+    if let Some(key) = &message.key {
+        if let Ok(k) = std::str::from_utf8(key) {
+            attrs.push(("partitionkey", k.to_owned()));
+        }
+    }
+    for (name, value) in attrs {
+        message.headers.set(format!("{p}{name}"), value);
+    }
+}
+
 fn cloudevent(route: &str, topic: &str, message: &Message) -> Value {
     let mut event = json!({
         "specversion": "1.0",
@@ -171,6 +219,7 @@ mod tests {
             },
             envelope,
             drop_headers,
+            scheme: "memory".into(),
         }
     }
 
@@ -245,5 +294,50 @@ mod tests {
             p.message.content_type.as_deref(),
             Some("application/cloudevents+json")
         );
+    }
+
+    #[test]
+    fn cloudevents_binary_mode_puts_attributes_in_protocol_headers() {
+        let m = Message::new(r#"{"t":1}"#)
+            .with_id("e1")
+            .with_key("k1")
+            .with_header("unit", "C")
+            .with_content_type("application/json");
+        let input = TemplateInput {
+            route: "r",
+            topic: "a.b",
+            captures: &["b"],
+            message: &m,
+        };
+        for (scheme, prefix) in [
+            ("kafka", "ce_"),
+            ("amqp", "cloudEvents_"),
+            ("mqtt", ""),
+            ("nats", "ce-"),
+            ("jetstream", "ce-"),
+            ("stomp", "ce-"),
+        ] {
+            let mut s = sink(Envelope::CloudEventsBinary, false);
+            s.scheme = scheme.into();
+            let p = prepare(&s, &input).unwrap();
+            let h = |n: &str| {
+                p.message
+                    .headers
+                    .get_str(&format!("{prefix}{n}"))
+                    .map(str::to_owned)
+            };
+            assert_eq!(h("specversion").as_deref(), Some("1.0"), "{scheme}");
+            assert_eq!(h("id").as_deref(), Some("e1"), "{scheme}");
+            assert_eq!(h("source").as_deref(), Some("polybridge/r"), "{scheme}");
+            assert_eq!(h("type").as_deref(), Some("polybridge.message"));
+            assert_eq!(h("subject").as_deref(), Some("a.b"));
+            assert!(h("time").unwrap().ends_with('Z'), "{scheme}");
+            // The sink's key template set the key to the capture.
+            assert_eq!(h("partitionkey").as_deref(), Some("b"));
+            // The payload and the content type are untouched: datacontenttype is native.
+            assert_eq!(&p.message.payload[..], br#"{"t":1}"#);
+            assert_eq!(p.message.content_type.as_deref(), Some("application/json"));
+            assert_eq!(p.message.headers.get_str("x-unit"), Some("C"));
+        }
     }
 }

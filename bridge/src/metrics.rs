@@ -65,6 +65,24 @@ impl RouteMetrics {
         self.errors[i].fetch_add(1, Ordering::Relaxed);
     }
 
+    /// The latency observations so far: (count, sum in seconds).
+    pub fn latency(&self) -> (u64, f64) {
+        (
+            self.latency_count.load(Ordering::Relaxed),
+            self.latency_sum_micros.load(Ordering::Relaxed) as f64 / 1e6,
+        )
+    }
+
+    /// Errors so far, by kind (kinds with none left out), in [`ERROR_KINDS`] order.
+    pub fn errors_by_kind(&self) -> Vec<(&'static str, u64)> {
+        ERROR_KINDS
+            .iter()
+            .zip(&self.errors)
+            .map(|(k, n)| (*k, n.load(Ordering::Relaxed)))
+            .filter(|(_, n)| *n > 0)
+            .collect()
+    }
+
     /// Records one end-to-end latency (source delivery to source ack).
     pub fn observe_latency(&self, d: Duration) {
         let secs = d.as_secs_f64();
@@ -77,6 +95,71 @@ impl RouteMetrics {
         self.latency_sum_micros.fetch_add(
             u64::try_from(d.as_micros()).unwrap_or(u64::MAX),
             Ordering::Relaxed,
+        );
+    }
+}
+
+/// Connection state of one broker, as the bridge sees it: connected after a successful
+/// connect, subscribe or publish; disconnected after a retryable failure (connection,
+/// timeout, transient) of a subscribe or publish, or a subscription that ended. Each
+/// return to connected counts as a reconnect.
+pub struct BrokerMetrics {
+    /// Whether the broker is connected.
+    pub connected: AtomicBool,
+    /// Times it came back after being disconnected.
+    pub reconnects: AtomicU64,
+}
+
+impl BrokerMetrics {
+    /// A broker just connected.
+    pub fn connected() -> Self {
+        BrokerMetrics {
+            connected: AtomicBool::new(true),
+            reconnects: AtomicU64::new(0),
+        }
+    }
+
+    /// The broker works (again).
+    pub fn up(&self) {
+        if !self.connected.swap(true, Ordering::Relaxed) {
+            self.reconnects.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The broker's connection failed.
+    pub fn down(&self) {
+        self.connected.store(false, Ordering::Relaxed);
+    }
+}
+
+/// Writes the Prometheus text exposition of `brokers` (name, scheme, metrics) into `out`.
+pub fn render_brokers(brokers: &[(&str, &str, &BrokerMetrics)], out: &mut String) {
+    let name = "polybridge_broker_connected";
+    let _ = writeln!(
+        out,
+        "# HELP {name} 1 when the last subscribe or publish on the broker worked, 0 after a retryable failure.\n# TYPE {name} gauge"
+    );
+    for (broker, scheme, m) in brokers {
+        let _ = writeln!(
+            out,
+            "{name}{{broker=\"{}\",scheme=\"{}\"}} {}",
+            escape(broker),
+            escape(scheme),
+            u8::from(m.connected.load(Ordering::Relaxed))
+        );
+    }
+    let name = "polybridge_broker_reconnects_total";
+    let _ = writeln!(
+        out,
+        "# HELP {name} Times the broker came back after a connection failure.\n# TYPE {name} counter"
+    );
+    for (broker, scheme, m) in brokers {
+        let _ = writeln!(
+            out,
+            "{name}{{broker=\"{}\",scheme=\"{}\"}} {}",
+            escape(broker),
+            escape(scheme),
+            m.reconnects.load(Ordering::Relaxed)
         );
     }
 }

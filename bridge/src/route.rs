@@ -26,7 +26,7 @@ use tokio::time::Instant;
 
 use crate::config::{Dispatch, RouteConfig, RouteOrdering};
 use crate::mapping;
-use crate::metrics::RouteMetrics;
+use crate::metrics::{BrokerMetrics, RouteMetrics};
 use crate::template::TemplateInput;
 
 /// How long one publish may take before it counts as a failed attempt.
@@ -38,12 +38,25 @@ pub struct Route {
     pub config: RouteConfig,
     /// The source broker.
     pub source: Arc<dyn Broker>,
+    /// The source broker's connection counters.
+    pub source_metrics: Arc<BrokerMetrics>,
     /// One broker per `config.sinks` entry.
     pub sinks: Vec<Arc<dyn Broker>>,
+    /// The connection counters of each sink broker.
+    pub sink_metrics: Vec<Arc<BrokerMetrics>>,
     /// The dead-letter broker, if configured.
     pub dead_letter: Option<Arc<dyn Broker>>,
     /// Counters.
     pub metrics: Arc<RouteMetrics>,
+    /// A number unique to this route object in the process: a route left untouched by a
+    /// reload keeps it, a restarted one gets a new one (shown by `/api/routes`).
+    pub instance: u64,
+}
+
+/// The next [`Route::instance`].
+pub fn next_instance() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, AtomicOrdering::Relaxed)
 }
 
 /// Why a message could not be delivered.
@@ -70,6 +83,9 @@ impl Route {
                 Ok(stream) => stream,
                 Err(e) => {
                     self.metrics.error(e.kind());
+                    if e.is_retryable() {
+                        self.source_metrics.down();
+                    }
                     tracing::error!(route = %self.config.name, error = %e, retry_in = ?backoff, "cannot subscribe to the source");
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => {}
@@ -80,6 +96,7 @@ impl Route {
                 }
             };
             backoff = Duration::from_millis(100);
+            self.source_metrics.up();
             self.metrics.subscribed.store(true, AtomicOrdering::Relaxed);
             tracing::info!(route = %self.config.name, source = %self.config.source.broker, topic = %self.config.source.topic, "route running");
             let ended_by_shutdown = match self.config.ordering {
@@ -98,6 +115,7 @@ impl Route {
             if ended_by_shutdown {
                 return;
             }
+            self.source_metrics.down();
             tracing::warn!(route = %self.config.name, "the source subscription ended; subscribing again");
         }
     }
@@ -167,8 +185,14 @@ impl Route {
                 next = stream.next() => match next {
                     Some(Ok(delivery)) => {
                         let lane = lane_of(&delivery, lanes);
-                        if senders[lane].send(delivery).await.is_err() {
-                            break false;
+                        // A full lane holds the source back, but never shutdown: a delivery
+                        // not handed over is dropped, which nacks it.
+                        tokio::select! {
+                            biased;
+                            _ = shutdown.changed() => break true,
+                            sent = senders[lane].send(delivery) => if sent.is_err() {
+                                break false;
+                            },
                         }
                     }
                     Some(Err(e)) => {
@@ -310,11 +334,17 @@ impl Route {
                 .await;
             match result {
                 Ok(_) => {
+                    self.sink_metrics[i].up();
                     self.metrics.delivered.fetch_add(1, AtomicOrdering::Relaxed);
                     return Ok(());
                 }
                 Err(e) => {
                     self.metrics.error(e.kind());
+                    if e.is_retryable() {
+                        // Connection, timeout or transient: some adapters (Redis) report a
+                        // refused or dropped connection as transient.
+                        self.sink_metrics[i].down();
+                    }
                     if !e.is_retryable() || attempt >= policy.max_attempts {
                         tracing::warn!(route = %self.config.name, sink = %self.config.sinks[i].broker, destination = %prepared.destination, attempts = attempt, error = %e, "publish failed");
                         return Err(Failure {

@@ -80,7 +80,10 @@ routes:
         .unwrap();
     let bridge = Bridge::start(cfg, &brokers, Duration::from_secs(5)).unwrap();
     eventually("the route to subscribe", || {
-        bridge.routes[0].metrics.subscribed.load(Ordering::Relaxed)
+        bridge.routes()[0]
+            .metrics
+            .subscribed
+            .load(Ordering::Relaxed)
     })
     .await;
     let n: usize = 200;
@@ -123,7 +126,7 @@ routes:
         d.ack().unwrap();
     }
     assert_eq!(seen.len(), n);
-    let m = &bridge.routes[0].metrics;
+    let m = &bridge.routes()[0].metrics;
     eventually("every source delivery acked", || {
         m.acked.load(Ordering::Relaxed) == n as u64
     })
@@ -223,7 +226,10 @@ routes:
         .unwrap();
     let bridge = Bridge::start(config(yaml), &brokers, Duration::from_secs(5)).unwrap();
     eventually("the route to subscribe", || {
-        bridge.routes[0].metrics.subscribed.load(Ordering::Relaxed)
+        bridge.routes()[0]
+            .metrics
+            .subscribed
+            .load(Ordering::Relaxed)
     })
     .await;
     brokers["src"]
@@ -238,7 +244,7 @@ routes:
         bad.attempts.load(Ordering::SeqCst) >= 5
     })
     .await;
-    let m = &bridge.routes[0].metrics;
+    let m = &bridge.routes()[0].metrics;
     assert_eq!(
         m.acked.load(Ordering::Relaxed),
         0,
@@ -284,7 +290,10 @@ routes:
         .unwrap();
     let bridge = Bridge::start(config(yaml), &brokers, Duration::from_secs(5)).unwrap();
     eventually("the route to subscribe", || {
-        bridge.routes[0].metrics.subscribed.load(Ordering::Relaxed)
+        bridge.routes()[0]
+            .metrics
+            .subscribed
+            .load(Ordering::Relaxed)
     })
     .await;
     brokers["src"]
@@ -314,7 +323,7 @@ routes:
     assert_eq!(body["message"]["payload"], "payload");
     d.ack().unwrap();
     assert_eq!(bad.attempts.load(Ordering::SeqCst), 3);
-    let m = &bridge.routes[0].metrics;
+    let m = &bridge.routes()[0].metrics;
     eventually("dead-letter counted", || {
         m.dead_lettered.load(Ordering::Relaxed) == 1
     })
@@ -356,14 +365,17 @@ routes:
     .into();
     let bridge = Bridge::start(config(yaml), &brokers, Duration::from_secs(5)).unwrap();
     eventually("the route to subscribe", || {
-        bridge.routes[0].metrics.subscribed.load(Ordering::Relaxed)
+        bridge.routes()[0]
+            .metrics
+            .subscribed
+            .load(Ordering::Relaxed)
     })
     .await;
     brokers["src"]
         .publish("in", Message::new("x"), deadline())
         .await
         .unwrap();
-    let m = bridge.routes[0].metrics.clone();
+    let m = bridge.routes()[0].metrics.clone();
     // Nacked, redelivered by the broker, tried again: never dropped.
     eventually("two rounds of redelivery", || {
         m.nacked.load(Ordering::Relaxed) >= 2
@@ -422,7 +434,7 @@ routes:
     assert_eq!(next(&mut hot).await.message.id, "a");
     assert_eq!(next(&mut hot).await.message.id, "d");
     assert_eq!(next(&mut normal).await.message.id, "b");
-    let m = bridge.routes[0].metrics.clone();
+    let m = bridge.routes()[0].metrics.clone();
     eventually("all settled", || {
         m.acked.load(Ordering::Relaxed) + m.filtered.load(Ordering::Relaxed) == 4
     })
@@ -430,4 +442,130 @@ routes:
     assert_eq!(m.filtered.load(Ordering::Relaxed), 1);
     bridge.stop().await;
     let _ = StartPosition::Earliest;
+}
+
+/// A memory sink whose publishes of messages with key `slow` are slow, the earlier ones
+/// slower (payload `n` takes (30 − n) × 6 ms): processed concurrently they would overtake
+/// each other.
+struct SlowKeySink {
+    inner: Arc<dyn Broker>,
+}
+
+#[async_trait]
+impl Publisher for SlowKeySink {
+    async fn publish(
+        &self,
+        destination: &str,
+        message: Message,
+        deadline: Deadline,
+    ) -> polybridge::Result<Receipt> {
+        if message.key.as_deref() == Some(&b"slow"[..]) {
+            let n: u64 = std::str::from_utf8(&message.payload)
+                .unwrap()
+                .parse()
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(30u64.saturating_sub(n) * 6)).await;
+        }
+        self.inner.publish(destination, message, deadline).await
+    }
+    async fn close(&self, deadline: Deadline) -> polybridge::Result<()> {
+        self.inner.close(deadline).await
+    }
+}
+
+#[async_trait]
+impl Subscriber for SlowKeySink {
+    async fn subscribe(&self, s: Subscription) -> polybridge::Result<DeliveryStream> {
+        self.inner.subscribe(s).await
+    }
+}
+
+impl Broker for SlowKeySink {
+    fn name(&self) -> &'static str {
+        "slow"
+    }
+    fn capabilities(&self) -> &Capabilities {
+        self.inner.capabilities()
+    }
+    fn url(&self) -> &BrokerUrl {
+        self.inner.url()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_key_ordering_keeps_order_per_key_and_runs_keys_in_parallel() {
+    let yaml = r#"
+brokers:
+  src: { url: "memory://pk-src" }
+  dst: { url: "memory://pk-dst" }
+routes:
+  - name: pk
+    from: { broker: src, topic: "in", group: bridge, start: earliest }
+    ordering: per_key
+    max_in_flight: 64
+    to: [ { broker: dst, destination: "out" } ]
+"#;
+    let dst: Arc<dyn Broker> = Arc::new(SlowKeySink {
+        inner: memory("pk-dst"),
+    });
+    let brokers: BTreeMap<String, Arc<dyn Broker>> = [
+        ("src".to_string(), memory("pk-src")),
+        ("dst".to_string(), dst.clone()),
+    ]
+    .into();
+    let mut out = dst
+        .subscribe(Subscription::new("out".parse().unwrap()))
+        .await
+        .unwrap();
+    let keys = ["slow", "k0", "k1", "k2", "k3"];
+    let per_key = 30;
+    for i in 0..per_key {
+        for k in keys {
+            brokers["src"]
+                .publish(
+                    "in",
+                    Message::new(i.to_string())
+                        .with_key(k)
+                        .with_id(format!("{k}-{i}")),
+                    deadline(),
+                )
+                .await
+                .unwrap();
+        }
+    }
+    let bridge = Bridge::start(config(yaml), &brokers, Duration::from_secs(5)).unwrap();
+    let mut next_seq: BTreeMap<String, usize> = BTreeMap::new();
+    let fast_total = per_key * 4;
+    let mut fast = 0;
+    let mut slow_when_fast_done = None;
+    for _ in 0..per_key * keys.len() {
+        let d = next(&mut out).await;
+        let key = String::from_utf8(d.message.key.clone().unwrap().to_vec()).unwrap();
+        let seq: usize = std::str::from_utf8(&d.message.payload)
+            .unwrap()
+            .parse()
+            .unwrap();
+        let want = next_seq.entry(key.clone()).or_insert(0);
+        assert_eq!(seq, *want, "key {key}: got {seq} while expecting {want}");
+        *want += 1;
+        if key != "slow" {
+            fast += 1;
+            if fast == fast_total {
+                slow_when_fast_done = Some(next_seq.get("slow").copied().unwrap_or(0));
+            }
+        }
+        d.ack().unwrap();
+    }
+    // The slow key (about 2.8 s in order) did not hold the other keys back.
+    let slow = slow_when_fast_done.unwrap();
+    assert!(
+        slow < per_key / 2,
+        "the fast keys finished only after {slow} slow messages"
+    );
+    let m = bridge.routes()[0].metrics.clone();
+    eventually("all acked", || {
+        m.acked.load(Ordering::Relaxed) == (per_key * keys.len()) as u64
+    })
+    .await;
+    bridge.stop().await;
 }

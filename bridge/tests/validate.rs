@@ -50,7 +50,7 @@ fn cases() -> Vec<(&'static str, String, &'static str)> {
         ("bad header set template", with_routes("  - name: r\n    from: { broker: a, topic: t }\n    to: [ { broker: b, destination: t, headers: { set: { h: \"{3}\" } } } ]\n"), "has no wildcards"),
         ("headers drop not a list", with_routes("  - name: r\n    from: { broker: a, topic: t }\n    to: [ { broker: b, destination: t, headers: { drop: x } } ]\n"), "`headers.drop` must be a list"),
         ("unknown headers key", with_routes("  - name: r\n    from: { broker: a, topic: t }\n    to: [ { broker: b, destination: t, headers: { remove: [x] } } ]\n"), "unknown key `remove` in `headers`"),
-        ("bad envelope", with_routes("  - name: r\n    from: { broker: a, topic: t }\n    to: [ { broker: b, destination: t, envelope: xml } ]\n"), "`envelope` must be `none`, `json` or `cloudevents`"),
+        ("bad envelope", with_routes("  - name: r\n    from: { broker: a, topic: t }\n    to: [ { broker: b, destination: t, envelope: xml } ]\n"), "`envelope` must be `none`, `json`, `cloudevents` or `cloudevents-binary`"),
         ("bad drop_headers", with_routes("  - name: r\n    from: { broker: a, topic: t }\n    to: [ { broker: b, destination: t, drop_headers: yes } ]\n"), "`drop_headers` must be true or false"),
         ("bad dispatch", with_routes("  - name: r\n    from: { broker: a, topic: t }\n    dispatch: any\n    to: [ { broker: b, destination: t } ]\n"), "7:15: `dispatch` must be `all` (fan-out) or `first`"),
         ("bad ordering", with_routes("  - name: r\n    from: { broker: a, topic: t }\n    ordering: strict\n    to: [ { broker: b, destination: t } ]\n"), "`ordering` must be `none` or `per_key`"),
@@ -61,6 +61,11 @@ fn cases() -> Vec<(&'static str, String, &'static str)> {
         ("dead letter without destination", with_routes("  - name: r\n    from: { broker: a, topic: t }\n    to: [ { broker: b, destination: t } ]\n    on_error: { dead_letter: { broker: b } }\n"), "`dead_letter` needs `destination`"),
         ("duplicate route name", with_routes("  - name: r\n    from: { broker: a, topic: t }\n    to: [ { broker: b, destination: t } ]\n  - name: r\n    from: { broker: a, topic: u }\n    to: [ { broker: b, destination: u } ]\n"), "8:5: route name \"r\" is used twice"),
         ("admin bad listen", format!("{BROKERS}routes: []\nadmin: {{ listen: \"localhost\" }}\n"), "`listen` must be IP:PORT"),
+        ("header-less sink without envelope", "brokers:\n  a: { url: \"memory://va\" }\n  ps: { url: \"redis://127.0.0.1:6379?mode=pubsub\" }\nroutes:\n  - name: r\n    from: { broker: a, topic: t }\n    to: [ { broker: ps, destination: t } ]\n".into(), "5:5: route \"r\": broker \"ps\" (redis://127.0.0.1:6379?mode=pubsub) cannot carry headers; choose `envelope: json`, `envelope: cloudevents`, or `drop_headers: true`"),
+        ("mqtt 3.1.1 sink without envelope", "brokers:\n  a: { url: \"memory://va\" }\n  m3: { url: \"mqtt://127.0.0.1:1883?version=3.1.1\" }\nroutes:\n  - name: r\n    from: { broker: a, topic: t }\n    to: [ { broker: m3, destination: t } ]\n".into(), "cannot carry headers"),
+        ("cloudevents binary on a header-less sink", "brokers:\n  a: { url: \"memory://va\" }\n  ps: { url: \"redis://127.0.0.1:6379?mode=pubsub\" }\nroutes:\n  - name: r\n    from: { broker: a, topic: t }\n    to: [ { broker: ps, destination: t, envelope: cloudevents-binary } ]\n".into(), "5:5: route \"r\": broker \"ps\" (redis://127.0.0.1:6379?mode=pubsub) cannot carry headers, so it cannot take CloudEvents binary mode"),
+        ("generator bad interval", "brokers:\n  g: { url: \"generate://x?interval=soon\" }\nroutes: []\n".into(), "2:13: broker \"g\""),
+        ("stdout bad format", "brokers:\n  o: { url: \"stdout://?format=xml\" }\nroutes: []\n".into(), "expected `text` or `json`"),
         ("destination not a scalar", with_routes("  - name: r\n    from: { broker: a, topic: t }\n    to: [ { broker: b, destination: [x] } ]\n"), "`destination` must be a single value"),
     ]
 }
@@ -110,6 +115,53 @@ fn every_bad_rule_file_is_refused_with_position_and_reason() {
         cases.len(),
         failures.join("\n\n")
     );
+}
+
+#[test]
+fn the_binary_prints_file_line_col_for_every_case_and_exits_2() {
+    let dir = std::env::temp_dir().join(format!("pb-validate-bin-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let cases = cases();
+    let mut files = Vec::new();
+    for (i, (_, text, _)) in cases.iter().enumerate() {
+        let f = dir.join(format!("case-{i:02}.yaml"));
+        std::fs::write(&f, text).unwrap();
+        files.push(f);
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_polybridge"))
+        .arg("validate")
+        .args(&files)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let mut failures = Vec::new();
+    for ((name, _, expected), f) in cases.iter().zip(&files) {
+        let prefix = format!("{}:", f.display());
+        let lines: Vec<&str> = err.lines().filter(|l| l.starts_with(&prefix)).collect();
+        let ok = if expected.chars().next().is_some_and(|c| c.is_ascii_digit()) {
+            lines
+                .iter()
+                .any(|l| l.starts_with(&format!("{prefix}{expected}")))
+        } else {
+            lines.iter().any(|l| l.contains(expected))
+        };
+        if !ok {
+            failures.push(format!("{name}: expected {expected:?}, got {lines:?}"));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+
+    let good = dir.join("good.yaml");
+    std::fs::write(&good, format!("{BROKERS}routes:\n  - name: r\n    from: {{ broker: a, topic: \"s.*\" }}\n    to: [ {{ broker: b, destination: \"o.{{1}}\" }} ]\n")).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_polybridge"))
+        .arg("validate")
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok (2 brokers, 1 routes)"));
 }
 
 #[test]

@@ -19,8 +19,8 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Adapters, by URL scheme (each behind a cargo feature of the same name, on by default,
-//! as it lands):
+//! Adapters, by URL scheme (each behind a cargo feature of the same name, all on by
+//! default):
 //!
 //! | scheme | adapter | status |
 //! |---|---|---|
@@ -30,7 +30,9 @@
 //! | `mqtt://` | [`polybridge_mqtt`] (feature `mqtt`) | available |
 //! | `stomp://`, `stomp+activemq://`, `stomp+rabbitmq://` | [`polybridge_stomp`] (feature `stomp`) | available |
 //! | `amqp://` | [`polybridge_amqp`] (feature `amqp`) | available |
-//! | `kafka://` | `polybridge-kafka` | in progress |
+//! | `kafka://` | [`polybridge_kafka`] (feature `kafka`) | available |
+//! | `http://`, `https://` | [`polybridge_http`] (feature `http`): webhooks in and out | available |
+//! | `ws://`, `wss://` | [`polybridge_websocket`] (feature `websocket`): a WebSocket hub for browsers and services | available |
 //!
 //! The contract itself — messages, errors, capabilities, topic patterns — is
 //! [`polybridge_core`], re-exported here.
@@ -40,6 +42,10 @@ use std::sync::Arc;
 #[cfg(feature = "amqp")]
 pub use polybridge_amqp as amqp;
 pub use polybridge_core::*;
+#[cfg(feature = "http")]
+pub use polybridge_http as http;
+#[cfg(feature = "kafka")]
+pub use polybridge_kafka as kafka;
 pub use polybridge_memory as memory;
 #[cfg(feature = "mqtt")]
 pub use polybridge_mqtt as mqtt;
@@ -49,6 +55,8 @@ pub use polybridge_nats as nats;
 pub use polybridge_redis as redis;
 #[cfg(feature = "stomp")]
 pub use polybridge_stomp as stomp;
+#[cfg(feature = "websocket")]
+pub use polybridge_websocket as websocket;
 
 /// Connects to the broker named by `url`, choosing the adapter from its scheme.
 ///
@@ -69,6 +77,12 @@ pub async fn connect_url(url: &BrokerUrl) -> Result<Arc<dyn Broker>> {
         "mqtt" => Ok(Arc::new(mqtt::MqttBroker::connect(url).await?)),
         #[cfg(feature = "amqp")]
         "amqp" => Ok(Arc::new(amqp::AmqpBroker::connect(url).await?)),
+        #[cfg(feature = "kafka")]
+        "kafka" => Ok(Arc::new(kafka::KafkaBroker::connect(url).await?)),
+        #[cfg(feature = "http")]
+        "http" | "https" => Ok(Arc::new(http::HttpBroker::connect(url)?)),
+        #[cfg(feature = "websocket")]
+        "ws" | "wss" => Ok(Arc::new(websocket::WsBroker::connect(url).await?)),
         #[cfg(feature = "stomp")]
         "stomp" | "stomp+activemq" | "stomp+rabbitmq" => {
             Ok(Arc::new(stomp::StompBroker::connect(url).await?))
@@ -96,6 +110,12 @@ pub fn capabilities_for(url: &BrokerUrl) -> Result<Capabilities> {
         "mqtt" => mqtt::MqttBroker::capabilities_for(url),
         #[cfg(feature = "amqp")]
         "amqp" => amqp::AmqpBroker::capabilities_for(url),
+        #[cfg(feature = "kafka")]
+        "kafka" => kafka::KafkaBroker::capabilities_for(url),
+        #[cfg(feature = "http")]
+        "http" | "https" => http::HttpBroker::capabilities_for(url),
+        #[cfg(feature = "websocket")]
+        "ws" | "wss" => websocket::WsBroker::capabilities_for(url),
         #[cfg(feature = "stomp")]
         "stomp" | "stomp+activemq" | "stomp+rabbitmq" => stomp::StompBroker::capabilities_for(url),
         other => Err(Error::config(
@@ -120,6 +140,12 @@ pub fn available_schemes() -> Vec<&'static str> {
     schemes.push("mqtt");
     #[cfg(feature = "amqp")]
     schemes.push("amqp");
+    #[cfg(feature = "kafka")]
+    schemes.push("kafka");
+    #[cfg(feature = "http")]
+    schemes.extend(["http", "https"]);
+    #[cfg(feature = "websocket")]
+    schemes.extend(["ws", "wss"]);
     #[cfg(feature = "stomp")]
     schemes.extend(polybridge_stomp::SCHEMES);
     schemes

@@ -256,7 +256,57 @@ impl BrokerProcess {
                     ),
                 )
             }
-            BrokerKind::Redis | BrokerKind::Nats | BrokerKind::Kafka => Ok(()),
+            BrokerKind::Kafka => match kafka_home() {
+                Some(home) => self.write_kafka_config(&home),
+                None => Ok(()),
+            },
+            BrokerKind::Redis | BrokerKind::Nats => Ok(()),
+        }
+    }
+
+    /// Apache Kafka in KRaft mode, one node that is broker and controller (the controller
+    /// listens on the spare `dist_port`), storage formatted once per data directory.
+    fn write_kafka_config(&self, home: &Path) -> Result<(), HarnessError> {
+        let dir = self.dir.path().display().to_string();
+        let port = self.ports[&Endpoint::Kafka];
+        let controller = self.dist_port;
+        self.write(
+            "server.properties",
+            &format!(
+                "process.roles=broker,controller\nnode.id=1\n\
+                 controller.quorum.voters=1@127.0.0.1:{controller}\n\
+                 listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller}\n\
+                 advertised.listeners=PLAINTEXT://127.0.0.1:{port}\n\
+                 controller.listener.names=CONTROLLER\n\
+                 listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT\n\
+                 log.dirs={dir}/kafka-logs\nnum.partitions=4\nauto.create.topics.enable=true\n\
+                 offsets.topic.replication.factor=1\noffsets.topic.num.partitions=4\n\
+                 transaction.state.log.replication.factor=1\ntransaction.state.log.min.isr=1\n\
+                 group.initial.rebalance.delay.ms=0\n"
+            ),
+        )?;
+        let status = Command::new(home.join("bin/kafka-storage.sh"))
+            .args([
+                "format",
+                "--ignore-formatted",
+                "-t",
+                "cG9seWJyaWRnZS10ZXN0cw",
+                "-c",
+            ])
+            .arg(self.path("server.properties"))
+            .env("LOG_DIR", self.path("logs"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .map_err(self.io("formatting Kafka's storage (kafka-storage.sh format)"))?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(HarnessError::Io {
+                broker: "kafka",
+                what: "formatting Kafka's storage (kafka-storage.sh format)".into(),
+                source: std::io::Error::other(format!("exit status {status}")),
+            })
         }
     }
 
@@ -335,6 +385,14 @@ impl BrokerProcess {
                     .current_dir(self.dir.path());
                 c
             }
+            BrokerKind::Kafka if kafka_home().is_some() => {
+                let home = kafka_home().unwrap_or_default();
+                let mut c = Command::new(home.join("bin/kafka-server-start.sh"));
+                c.arg(self.path("server.properties"))
+                    .env("LOG_DIR", self.path("logs"))
+                    .env("KAFKA_HEAP_OPTS", "-Xms256m -Xmx512m");
+                c
+            }
             BrokerKind::Kafka => {
                 let port = self.ports[&Endpoint::Kafka];
                 let mut c = Command::new(tansu_bin());
@@ -356,6 +414,7 @@ impl BrokerProcess {
         Duration::from_secs(match self.kind {
             BrokerKind::RabbitMq => 120,
             BrokerKind::ActiveMq => 90,
+            BrokerKind::Kafka if kafka_home().is_some() => 90,
             _ => 30,
         })
     }
@@ -424,6 +483,15 @@ impl Drop for BrokerProcess {
     }
 }
 
+/// The Apache Kafka distribution to test against instead of Tansu: `KAFKA_HOME`, when it
+/// holds `bin/kafka-server-start.sh`.
+pub fn kafka_home() -> Option<PathBuf> {
+    let home = PathBuf::from(std::env::var_os("KAFKA_HOME")?);
+    home.join("bin/kafka-server-start.sh")
+        .is_file()
+        .then_some(home)
+}
+
 fn tansu_bin() -> String {
     std::env::var("POLYBRIDGE_TANSU_BIN").unwrap_or_else(|_| "tansu".into())
 }
@@ -443,7 +511,13 @@ fn check_installed(kind: BrokerKind) -> Result<(), HarnessError> {
         BrokerKind::Nats => vec!["nats-server".into()],
         BrokerKind::RabbitMq => vec![RABBITMQ_SERVER.into(), RABBITMQCTL.into(), "epmd".into()],
         BrokerKind::ActiveMq => vec!["java".into(), ACTIVEMQ_JAR.into()],
-        BrokerKind::Kafka => vec![tansu_bin()],
+        BrokerKind::Kafka => match kafka_home() {
+            Some(home) => vec![
+                home.join("bin/kafka-server-start.sh").display().to_string(),
+                home.join("bin/kafka-storage.sh").display().to_string(),
+            ],
+            None => vec![tansu_bin()],
+        },
     };
     match needed.into_iter().find(|p| !on_path(p)) {
         Some(program) => Err(HarnessError::NotInstalled {

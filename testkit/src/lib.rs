@@ -42,7 +42,9 @@
 //! `/usr/lib/rabbitmq/bin/rabbitmq-server` (with the STOMP and MQTT plugins), ActiveMQ's
 //! `/usr/share/activemq/bin/activemq.jar` on `java`, and `tansu` (a Kafka-protocol broker;
 //! override the path with `POLYBRIDGE_TANSU_BIN`). Tansu keeps data in memory only: a
-//! restart empties it, so Kafka fault tests pause the broker instead.
+//! restart empties it, so Kafka fault tests pause the broker instead. When `KAFKA_HOME`
+//! names an Apache Kafka distribution (with `bin/kafka-server-start.sh`), a single-node
+//! KRaft Kafka is started instead of Tansu ([`kafka_home`]).
 //!
 //! Not for production: ports, credentials (`guest`/`guest`) and settings are for tests.
 
@@ -53,7 +55,7 @@ mod process;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
-pub use brokers::BrokerProcess;
+pub use brokers::{kafka_home, BrokerProcess};
 
 /// The brokers the harness can start.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

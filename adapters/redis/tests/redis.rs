@@ -71,13 +71,14 @@ async fn a_crashed_stream_consumers_messages_are_claimed_by_the_group() {
     };
     let url = server.url_with(STREAMS);
     let broker = server.connect(STREAMS).await;
-    // Create the group first so both consumers start from the same position.
-    drop(
-        broker
-            .subscribe(on("orders").group("billing"))
-            .await
-            .unwrap(),
-    );
+    // Create the group first so both consumers start from the same position; close (not
+    // drop) it, so its reader has stopped before anything is published and reads nothing.
+    broker
+        .subscribe(on("orders").group("billing"))
+        .await
+        .unwrap()
+        .close()
+        .await;
     for i in 0..3 {
         broker
             .publish(

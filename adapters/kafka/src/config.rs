@@ -1,0 +1,384 @@
+//! `kafka://host:port[,host:port…][?option=value&…]`
+//!
+//! See the crate documentation for every option.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use polybridge_core::{BrokerUrl, Error, Result};
+
+use crate::BROKER;
+
+/// The port Kafka listens on unless the URL says otherwise.
+pub const DEFAULT_PORT: u16 = 9092;
+
+/// librdkafka's default `message.max.bytes`.
+pub const DEFAULT_MESSAGE_MAX_BYTES: usize = 1_000_000;
+
+/// Bytes of `message.max.bytes` kept for the key, headers and record overhead: the payload
+/// limit is `message.max.bytes` minus this.
+pub const RECORD_RESERVE: usize = 16 * 1024;
+
+/// Where a new consumer group starts when the subscription keeps the default
+/// [`StartPosition::Latest`](polybridge_core::StartPosition::Latest).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DefaultStart {
+    /// New messages only.
+    Latest,
+    /// Everything the partition still holds.
+    Earliest,
+}
+
+/// librdkafka options polybridge sets itself: passing them through would break the
+/// at-least-once contract or the connection, so they are refused.
+const RESERVED_RDKAFKA_KEYS: &[&str] = &[
+    "bootstrap.servers",
+    "metadata.broker.list",
+    "group.id",
+    "enable.auto.commit",
+    "enable.auto.offset.store",
+    "enable.partition.eof",
+];
+
+/// Settings of a Kafka connection, from its URL.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KafkaConfig {
+    /// `host:port` of every bootstrap server in the URL.
+    pub bootstrap: Vec<String>,
+    /// SASL user name (`kafka://user:password@…`), with `password`.
+    pub user: Option<String>,
+    /// SASL password for `user`.
+    pub password: Option<String>,
+    /// `acks`: `all` (default), `1` or `0`. Anything but `all` turns idempotence off.
+    pub acks: String,
+    /// `idempotence` (default `true`): the idempotent producer, so a retried produce is
+    /// stored once per partition.
+    pub idempotence: bool,
+    /// `compression`: `none` (default), `gzip`, `snappy`, `lz4` or `zstd`.
+    pub compression: String,
+    /// `linger` (librdkafka `linger.ms`, default `5ms`): how long the producer waits to batch.
+    pub linger: Duration,
+    /// `batch_size` (librdkafka `batch.size`, bytes), if set.
+    pub batch_size: Option<usize>,
+    /// `partition`: every publish goes to this partition instead of the partitioner's pick.
+    pub partition: Option<i32>,
+    /// `start`: where a new group starts when the subscription keeps the default `Latest`.
+    pub start: DefaultStart,
+    /// `session_timeout` (librdkafka `session.timeout.ms`, default `10s`).
+    pub session_timeout: Duration,
+    /// `heartbeat_interval` (librdkafka `heartbeat.interval.ms`, default `1s`).
+    pub heartbeat_interval: Duration,
+    /// `commit_interval` (default `500ms`): how often the acknowledged watermark is committed
+    /// while it moves (it is always committed on revoke and close).
+    pub commit_interval: Duration,
+    /// `close_timeout` (default `10s`): how long closing a subscription may take before its
+    /// consumer is abandoned.
+    pub close_timeout: Duration,
+    /// `dead_letter`: the dead-letter topic for subscriptions that name none; `{topic}` is
+    /// replaced with the message's topic. Default `{topic}.dlq`.
+    pub dead_letter: String,
+    /// `auto_create` (default `true`): whether subscribing may auto-create a missing topic
+    /// (when the broker allows it). With `false` a missing topic is an error.
+    pub auto_create: bool,
+    /// `client_id` (default `polybridge`).
+    pub client_id: String,
+    /// `rdkafka.<key>=<value>`: librdkafka settings passed through to the producer and the
+    /// consumers, validated when the connection is made.
+    pub rdkafka: BTreeMap<String, String>,
+}
+
+const OPTIONS: &[&str] = &[
+    "acks",
+    "idempotence",
+    "compression",
+    "linger",
+    "batch_size",
+    "partition",
+    "start",
+    "session_timeout",
+    "heartbeat_interval",
+    "commit_interval",
+    "close_timeout",
+    "dead_letter",
+    "auto_create",
+    "client_id",
+    "rdkafka.<librdkafka key>",
+];
+
+impl KafkaConfig {
+    /// Reads the config from a `kafka://` URL.
+    pub fn from_url(url: &BrokerUrl) -> Result<Self> {
+        if url.scheme() != "kafka" {
+            return Err(Error::config(
+                BROKER,
+                format!("expected a kafka:// URL, got {url}"),
+            ));
+        }
+        let mut rdkafka = BTreeMap::new();
+        for (name, value) in url.options() {
+            if let Some(key) = name.strip_prefix("rdkafka.") {
+                if RESERVED_RDKAFKA_KEYS.contains(&key) {
+                    return Err(Error::config(
+                        BROKER,
+                        format!("option {name} in {url}: polybridge sets {key} itself (at-least-once depends on it)"),
+                    ));
+                }
+                if key.is_empty() {
+                    return Err(Error::config(
+                        BROKER,
+                        format!("option {name:?} in {url} names no librdkafka key"),
+                    ));
+                }
+                rdkafka.insert(key.to_owned(), value.clone());
+            } else if !OPTIONS.contains(&name.as_str()) {
+                return Err(Error::config(
+                    BROKER,
+                    format!(
+                        "unknown option {name:?} in {url}; known options: {}",
+                        OPTIONS.join(", ")
+                    ),
+                ));
+            }
+        }
+        let bootstrap: Vec<String> = url
+            .hosts(DEFAULT_PORT)
+            .into_iter()
+            .filter(|(h, _)| !h.is_empty())
+            .map(|(h, p)| format!("{h}:{p}"))
+            .collect();
+        if bootstrap.is_empty() {
+            return Err(Error::config(BROKER, format!("no broker in {url}")));
+        }
+        let acks = match url.option("acks").unwrap_or("all") {
+            "all" | "-1" => "all".to_owned(),
+            a @ ("0" | "1") => a.to_owned(),
+            other => {
+                return Err(Error::config(
+                    BROKER,
+                    format!("option acks={other:?} in {url}: use all, 1 or 0"),
+                ))
+            }
+        };
+        let idempotence = url.parse_option::<bool>(BROKER, "idempotence")?;
+        if idempotence == Some(true) && acks != "all" {
+            return Err(Error::config(
+                BROKER,
+                format!("idempotence=true in {url} needs acks=all"),
+            ));
+        }
+        let idempotence = idempotence.unwrap_or(acks == "all");
+        let compression = match url.option("compression").unwrap_or("none") {
+            c @ ("none" | "gzip" | "snappy" | "lz4" | "zstd") => c.to_owned(),
+            other => {
+                return Err(Error::config(
+                    BROKER,
+                    format!(
+                        "option compression={other:?} in {url}: use none, gzip, snappy, lz4 or zstd"
+                    ),
+                ))
+            }
+        };
+        let partition = url.parse_option::<i32>(BROKER, "partition")?;
+        if matches!(partition, Some(p) if p < 0) {
+            return Err(Error::config(
+                BROKER,
+                format!("option partition in {url} must be 0 or more"),
+            ));
+        }
+        let start = match url.option("start").unwrap_or("latest") {
+            "latest" => DefaultStart::Latest,
+            "earliest" => DefaultStart::Earliest,
+            other => {
+                return Err(Error::config(
+                    BROKER,
+                    format!("option start={other:?} in {url}: use earliest or latest"),
+                ))
+            }
+        };
+        let session_timeout = url
+            .duration_option(BROKER, "session_timeout")?
+            .unwrap_or(Duration::from_secs(10));
+        let heartbeat_interval = url
+            .duration_option(BROKER, "heartbeat_interval")?
+            .unwrap_or(Duration::from_secs(1));
+        if heartbeat_interval >= session_timeout {
+            return Err(Error::config(
+                BROKER,
+                format!("heartbeat_interval in {url} must be shorter than session_timeout"),
+            ));
+        }
+        let dead_letter = url
+            .option("dead_letter")
+            .unwrap_or("{topic}.dlq")
+            .to_owned();
+        if dead_letter.is_empty() {
+            return Err(Error::config(
+                BROKER,
+                format!("option dead_letter in {url} is empty"),
+            ));
+        }
+        Ok(KafkaConfig {
+            bootstrap,
+            user: url.username(),
+            password: url.password(),
+            acks,
+            idempotence,
+            compression,
+            linger: url
+                .duration_option(BROKER, "linger")?
+                .unwrap_or(Duration::from_millis(5)),
+            batch_size: url.parse_option::<usize>(BROKER, "batch_size")?,
+            partition,
+            start,
+            session_timeout,
+            heartbeat_interval,
+            commit_interval: url
+                .duration_option(BROKER, "commit_interval")?
+                .unwrap_or(Duration::from_millis(500))
+                .max(Duration::from_millis(10)),
+            close_timeout: url
+                .duration_option(BROKER, "close_timeout")?
+                .unwrap_or(Duration::from_secs(10)),
+            dead_letter,
+            auto_create: url
+                .parse_option::<bool>(BROKER, "auto_create")?
+                .unwrap_or(true),
+            client_id: url.option("client_id").unwrap_or("polybridge").to_owned(),
+            rdkafka,
+        })
+    }
+
+    /// `message.max.bytes` as configured (passthrough) or librdkafka's default.
+    pub fn message_max_bytes(&self) -> usize {
+        self.rdkafka
+            .get("message.max.bytes")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(DEFAULT_MESSAGE_MAX_BYTES)
+    }
+
+    /// The largest payload `publish` accepts.
+    pub fn max_payload(&self) -> usize {
+        self.message_max_bytes().saturating_sub(RECORD_RESERVE)
+    }
+
+    /// The dead-letter topic for a message consumed from `topic`.
+    pub fn dead_letter_for(&self, topic: &str) -> String {
+        self.dead_letter.replace("{topic}", topic)
+    }
+
+    /// Settings shared by producer and consumers.
+    pub(crate) fn common(&self) -> rdkafka::ClientConfig {
+        let mut c = rdkafka::ClientConfig::new();
+        c.set("bootstrap.servers", self.bootstrap.join(","))
+            .set("client.id", &self.client_id);
+        if let (Some(user), Some(password)) = (&self.user, &self.password) {
+            c.set("security.protocol", "sasl_plaintext")
+                .set("sasl.mechanisms", "PLAIN")
+                .set("sasl.username", user)
+                .set("sasl.password", password);
+        }
+        for (k, v) in &self.rdkafka {
+            c.set(k, v);
+        }
+        c
+    }
+
+    /// The producer's librdkafka settings.
+    pub(crate) fn producer(&self) -> rdkafka::ClientConfig {
+        let mut c = rdkafka::ClientConfig::new();
+        c.set("acks", &self.acks)
+            .set("enable.idempotence", self.idempotence.to_string())
+            .set("compression.type", &self.compression)
+            .set("linger.ms", self.linger.as_millis().to_string());
+        if let Some(b) = self.batch_size {
+            c.set("batch.size", b.to_string());
+        }
+        // Passthrough settings win over polybridge's defaults, except the reserved ones.
+        for (k, v) in self.common().config_map() {
+            c.set(k, v);
+        }
+        c
+    }
+
+    /// A consumer's librdkafka settings for `group`.
+    pub(crate) fn consumer(&self, group: &str) -> rdkafka::ClientConfig {
+        let mut c = rdkafka::ClientConfig::new();
+        c.set(
+            "session.timeout.ms",
+            self.session_timeout.as_millis().to_string(),
+        )
+        .set(
+            "heartbeat.interval.ms",
+            self.heartbeat_interval.as_millis().to_string(),
+        )
+        .set("allow.auto.create.topics", self.auto_create.to_string())
+        // Every partition is assigned at an explicit offset; this only applies when that
+        // offset no longer exists (retention, a broker that lost its data): re-read what
+        // is there rather than skip to the end.
+        .set("auto.offset.reset", "earliest")
+        .set("queued.max.messages.kbytes", "16384")
+        .set("topic.metadata.refresh.interval.ms", "10000");
+        for (k, v) in self.common().config_map() {
+            c.set(k, v);
+        }
+        c.set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("enable.partition.eof", "false");
+        c
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn config(url: &str) -> Result<KafkaConfig> {
+        KafkaConfig::from_url(&url.parse().unwrap())
+    }
+
+    #[test]
+    fn reads_hosts_and_options() {
+        let c = config("kafka://h1:9093,h2?acks=all&linger=20ms&compression=lz4&start=earliest&rdkafka.socket.timeout.ms=3000&partition=2").unwrap();
+        assert_eq!(c.bootstrap, ["h1:9093", "h2:9092"]);
+        assert_eq!(c.linger, Duration::from_millis(20));
+        assert_eq!(c.compression, "lz4");
+        assert_eq!(c.start, DefaultStart::Earliest);
+        assert_eq!(c.partition, Some(2));
+        assert!(c.idempotence);
+        assert_eq!(
+            c.rdkafka.get("socket.timeout.ms").map(String::as_str),
+            Some("3000")
+        );
+        assert_eq!(c.dead_letter_for("orders"), "orders.dlq");
+        let c = config("kafka://h?acks=1").unwrap();
+        assert!(!c.idempotence);
+        assert_eq!(c.max_payload(), DEFAULT_MESSAGE_MAX_BYTES - RECORD_RESERVE);
+    }
+
+    #[test]
+    fn refuses_bad_options_without_the_password() {
+        for (url, expected) in [
+            ("kafka://u:pw@h?acks=most", "use all, 1 or 0"),
+            ("kafka://u:pw@h?acks=1&idempotence=true", "needs acks=all"),
+            ("kafka://u:pw@h?compression=brotli", "compression"),
+            ("kafka://u:pw@h?start=middle", "use earliest or latest"),
+            ("kafka://u:pw@h?linger=soon", "invalid duration"),
+            ("kafka://u:pw@h?lingr=5ms", "unknown option \"lingr\""),
+            (
+                "kafka://u:pw@h?rdkafka.enable.auto.commit=true",
+                "sets enable.auto.commit itself",
+            ),
+            (
+                "kafka://u:pw@h?session_timeout=1s&heartbeat_interval=2s",
+                "shorter than",
+            ),
+            ("nats://u:pw@h", "expected a kafka://"),
+        ] {
+            let e = config(url).unwrap_err().to_string();
+            assert!(e.contains(expected), "{url}: {e}");
+            assert!(!e.contains("pw@"), "{url}: {e}");
+        }
+    }
+}
