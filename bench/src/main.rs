@@ -90,7 +90,7 @@ fn main() -> Result<()> {
 
 async fn run(args: Args) -> Result<()> {
     let started = Instant::now();
-    let kafka_built = false;
+    let kafka_built = true;
     let mut endpoints: BTreeMap<&'static str, Endpoint> = BTreeMap::new();
     let mut results = Vec::new();
     let mut failures = 0usize;
