@@ -569,6 +569,25 @@ fn peak_rss_mib() -> f64 {
 fn write_results(args: &Args, results: &[serde_json::Value]) -> Result<()> {
     std::fs::create_dir_all(&args.out)?;
     let path = args.out.join("results.json");
+    // With `--only`, the other routes' rows of an earlier run are kept.
+    let mut merged: Vec<serde_json::Value> = Vec::new();
+    if args.only.is_some() {
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            if let Ok(serde_json::Value::Array(old)) = serde_json::from_str(&text) {
+                merged = old;
+            }
+        }
+    }
+    for r in results {
+        match merged
+            .iter_mut()
+            .find(|o| o["route"] == r["route"] && o["payload_bytes"] == r["payload_bytes"])
+        {
+            Some(slot) => *slot = r.clone(),
+            None => merged.push(r.clone()),
+        }
+    }
+    let results = &merged[..];
     std::fs::write(&path, serde_json::to_string_pretty(results)? + "\n")?;
     println!("wrote {}", path.display());
     let mut table = String::from(
