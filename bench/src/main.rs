@@ -424,7 +424,7 @@ async fn bridged(
     let t = Instant::now();
     let bridge = Bridge::start(config, &brokers, Duration::from_secs(5))?;
     let route = bridge
-        .routes
+        .routes()
         .first()
         .cloned()
         .ok_or_else(|| anyhow!("no route"))?;
@@ -480,7 +480,7 @@ async fn latency(
     let mut sub = raw::subscriber(sink, &dst).await?;
     let bridge = Bridge::start(config, &brokers, Duration::from_secs(5))?;
     let route = bridge
-        .routes
+        .routes()
         .first()
         .cloned()
         .ok_or_else(|| anyhow!("no route"))?;
