@@ -429,7 +429,19 @@ async fn bridged(
         .cloned()
         .ok_or_else(|| anyhow!("no route"))?;
     let deadline = Instant::now() + Duration::from_secs(30).max(Duration::from_millis(n * 10));
+    // The clock starts at the first delivery: subscribing (a Kafka group join takes
+    // seconds) is not throughput.
+    let mut first: Option<Instant> = None;
     loop {
+        if first.is_none()
+            && route
+                .metrics
+                .received
+                .load(std::sync::atomic::Ordering::Relaxed)
+                > 0
+        {
+            first = Some(Instant::now());
+        }
         let acked = route
             .metrics
             .acked
@@ -443,7 +455,7 @@ async fn bridged(
         }
         tokio::time::sleep(Duration::from_micros(500)).await;
     }
-    let elapsed = t.elapsed();
+    let elapsed = first.map(|f| f.elapsed()).unwrap_or_else(|| t.elapsed());
     let cpu = cpu_time().saturating_sub(cpu0);
     let rss = peak_rss_mib();
     bridge.stop().await;
