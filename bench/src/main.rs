@@ -1,0 +1,641 @@
+//! `polybridge-bench`: each benchmarked route side by side with the raw client crates.
+//!
+//! See `docs/benchmarks/README.md` for what is measured and how. In short, per route and
+//! payload size, alternating over `--rounds`:
+//! - **raw limit** = min(raw consume rate of the source, raw publish rate of the sink), with
+//!   the client crates the adapters use ([`raw`]);
+//! - **bridged rate**: the source is pre-filled with `--messages` messages, then a
+//!   [`Bridge`] is started in this process from a rule file and timed until its route has
+//!   acknowledged every source delivery (each after the sink confirmed its publish);
+//! - peak RSS (`VmHWM`, reset before the bridged run) and CPU per message (`getrusage`)
+//!   of that bridged run;
+//! - end-to-end latency at a fixed 1k msg/s through the bridge (HDR histogram).
+
+mod raw;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use bytes::Bytes;
+use clap::Parser;
+use polybridge_bridge::Bridge;
+use polybridge_testkit::{BrokerKind, Endpoint as TkEndpoint};
+use raw::{Endpoint, Kind};
+use serde_json::json;
+
+/// Side-by-side benchmark of polybridge routes against the raw client crates.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Args {
+    /// Messages per throughput run.
+    #[arg(long, default_value_t = 20_000)]
+    messages: u64,
+    /// Rounds of (raw consume, raw publish, bridged), alternating.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Messages of the latency run (published at `--rate` per second).
+    #[arg(long, default_value_t = 3_000)]
+    latency_messages: u64,
+    /// Publish rate of the latency run, messages per second.
+    #[arg(long, default_value_t = 1_000)]
+    rate: u64,
+    /// Payload sizes in bytes.
+    #[arg(long, value_delimiter = ',', default_values_t = [256usize, 4096])]
+    sizes: Vec<usize>,
+    /// Only routes whose name contains this.
+    #[arg(long)]
+    only: Option<String>,
+    /// Tiny counts, one round, no result files; exit 0 if everything ran.
+    #[arg(long)]
+    smoke: bool,
+    /// Where results go.
+    #[arg(long, default_value = "docs/benchmarks")]
+    out: std::path::PathBuf,
+}
+
+/// The routes of issue 11.
+const ROUTES: &[(Kind, Kind)] = &[
+    (Kind::JetStream, Kind::Kafka),
+    (Kind::Mqtt, Kind::Amqp),
+    (Kind::Redis, Kind::JetStream),
+    (Kind::Kafka, Kind::Redis),
+    (Kind::Amqp, Kind::Stomp),
+    (Kind::Memory, Kind::Memory),
+];
+
+/// One round's measurements.
+#[derive(Clone, Debug, Default)]
+struct Round {
+    raw_consume: f64,
+    raw_publish: f64,
+    bridged: f64,
+    rss_mib: f64,
+    cpu_us_per_msg: f64,
+}
+
+fn main() -> Result<()> {
+    let mut args = Args::parse();
+    if args.smoke {
+        args.messages = args.messages.min(500);
+        args.rounds = 1;
+        args.latency_messages = args.latency_messages.min(100);
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(run(args))
+}
+
+async fn run(args: Args) -> Result<()> {
+    let started = Instant::now();
+    let kafka_built = true;
+    let mut endpoints: BTreeMap<&'static str, Endpoint> = BTreeMap::new();
+    let mut results = Vec::new();
+    let mut failures = 0usize;
+    for (src, dst) in ROUTES {
+        let name = format!("{}→{}", src.label(), dst.label());
+        if let Some(only) = &args.only {
+            if !name.contains(only.as_str()) {
+                continue;
+            }
+        }
+        if (*src == Kind::Kafka || *dst == Kind::Kafka) && !kafka_built {
+            println!("{name}: not built yet (the Kafka adapter is not merged)");
+            for size in &args.sizes {
+                results.push(json!({
+                    "route": name, "payload_bytes": size, "status": "not built yet",
+                    "raw_limit_msgs_per_s": null, "bridged_msgs_per_s": null, "ratio": null,
+                    "p50_us": null, "p99_us": null, "p999_us": null, "peak_rss_mib": null,
+                    "cpu_us_per_msg": null,
+                }));
+            }
+            continue;
+        }
+        if let Some(reason) = [*src, *dst].iter().find_map(|k| skip_reason(*k)) {
+            println!("{name}: {reason}");
+            continue;
+        }
+        let source = endpoint(&mut endpoints, *src)?;
+        let sink = endpoint(&mut endpoints, *dst)?;
+        for &size in &args.sizes {
+            match bench_route(&args, &name, &source, &sink, size).await {
+                Ok(r) => {
+                    println!("{}", serde_json::to_string(&r)?);
+                    results.push(r);
+                }
+                Err(e) => {
+                    failures += 1;
+                    eprintln!("{name} {size} B: FAILED: {e:#}");
+                    results.push(json!({
+                        "route": name, "payload_bytes": size, "status": format!("failed: {e:#}"),
+                        "raw_limit_msgs_per_s": null, "bridged_msgs_per_s": null, "ratio": null,
+                        "p50_us": null, "p99_us": null, "p999_us": null, "peak_rss_mib": null,
+                        "cpu_us_per_msg": null,
+                    }));
+                }
+            }
+        }
+    }
+    println!("finished in {:.0} s", started.elapsed().as_secs_f64());
+    if args.smoke {
+        if failures > 0 {
+            bail!("{failures} route runs failed");
+        }
+        println!("smoke run: every route ran; no result files written");
+        return Ok(());
+    }
+    write_results(&args, &results)?;
+    if failures > 0 {
+        bail!("{failures} route runs failed (recorded in results.json)");
+    }
+    Ok(())
+}
+
+/// The harness broker of `kind` (none for memory).
+fn broker_kind(kind: Kind) -> Option<(BrokerKind, TkEndpoint)> {
+    match kind {
+        Kind::JetStream => Some((BrokerKind::Nats, TkEndpoint::Nats)),
+        Kind::Redis => Some((BrokerKind::Redis, TkEndpoint::Redis)),
+        Kind::Mqtt => Some((BrokerKind::Mosquitto, TkEndpoint::Mqtt)),
+        Kind::Amqp => Some((BrokerKind::RabbitMq, TkEndpoint::Amqp)),
+        Kind::Stomp => Some((BrokerKind::ActiveMq, TkEndpoint::Stomp)),
+        Kind::Kafka => Some((BrokerKind::Kafka, TkEndpoint::Kafka)),
+        Kind::Memory => None,
+    }
+}
+
+/// Why a route with an endpoint of `kind` is skipped (`POLYBRIDGE_SKIP_BROKERS`).
+fn skip_reason(kind: Kind) -> Option<String> {
+    broker_kind(kind).and_then(|(bk, _)| polybridge_testkit::skip_reason(bk))
+}
+
+/// Starts (or finds, via `POLYBRIDGE_<X>_URL`) the broker of `kind`.
+fn endpoint(cache: &mut BTreeMap<&'static str, Endpoint>, kind: Kind) -> Result<Endpoint> {
+    let key = kind.label();
+    if let Some(e) = cache.get(key) {
+        return Ok(e.clone());
+    }
+    let url = match broker_kind(kind) {
+        None => "memory://bench".to_string(),
+        Some((bk, tk)) => {
+            eprintln!("starting {} …", bk.name());
+            let b = polybridge_testkit::shared(bk)?;
+            let base = b
+                .url(tk)
+                .ok_or_else(|| anyhow!("{} serves no {tk:?} endpoint", bk.name()))?;
+            match kind {
+                Kind::JetStream => {
+                    let sep = if base.contains('?') { '&' } else { '?' };
+                    format!("{base}{sep}mode=jetstream&stream={}", raw::JS_STREAM)
+                }
+                Kind::Mqtt => {
+                    let sep = if base.contains('?') { '&' } else { '?' };
+                    format!("{base}{sep}qos=1&client_id=pbbench{}", std::process::id())
+                }
+                Kind::Stomp => base.replacen("stomp://", "stomp+activemq://", 1),
+                _ => base,
+            }
+        }
+    };
+    let e = Endpoint { kind, url };
+    cache.insert(key, e.clone());
+    Ok(e)
+}
+
+/// A payload of `size` bytes starting with the send time (ns since [`epoch`]).
+fn payload(size: usize) -> Bytes {
+    let mut v = vec![b'x'; size.max(8)];
+    let t = u64::try_from(epoch().elapsed().as_nanos()).unwrap_or(u64::MAX);
+    v[..8].copy_from_slice(&t.to_le_bytes());
+    Bytes::from(v)
+}
+
+fn sent_at(p: &[u8]) -> Option<Duration> {
+    let b: [u8; 8] = p.get(..8)?.try_into().ok()?;
+    Some(Duration::from_nanos(u64::from_le_bytes(b)))
+}
+
+fn epoch() -> Instant {
+    static E: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *E.get_or_init(Instant::now)
+}
+
+fn unique_name(tag: &str) -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{tag}{}x{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+async fn bench_route(
+    args: &Args,
+    name: &str,
+    source: &Endpoint,
+    sink: &Endpoint,
+    size: usize,
+) -> Result<serde_json::Value> {
+    let n = args.messages;
+    let body = payload(size);
+    let mut rounds = Vec::new();
+    for round in 0..args.rounds {
+        let mut r = Round {
+            raw_consume: raw_consume(source, n, &body).await.context("raw consume")?,
+            raw_publish: raw_publish(sink, n, &body).await.context("raw publish")?,
+            ..Default::default()
+        };
+        let (rate, rss, cpu) = bridged(source, sink, n, &body).await.context("bridged")?;
+        r.bridged = rate;
+        r.rss_mib = rss;
+        r.cpu_us_per_msg = cpu;
+        eprintln!(
+            "  {name} {size} B round {}: raw consume {:.0}/s, raw publish {:.0}/s, bridged {:.0}/s",
+            round + 1,
+            r.raw_consume,
+            r.raw_publish,
+            r.bridged
+        );
+        rounds.push(r);
+    }
+    let hist = latency(source, sink, size, args.latency_messages, args.rate)
+        .await
+        .context("latency")?;
+
+    let limits: Vec<f64> = rounds
+        .iter()
+        .map(|r| r.raw_consume.min(r.raw_publish))
+        .collect();
+    let bridged: Vec<f64> = rounds.iter().map(|r| r.bridged).collect();
+    let ratios: Vec<f64> = rounds
+        .iter()
+        .map(|r| r.bridged / r.raw_consume.min(r.raw_publish))
+        .collect();
+    let pick = |f: fn(&Round) -> f64| rounds.iter().map(f).collect::<Vec<f64>>();
+    let us = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
+    Ok(json!({
+        "route": name,
+        "payload_bytes": size,
+        "status": "ok",
+        "messages": n,
+        "rounds": args.rounds,
+        "raw_limit_msgs_per_s": median(&limits).round(),
+        "bridged_msgs_per_s": median(&bridged).round(),
+        "ratio": round3(median(&ratios)),
+        "p50_us": us(0.5).round(),
+        "p99_us": us(0.99).round(),
+        "p999_us": us(0.999).round(),
+        "peak_rss_mib": round1(median(&pick(|r| r.rss_mib))),
+        "cpu_us_per_msg": round1(median(&pick(|r| r.cpu_us_per_msg))),
+        "spread": {
+            "raw_consume_msgs_per_s": spread(&pick(|r| r.raw_consume)),
+            "raw_publish_msgs_per_s": spread(&pick(|r| r.raw_publish)),
+            "raw_limit_msgs_per_s": spread(&limits),
+            "bridged_msgs_per_s": spread(&bridged),
+            "ratio": ratios.iter().map(|r| round3(*r)).collect::<Vec<_>>(),
+        },
+        "latency_messages": hist.len(),
+    }))
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    match s.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => s[n / 2],
+        n => (s[n / 2 - 1] + s[n / 2]) / 2.0,
+    }
+}
+
+fn spread(v: &[f64]) -> serde_json::Value {
+    let min = v.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = v.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    json!({ "min": min.round(), "max": max.round(), "all": v.iter().map(|x| x.round()).collect::<Vec<_>>() })
+}
+
+fn round1(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+/// Raw consume rate: a subscriber is opened, the destination pre-filled with `n`
+/// messages, then the time to receive and acknowledge all `n`.
+async fn raw_consume(ep: &Endpoint, n: u64, body: &Bytes) -> Result<f64> {
+    let name = unique_name("rc");
+    raw::prepare(ep, &name).await?;
+    let mut sub = raw::subscriber(ep, &name).await?;
+    let mut publisher = raw::publisher(ep, &name).await?;
+    for _ in 0..n {
+        publisher.publish(body.clone()).await?;
+    }
+    publisher.flush().await?;
+    drop(publisher);
+    let t = Instant::now();
+    for _ in 0..n {
+        tokio::time::timeout(Duration::from_secs(30), sub.next())
+            .await
+            .context("no message for 30 s")??;
+    }
+    let rate = n as f64 / t.elapsed().as_secs_f64();
+    drop(sub);
+    raw::cleanup(ep, &name).await;
+    Ok(rate)
+}
+
+/// Raw publish rate: `n` confirmed publishes, pipelined.
+async fn raw_publish(ep: &Endpoint, n: u64, body: &Bytes) -> Result<f64> {
+    let name = unique_name("rp");
+    raw::prepare(ep, &name).await?;
+    let mut publisher = raw::publisher(ep, &name).await?;
+    let t = Instant::now();
+    for _ in 0..n {
+        publisher.publish(body.clone()).await?;
+    }
+    publisher.flush().await?;
+    let rate = n as f64 / t.elapsed().as_secs_f64();
+    drop(publisher);
+    raw::cleanup(ep, &name).await;
+    Ok(rate)
+}
+
+/// The rule file of one benchmark route.
+fn rule_file(source: &Endpoint, sink: &Endpoint, src: &str, dst: &str) -> String {
+    format!(
+        "brokers:\n  src: {{ url: \"{}\" }}\n  dst: {{ url: \"{}\" }}\nroutes:\n  - name: bench\n    from: {}\n    to:\n      - {{ broker: dst, destination: \"{}\" }}\nadmin: {{ enabled: false }}\n",
+        source.url,
+        sink.url,
+        source.source_yaml(src),
+        sink.sink_destination(dst)
+    )
+}
+
+/// Starts a bridge for `yaml` after creating the source subscription's durable state once
+/// (consumer group, durable consumer, queue or persistent session) so messages published
+/// before the bridge runs wait for it.
+async fn prepare_bridge(
+    yaml: &str,
+) -> Result<(
+    polybridge_bridge::config::Config,
+    BTreeMap<String, Arc<dyn polybridge::Broker>>,
+)> {
+    let config = polybridge_bridge::config::load(yaml, "bench.yaml", &|_| None)
+        .map_err(|e| anyhow!("rule file:\n{e}\n{yaml}"))?;
+    let brokers = polybridge_bridge::connect_brokers(&config).await?;
+    let route = config.routes.first().ok_or_else(|| anyhow!("no route"))?;
+    let src = brokers
+        .get(&route.source.broker)
+        .ok_or_else(|| anyhow!("no source broker"))?;
+    let stream = src.subscribe(route.source.subscription.clone()).await?;
+    stream.close().await;
+    Ok((config, brokers))
+}
+
+/// Bridged rate: pre-fill the source, start the bridge, time until every message was
+/// acknowledged at the source after its sink publish was confirmed. Returns (msg/s, peak
+/// RSS MiB, CPU µs per message).
+async fn bridged(
+    source: &Endpoint,
+    sink: &Endpoint,
+    n: u64,
+    body: &Bytes,
+) -> Result<(f64, f64, f64)> {
+    let src = unique_name("bs");
+    let dst = unique_name("bd");
+    raw::prepare(source, &src).await?;
+    raw::prepare(sink, &dst).await?;
+    let yaml = rule_file(source, sink, &src, &dst);
+    let (config, brokers) = prepare_bridge(&yaml).await?;
+    {
+        let mut publisher = raw::publisher(source, &src).await?;
+        for _ in 0..n {
+            publisher.publish(body.clone()).await?;
+        }
+        publisher.flush().await?;
+    }
+    reset_peak_rss();
+    let cpu0 = cpu_time();
+    let t = Instant::now();
+    let bridge = Bridge::start(config, &brokers, Duration::from_secs(5))?;
+    let route = bridge
+        .routes()
+        .first()
+        .cloned()
+        .ok_or_else(|| anyhow!("no route"))?;
+    let deadline = Instant::now() + Duration::from_secs(30).max(Duration::from_millis(n * 10));
+    // The clock starts at the first delivery: subscribing (a Kafka group join takes
+    // seconds) is not throughput.
+    let mut first: Option<Instant> = None;
+    loop {
+        if first.is_none()
+            && route
+                .metrics
+                .received
+                .load(std::sync::atomic::Ordering::Relaxed)
+                > 0
+        {
+            first = Some(Instant::now());
+        }
+        let acked = route
+            .metrics
+            .acked
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if acked >= n {
+            break;
+        }
+        if Instant::now() > deadline {
+            bridge.stop().await;
+            bail!("the bridge acknowledged {acked} of {n} messages before the deadline");
+        }
+        tokio::time::sleep(Duration::from_micros(500)).await;
+    }
+    let elapsed = first.map(|f| f.elapsed()).unwrap_or_else(|| t.elapsed());
+    let cpu = cpu_time().saturating_sub(cpu0);
+    let rss = peak_rss_mib();
+    bridge.stop().await;
+    for b in brokers.values() {
+        let _ = b
+            .close(polybridge::Deadline::after(Duration::from_secs(5)))
+            .await;
+    }
+    drop(brokers);
+    raw::cleanup(source, &src).await;
+    raw::cleanup(sink, &dst).await;
+    Ok((
+        n as f64 / elapsed.as_secs_f64(),
+        rss,
+        cpu.as_secs_f64() * 1e6 / n as f64,
+    ))
+}
+
+/// End-to-end latency through the bridge at a fixed rate: raw source publisher → bridge →
+/// raw sink subscriber, the send time carried in the payload.
+async fn latency(
+    source: &Endpoint,
+    sink: &Endpoint,
+    size: usize,
+    count: u64,
+    rate: u64,
+) -> Result<hdrhistogram::Histogram<u64>> {
+    let src = unique_name("ls");
+    let dst = unique_name("ld");
+    raw::prepare(source, &src).await?;
+    raw::prepare(sink, &dst).await?;
+    let yaml = rule_file(source, sink, &src, &dst);
+    let (config, brokers) = prepare_bridge(&yaml).await?;
+    let mut sub = raw::subscriber(sink, &dst).await?;
+    let bridge = Bridge::start(config, &brokers, Duration::from_secs(5))?;
+    let route = bridge
+        .routes()
+        .first()
+        .cloned()
+        .ok_or_else(|| anyhow!("no route"))?;
+    let wait = Instant::now() + Duration::from_secs(30);
+    while !route
+        .metrics
+        .subscribed
+        .load(std::sync::atomic::Ordering::Relaxed)
+    {
+        if Instant::now() > wait {
+            bail!("the route did not subscribe within 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let receiver = tokio::spawn(async move {
+        let mut hist = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)
+            .map_err(|e| anyhow!("{e}"))?;
+        for _ in 0..count {
+            let p = tokio::time::timeout(Duration::from_secs(30), sub.next())
+                .await
+                .context("no message at the sink for 30 s")??;
+            let now = epoch().elapsed();
+            if let Some(sent) = sent_at(&p) {
+                let ns = u64::try_from(now.saturating_sub(sent).as_nanos()).unwrap_or(u64::MAX);
+                hist.saturating_record(ns.max(1));
+            }
+        }
+        anyhow::Ok(hist)
+    });
+    let mut publisher = raw::publisher(source, &src).await?;
+    let mut tick = tokio::time::interval(Duration::from_nanos(1_000_000_000 / rate.max(1)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    for _ in 0..count {
+        tick.tick().await;
+        publisher.publish(payload(size)).await?;
+        // At a fixed rate, confirm each message before the next tick (no batching effect).
+        publisher.flush().await?;
+    }
+    let hist = receiver.await??;
+    bridge.stop().await;
+    for b in brokers.values() {
+        let _ = b
+            .close(polybridge::Deadline::after(Duration::from_secs(5)))
+            .await;
+    }
+    raw::cleanup(source, &src).await;
+    raw::cleanup(sink, &dst).await;
+    Ok(hist)
+}
+
+/// User plus system CPU time of this process (all threads).
+fn cpu_time() -> Duration {
+    match nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF) {
+        Ok(u) => {
+            let t = |tv: nix::sys::time::TimeVal| {
+                Duration::new(
+                    u64::try_from(tv.tv_sec()).unwrap_or(0),
+                    u32::try_from(tv.tv_usec()).unwrap_or(0) * 1000,
+                )
+            };
+            t(u.user_time()) + t(u.system_time())
+        }
+        Err(_) => Duration::ZERO,
+    }
+}
+
+/// Resets `VmHWM` to the current RSS (Linux `clear_refs` 5).
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// `VmHWM` of this process in MiB.
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(f64::NAN)
+}
+
+fn write_results(args: &Args, results: &[serde_json::Value]) -> Result<()> {
+    std::fs::create_dir_all(&args.out)?;
+    let path = args.out.join("results.json");
+    // With `--only`, the other routes' rows of an earlier run are kept.
+    let mut merged: Vec<serde_json::Value> = Vec::new();
+    if args.only.is_some() {
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            if let Ok(serde_json::Value::Array(old)) = serde_json::from_str(&text) {
+                merged = old;
+            }
+        }
+    }
+    for r in results {
+        match merged
+            .iter_mut()
+            .find(|o| o["route"] == r["route"] && o["payload_bytes"] == r["payload_bytes"])
+        {
+            Some(slot) => *slot = r.clone(),
+            None => merged.push(r.clone()),
+        }
+    }
+    let results = &merged[..];
+    std::fs::write(&path, serde_json::to_string_pretty(results)? + "\n")?;
+    println!("wrote {}", path.display());
+    let mut table = String::from(
+        "| route | payload | raw limit msg/s | bridged msg/s | ratio | ratio per round | p50 µs | p99 µs | p99.9 µs | peak RSS MiB | CPU µs/msg |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
+    );
+    for r in results {
+        let f = |k: &str| match &r[k] {
+            serde_json::Value::Null => "—".to_string(),
+            v => v.to_string(),
+        };
+        let per_round = r["spread"]["ratio"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|x| x.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_else(|| r["status"].as_str().unwrap_or("").to_string());
+        table.push_str(&format!(
+            "| {} | {} B | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            r["route"].as_str().unwrap_or(""),
+            f("payload_bytes"),
+            f("raw_limit_msgs_per_s"),
+            f("bridged_msgs_per_s"),
+            f("ratio"),
+            per_round,
+            f("p50_us"),
+            f("p99_us"),
+            f("p999_us"),
+            f("peak_rss_mib"),
+            f("cpu_us_per_msg"),
+        ));
+    }
+    let tpath = args.out.join("table.md");
+    std::fs::write(&tpath, table)?;
+    println!("wrote {}", tpath.display());
+    Ok(())
+}

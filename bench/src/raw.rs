@@ -1,0 +1,758 @@
+//! Raw clients: the same client crates the adapters use, driven directly, as the baseline
+//! the bridge is compared with.
+//!
+//! | endpoint | publish | consume |
+//! |---|---|---|
+//! | JetStream | `async-nats` `jetstream::Context::publish`, PubAcks awaited in a window of [`WINDOW`] | pull consumer (`messages()`), explicit `ack` per message |
+//! | Redis streams | `redis` multiplexed connection, `XADD`s pipelined [`WINDOW`] per round trip | `XREADGROUP COUNT` [`WINDOW`], one `XACK` per batch |
+//! | MQTT QoS 1 | `rumqttc` (3.1.1), PUBACKs awaited with an in-flight window of [`WINDOW`] | `rumqttc` QoS 1 subscription, automatic PUBACK |
+//! | RabbitMQ | `lapin`, confirm mode, persistent, confirms awaited in a window of [`WINDOW`] | `basic.consume`, prefetch [`WINDOW`], `basic.ack` per message |
+//! | STOMP (ActiveMQ) | no raw client crate exists: the polybridge STOMP adapter itself (own codec), [`WINDOW`] receipts outstanding | the adapter, `ACK` per message |
+//! | memory | the in-process memory broker itself, [`WINDOW`] publishes outstanding | the memory broker, ack per message |
+//! | Kafka (Tansu) | not written in time: the polybridge Kafka adapter (rdkafka), [`WINDOW`] delivery reports outstanding | the adapter, ack per message |
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{anyhow, Context as _, Result};
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
+use futures::StreamExt;
+use polybridge::{Broker, Deadline, DeliveryStream, Message, StartPosition, Subscription};
+
+/// Publishes (or deliveries) outstanding at once in the raw clients; the bridge's
+/// `max_in_flight` default is the same (256).
+pub const WINDOW: usize = 256;
+
+/// An endpoint kind of the benchmark.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// The in-process memory broker.
+    Memory,
+    /// NATS JetStream.
+    JetStream,
+    /// Redis streams.
+    Redis,
+    /// MQTT QoS 1 (Mosquitto).
+    Mqtt,
+    /// RabbitMQ (AMQP 0-9-1).
+    Amqp,
+    /// STOMP (ActiveMQ).
+    Stomp,
+    /// Kafka protocol.
+    Kafka,
+}
+
+impl Kind {
+    /// The name used in route names.
+    pub fn label(self) -> &'static str {
+        match self {
+            Kind::Memory => "memory",
+            Kind::JetStream => "NATS(JetStream)",
+            Kind::Redis => "Redis streams",
+            Kind::Mqtt => "MQTT(QoS1)",
+            Kind::Amqp => "RabbitMQ",
+            Kind::Stomp => "STOMP(ActiveMQ)",
+            Kind::Kafka => "Kafka",
+        }
+    }
+}
+
+/// The JetStream stream every benchmark subject lives in.
+pub const JS_STREAM: &str = "BENCH";
+
+/// A broker endpoint: its kind and URL (as the adapter takes it).
+#[derive(Clone, Debug)]
+pub struct Endpoint {
+    /// Kind.
+    pub kind: Kind,
+    /// The polybridge URL.
+    pub url: String,
+}
+
+impl Endpoint {
+    /// The name a destination called `base` has for this endpoint (topic, subject, key,
+    /// queue) as the raw client sees it.
+    pub fn raw_name(&self, base: &str) -> String {
+        match self.kind {
+            Kind::JetStream => format!("bench.{base}"),
+            Kind::Mqtt => format!("bench/{base}"),
+            _ => base.to_string(),
+        }
+    }
+
+    /// The route's `from` block for a source named `base`.
+    pub fn source_yaml(&self, base: &str) -> String {
+        match self.kind {
+            Kind::Amqp => format!(
+                "{{ broker: src, topic: \"bench\", options: {{ queue: \"{}\", declare: \"true\" }} }}",
+                self.raw_name(base)
+            ),
+            Kind::Mqtt => format!("{{ broker: src, topic: \"{}\" }}", self.raw_name(base)),
+            _ => format!(
+                "{{ broker: src, topic: \"{}\", group: \"g{base}\", start: earliest }}",
+                self.raw_name(base)
+            ),
+        }
+    }
+
+    /// The route's sink destination for a sink named `base`.
+    pub fn sink_destination(&self, base: &str) -> String {
+        match self.kind {
+            Kind::Amqp => format!("queue:{}", self.raw_name(base)),
+            Kind::Stomp => format!("/queue/{}", self.raw_name(base)),
+            _ => self.raw_name(base),
+        }
+    }
+}
+
+/// Something that publishes confirmed messages, pipelined.
+pub trait RawPub: Send {
+    /// Sends one message; waits only when the window is full.
+    fn publish(&mut self, payload: Bytes) -> BoxFuture<'_, Result<()>>;
+    /// Waits for every outstanding confirmation.
+    fn flush(&mut self) -> BoxFuture<'_, Result<()>>;
+}
+
+/// Something that receives and acknowledges messages.
+pub trait RawSub: Send {
+    /// The next payload (acknowledged, or its acknowledgement queued).
+    fn next(&mut self) -> BoxFuture<'_, Result<Bytes>>;
+}
+
+/// Prepares `name` on `ep` (stream, queue) so publishes to it are stored.
+pub async fn prepare(ep: &Endpoint, name: &str) -> Result<()> {
+    match ep.kind {
+        Kind::JetStream => {
+            let client = async_nats::connect(nats_addr(&ep.url)).await?;
+            let js = async_nats::jetstream::new(client);
+            js.get_or_create_stream(async_nats::jetstream::stream::Config {
+                name: JS_STREAM.into(),
+                subjects: vec!["bench.>".into()],
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| anyhow!("creating stream {JS_STREAM}: {e}"))?;
+        }
+        Kind::Amqp => {
+            let conn = amqp_connect(&ep.url).await?;
+            let ch = conn.create_channel().await?;
+            ch.queue_declare(
+                &ep.raw_name(name),
+                lapin::options::QueueDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                Default::default(),
+            )
+            .await?;
+            let _ = conn.close(200, "bye").await;
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Removes what a run left in `name` (keeps the brokers' memory and disks flat).
+pub async fn cleanup(ep: &Endpoint, name: &str) {
+    let raw = ep.raw_name(name);
+    let _ = async {
+        match ep.kind {
+            Kind::JetStream => {
+                let client = async_nats::connect(nats_addr(&ep.url)).await?;
+                let js = async_nats::jetstream::new(client);
+                let stream = js.get_stream(JS_STREAM).await.map_err(|e| anyhow!("{e}"))?;
+                stream
+                    .purge()
+                    .filter(raw)
+                    .await
+                    .map_err(|e| anyhow!("{e}"))?;
+            }
+            Kind::Redis => {
+                let client = redis::Client::open(ep.url.as_str())?;
+                let mut con = client.get_multiplexed_async_connection().await?;
+                let _: () = redis::cmd("DEL").arg(&raw).query_async(&mut con).await?;
+            }
+            Kind::Amqp => {
+                let conn = amqp_connect(&ep.url).await?;
+                let ch = conn.create_channel().await?;
+                ch.queue_delete(&raw, Default::default()).await?;
+                let _ = conn.close(200, "bye").await;
+            }
+            _ => {}
+        }
+        anyhow::Ok(())
+    }
+    .await;
+}
+
+/// A raw publisher to `name` on `ep`.
+pub async fn publisher(ep: &Endpoint, name: &str) -> Result<Box<dyn RawPub>> {
+    let raw = ep.raw_name(name);
+    Ok(match ep.kind {
+        Kind::JetStream => {
+            let client = async_nats::connect(nats_addr(&ep.url)).await?;
+            Box::new(JsPub {
+                js: async_nats::jetstream::new(client),
+                subject: raw,
+                window: VecDeque::new(),
+            })
+        }
+        Kind::Redis => {
+            let client = redis::Client::open(ep.url.as_str())?;
+            Box::new(RedisPub {
+                con: client.get_multiplexed_async_connection().await?,
+                key: raw,
+                pipe: redis::pipe(),
+                queued: 0,
+            })
+        }
+        Kind::Mqtt => Box::new(MqttPub::connect(&ep.url, raw).await?),
+        Kind::Amqp => {
+            let conn = amqp_connect(&ep.url).await?;
+            let ch = conn.create_channel().await?;
+            ch.confirm_select(Default::default()).await?;
+            Box::new(AmqpPub {
+                _conn: conn,
+                ch,
+                queue: raw,
+                window: VecDeque::new(),
+            })
+        }
+        Kind::Stomp | Kind::Memory | Kind::Kafka => Box::new(AdapterPub {
+            broker: polybridge::connect(&ep.url).await?,
+            destination: ep.sink_destination(name),
+            window: FuturesUnordered::new(),
+        }),
+    })
+}
+
+/// A raw subscriber to `name` on `ep` that receives everything published after it returns.
+pub async fn subscriber(ep: &Endpoint, name: &str) -> Result<Box<dyn RawSub>> {
+    let raw = ep.raw_name(name);
+    Ok(match ep.kind {
+        Kind::JetStream => {
+            use async_nats::jetstream::consumer;
+            let client = async_nats::connect(nats_addr(&ep.url)).await?;
+            let js = async_nats::jetstream::new(client);
+            let stream = js.get_stream(JS_STREAM).await.map_err(|e| anyhow!("{e}"))?;
+            let consumer = stream
+                .create_consumer(consumer::pull::Config {
+                    filter_subject: raw,
+                    deliver_policy: consumer::DeliverPolicy::All,
+                    ack_policy: consumer::AckPolicy::Explicit,
+                    max_ack_pending: (WINDOW * 16) as i64,
+                    inactive_threshold: Duration::from_secs(600),
+                    ..Default::default()
+                })
+                .await
+                .map_err(|e| anyhow!("{e}"))?;
+            let messages = consumer
+                .stream()
+                .max_messages_per_batch(WINDOW)
+                .messages()
+                .await
+                .map_err(|e| anyhow!("{e}"))?;
+            Box::new(JsSub { messages })
+        }
+        Kind::Redis => {
+            let client = redis::Client::open(ep.url.as_str())?;
+            let mut con = client.get_multiplexed_async_connection().await?;
+            let _: redis::Value = redis::cmd("XGROUP")
+                .arg("CREATE")
+                .arg(&raw)
+                .arg("raw")
+                .arg("$")
+                .arg("MKSTREAM")
+                .query_async(&mut con)
+                .await?;
+            Box::new(RedisSub {
+                con,
+                key: raw,
+                buffer: VecDeque::new(),
+            })
+        }
+        Kind::Mqtt => Box::new(MqttSub::connect(&ep.url, raw).await?),
+        Kind::Amqp => {
+            let conn = amqp_connect(&ep.url).await?;
+            let ch = conn.create_channel().await?;
+            ch.basic_qos(WINDOW as u16, Default::default()).await?;
+            let consumer = ch
+                .basic_consume(&raw, "raw", Default::default(), Default::default())
+                .await?;
+            Box::new(AmqpSub {
+                _conn: conn,
+                _ch: ch,
+                consumer,
+            })
+        }
+        Kind::Stomp | Kind::Memory | Kind::Kafka => {
+            let broker = polybridge::connect(&ep.url).await?;
+            let pattern = if ep.kind == Kind::Stomp {
+                polybridge::TopicPattern::literal(&ep.sink_destination(name), '.')
+            } else {
+                raw.parse()?
+            };
+            let stream = broker
+                .subscribe(
+                    Subscription::new(pattern)
+                        .group(format!("raw{name}"))
+                        .start(StartPosition::Latest)
+                        .max_in_flight(WINDOW),
+                )
+                .await?;
+            Box::new(AdapterSub {
+                _broker: broker,
+                stream,
+            })
+        }
+    })
+}
+
+fn nats_addr(url: &str) -> String {
+    let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
+    rest.split(['?', '/']).next().unwrap_or(rest).to_string()
+}
+
+async fn amqp_connect(url: &str) -> Result<lapin::Connection> {
+    let props = lapin::ConnectionProperties::default()
+        .with_executor(tokio_executor_trait::Tokio::current())
+        .with_reactor(tokio_reactor_trait::Tokio);
+    lapin::Connection::connect(url, props)
+        .await
+        .context("connecting to RabbitMQ")
+}
+
+// ---- JetStream ----
+
+struct JsPub {
+    js: async_nats::jetstream::Context,
+    subject: String,
+    window: VecDeque<async_nats::jetstream::context::PublishAckFuture>,
+}
+
+impl RawPub for JsPub {
+    fn publish(&mut self, payload: Bytes) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            if self.window.len() >= WINDOW {
+                if let Some(ack) = self.window.pop_front() {
+                    ack.await.map_err(|e| anyhow!("PubAck: {e}"))?;
+                }
+            }
+            let ack = self
+                .js
+                .publish(self.subject.clone(), payload)
+                .await
+                .map_err(|e| anyhow!("publish: {e}"))?;
+            self.window.push_back(ack);
+            Ok(())
+        })
+    }
+    fn flush(&mut self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            while let Some(ack) = self.window.pop_front() {
+                ack.await.map_err(|e| anyhow!("PubAck: {e}"))?;
+            }
+            Ok(())
+        })
+    }
+}
+
+struct JsSub {
+    messages: async_nats::jetstream::consumer::pull::Stream,
+}
+
+impl RawSub for JsSub {
+    fn next(&mut self) -> BoxFuture<'_, Result<Bytes>> {
+        Box::pin(async move {
+            let m = self
+                .messages
+                .next()
+                .await
+                .ok_or_else(|| anyhow!("JetStream consumer ended"))?
+                .map_err(|e| anyhow!("{e}"))?;
+            m.ack().await.map_err(|e| anyhow!("ack: {e}"))?;
+            Ok(m.message.payload.clone())
+        })
+    }
+}
+
+// ---- Redis streams ----
+
+struct RedisPub {
+    con: redis::aio::MultiplexedConnection,
+    key: String,
+    pipe: redis::Pipeline,
+    queued: usize,
+}
+
+impl RawPub for RedisPub {
+    fn publish(&mut self, payload: Bytes) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            self.pipe
+                .cmd("XADD")
+                .arg(&self.key)
+                .arg("*")
+                .arg("payload")
+                .arg(payload.as_ref());
+            self.queued += 1;
+            if self.queued >= WINDOW {
+                self.flush().await?;
+            }
+            Ok(())
+        })
+    }
+    fn flush(&mut self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            if self.queued > 0 {
+                let pipe = std::mem::replace(&mut self.pipe, redis::pipe());
+                self.queued = 0;
+                let _: redis::Value = pipe.query_async(&mut self.con).await?;
+            }
+            Ok(())
+        })
+    }
+}
+
+struct RedisSub {
+    con: redis::aio::MultiplexedConnection,
+    key: String,
+    buffer: VecDeque<Bytes>,
+}
+
+impl RawSub for RedisSub {
+    fn next(&mut self) -> BoxFuture<'_, Result<Bytes>> {
+        Box::pin(async move {
+            use redis::streams::{StreamReadOptions, StreamReadReply};
+            use redis::AsyncCommands;
+            while self.buffer.is_empty() {
+                let opts = StreamReadOptions::default()
+                    .group("raw", "c")
+                    .count(WINDOW)
+                    .block(1000);
+                let reply: StreamReadReply =
+                    self.con.xread_options(&[&self.key], &[">"], &opts).await?;
+                let mut ids = Vec::new();
+                for key in reply.keys {
+                    for entry in key.ids {
+                        if let Some(redis::Value::BulkString(p)) = entry.map.get("payload") {
+                            self.buffer.push_back(Bytes::copy_from_slice(p));
+                        }
+                        ids.push(entry.id);
+                    }
+                }
+                if !ids.is_empty() {
+                    let _: redis::Value = self.con.xack(&self.key, "raw", &ids).await?;
+                }
+            }
+            self.buffer
+                .pop_front()
+                .ok_or_else(|| anyhow!("empty buffer"))
+        })
+    }
+}
+
+// ---- MQTT ----
+
+fn mqtt_options(url: &str, id: &str) -> Result<rumqttc::MqttOptions> {
+    let u: polybridge::BrokerUrl = url.parse()?;
+    let host = u.host().unwrap_or("127.0.0.1").to_string();
+    let port = u.port().unwrap_or(1883);
+    let mut o = rumqttc::MqttOptions::new(id, host, port);
+    o.set_inflight(WINDOW as u16);
+    o.set_keep_alive(Duration::from_secs(30));
+    o.set_max_packet_size(1 << 20, 1 << 20);
+    Ok(o)
+}
+
+fn unique(prefix: &str) -> String {
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+struct MqttPub {
+    client: rumqttc::AsyncClient,
+    topic: String,
+    sent: u64,
+    acked: Arc<AtomicU64>,
+    notify: Arc<tokio::sync::Notify>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl MqttPub {
+    async fn connect(url: &str, topic: String) -> Result<MqttPub> {
+        let (client, mut events) =
+            rumqttc::AsyncClient::new(mqtt_options(url, &unique("rawp"))?, WINDOW);
+        let acked = Arc::new(AtomicU64::new(0));
+        let notify = Arc::new(tokio::sync::Notify::new());
+        let (a, n) = (acked.clone(), notify.clone());
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let mut ready_tx = Some(ready_tx);
+        let task = tokio::spawn(async move {
+            loop {
+                match events.poll().await {
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => {
+                        if let Some(tx) = ready_tx.take() {
+                            let _ = tx.send(());
+                        }
+                    }
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) => {
+                        a.fetch_add(1, Ordering::Release);
+                        n.notify_one();
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                }
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(10), ready_rx)
+            .await
+            .context("MQTT CONNACK")??;
+        Ok(MqttPub {
+            client,
+            topic,
+            sent: 0,
+            acked,
+            notify,
+            task,
+        })
+    }
+}
+
+impl Drop for MqttPub {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl RawPub for MqttPub {
+    fn publish(&mut self, payload: Bytes) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            // rumqttc holds at most `inflight` unacknowledged publishes itself.
+            self.client
+                .publish_bytes(
+                    self.topic.clone(),
+                    rumqttc::QoS::AtLeastOnce,
+                    false,
+                    payload,
+                )
+                .await?;
+            self.sent += 1;
+            Ok(())
+        })
+    }
+    fn flush(&mut self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            loop {
+                let notified = self.notify.notified();
+                if self.acked.load(Ordering::Acquire) >= self.sent {
+                    return Ok(());
+                }
+                tokio::time::timeout(Duration::from_secs(30), notified)
+                    .await
+                    .context("MQTT PUBACKs")?;
+            }
+        })
+    }
+}
+
+struct MqttSub {
+    _client: rumqttc::AsyncClient,
+    rx: tokio::sync::mpsc::Receiver<Bytes>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl MqttSub {
+    async fn connect(url: &str, topic: String) -> Result<MqttSub> {
+        let (client, mut events) =
+            rumqttc::AsyncClient::new(mqtt_options(url, &unique("raws"))?, WINDOW);
+        client
+            .subscribe(topic.clone(), rumqttc::QoS::AtLeastOnce)
+            .await?;
+        let (tx, rx) = tokio::sync::mpsc::channel(WINDOW);
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let mut ready_tx = Some(ready_tx);
+        let task = tokio::spawn(async move {
+            loop {
+                match events.poll().await {
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_))) => {
+                        if let Some(r) = ready_tx.take() {
+                            let _ = r.send(());
+                        }
+                    }
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) => {
+                        if tx.send(p.payload).await.is_err() {
+                            return;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                }
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(10), ready_rx)
+            .await
+            .context("MQTT SUBACK")??;
+        Ok(MqttSub {
+            _client: client,
+            rx,
+            task,
+        })
+    }
+}
+
+impl Drop for MqttSub {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl RawSub for MqttSub {
+    fn next(&mut self) -> BoxFuture<'_, Result<Bytes>> {
+        Box::pin(async move {
+            self.rx
+                .recv()
+                .await
+                .ok_or_else(|| anyhow!("MQTT connection ended"))
+        })
+    }
+}
+
+// ---- RabbitMQ ----
+
+struct AmqpPub {
+    _conn: lapin::Connection,
+    ch: lapin::Channel,
+    queue: String,
+    window: VecDeque<lapin::publisher_confirm::PublisherConfirm>,
+}
+
+impl RawPub for AmqpPub {
+    fn publish(&mut self, payload: Bytes) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            if self.window.len() >= WINDOW {
+                if let Some(c) = self.window.pop_front() {
+                    check_confirm(c.await?)?;
+                }
+            }
+            let confirm = self
+                .ch
+                .basic_publish(
+                    "",
+                    &self.queue,
+                    lapin::options::BasicPublishOptions {
+                        mandatory: true,
+                        ..Default::default()
+                    },
+                    &payload,
+                    lapin::BasicProperties::default().with_delivery_mode(2),
+                )
+                .await?;
+            self.window.push_back(confirm);
+            Ok(())
+        })
+    }
+    fn flush(&mut self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            while let Some(c) = self.window.pop_front() {
+                check_confirm(c.await?)?;
+            }
+            Ok(())
+        })
+    }
+}
+
+fn check_confirm(c: lapin::publisher_confirm::Confirmation) -> Result<()> {
+    match c {
+        lapin::publisher_confirm::Confirmation::Ack(None) => Ok(()),
+        other => Err(anyhow!("RabbitMQ did not confirm: {other:?}")),
+    }
+}
+
+struct AmqpSub {
+    _conn: lapin::Connection,
+    _ch: lapin::Channel,
+    consumer: lapin::Consumer,
+}
+
+impl RawSub for AmqpSub {
+    fn next(&mut self) -> BoxFuture<'_, Result<Bytes>> {
+        Box::pin(async move {
+            let d = self
+                .consumer
+                .next()
+                .await
+                .ok_or_else(|| anyhow!("RabbitMQ consumer ended"))??;
+            d.ack(Default::default()).await?;
+            Ok(Bytes::from(d.data))
+        })
+    }
+}
+
+// ---- adapters used as the raw client (STOMP, memory) ----
+
+struct AdapterPub {
+    broker: Arc<dyn Broker>,
+    destination: String,
+    window: FuturesUnordered<BoxFuture<'static, Result<()>>>,
+}
+
+impl RawPub for AdapterPub {
+    fn publish(&mut self, payload: Bytes) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            if self.window.len() >= WINDOW {
+                if let Some(r) = self.window.next().await {
+                    r?;
+                }
+            }
+            let broker = self.broker.clone();
+            let destination = self.destination.clone();
+            self.window.push(Box::pin(async move {
+                broker
+                    .publish(
+                        &destination,
+                        Message::new(payload),
+                        Deadline::after(Duration::from_secs(30)),
+                    )
+                    .await?;
+                Ok(())
+            }));
+            Ok(())
+        })
+    }
+    fn flush(&mut self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            while let Some(r) = self.window.next().await {
+                r?;
+            }
+            Ok(())
+        })
+    }
+}
+
+struct AdapterSub {
+    _broker: Arc<dyn Broker>,
+    stream: DeliveryStream,
+}
+
+impl RawSub for AdapterSub {
+    fn next(&mut self) -> BoxFuture<'_, Result<Bytes>> {
+        Box::pin(async move {
+            let d = self
+                .stream
+                .next()
+                .await
+                .ok_or_else(|| anyhow!("subscription ended"))??;
+            let payload = d.message.payload.clone();
+            d.ack()?;
+            Ok(payload)
+        })
+    }
+}
