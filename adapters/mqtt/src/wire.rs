@@ -255,6 +255,24 @@ pub const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
 /// deliveries (it answers at once unless it is itself waiting on this connection).
 const QUIESCE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Tells the session the connection was lost and waits (at most [`QUIESCE_TIMEOUT`]) until
+/// it has stopped acknowledging that connection's deliveries. False when nobody listens.
+async fn report_loss(tx: &mpsc::Sender<WireEvent>, reason: String) -> bool {
+    if tx.is_closed() {
+        return false;
+    }
+    let (quiesced, settled) = oneshot::channel();
+    let _ = tx
+        .send(WireEvent::Disconnected {
+            reason,
+            taken_over: false,
+            quiesced: Some(quiesced),
+        })
+        .await;
+    let _ = tokio::time::timeout(QUIESCE_TIMEOUT, settled).await;
+    true
+}
+
 async fn poll_v4(mut eventloop: rumqttc::EventLoop, tx: mpsc::Sender<WireEvent>) {
     use rumqttc::{ConnectionError, Event, Outgoing, Packet};
     let mut backoff = Duration::from_millis(100);
@@ -319,18 +337,9 @@ async fn poll_v4(mut eventloop: rumqttc::EventLoop, tx: mpsc::Sender<WireEvent>)
                 return;
             }
             Err(e) => {
-                if tx.is_closed() {
+                if !report_loss(&tx, e.to_string()).await {
                     return; // nobody listens: do not reconnect
                 }
-                let (quiesced, settled) = oneshot::channel();
-                let _ = tx
-                    .send(WireEvent::Disconnected {
-                        reason: e.to_string(),
-                        taken_over: false,
-                        quiesced: Some(quiesced),
-                    })
-                    .await;
-                let _ = tokio::time::timeout(QUIESCE_TIMEOUT, settled).await;
                 eventloop.clean(); // drops the stale PUBACKs queued since the loss
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
@@ -435,18 +444,9 @@ async fn poll_v5(mut eventloop: rumqttc::v5::EventLoop, tx: mpsc::Sender<WireEve
                 return;
             }
             Err(e) => {
-                if tx.is_closed() {
+                if !report_loss(&tx, e.to_string()).await {
                     return; // nobody listens: do not reconnect
                 }
-                let (quiesced, settled) = oneshot::channel();
-                let _ = tx
-                    .send(WireEvent::Disconnected {
-                        reason: e.to_string(),
-                        taken_over: false,
-                        quiesced: Some(quiesced),
-                    })
-                    .await;
-                let _ = tokio::time::timeout(QUIESCE_TIMEOUT, settled).await;
                 eventloop.clean(); // drops the stale PUBACKs queued since the loss
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
