@@ -23,6 +23,8 @@ pub mod error;
 pub mod message;
 pub mod publish;
 pub mod subscribe;
+#[cfg(feature = "tls")]
+pub mod tls;
 pub mod topic;
 pub mod url;
 

@@ -153,7 +153,6 @@ pub mod mapping;
 mod publisher;
 mod server;
 mod subscriber;
-mod tls;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};

@@ -124,7 +124,14 @@ impl Sender {
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(config.request_timeout));
         connector.enforce_http(false);
-        let tls = crate::tls::client_config(config.ca_file.as_deref())?;
+        let tls = polybridge_core::tls::client_config(
+            crate::BROKER,
+            &polybridge_core::tls::TlsFiles {
+                ca_file: config.ca_file.as_ref().map(Into::into),
+                client_cert: None,
+            },
+            polybridge_core::tls::DefaultRoots::MozillaPlusCaFile,
+        )?;
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http()

@@ -83,7 +83,13 @@ impl Server {
     /// Binds `config.listen` and starts serving.
     pub async fn bind(config: Arc<HttpConfig>) -> Result<Server> {
         let acceptor = match (&config.tls_cert, &config.tls_key) {
-            (Some(cert), Some(key)) => Some(crate::tls::acceptor(cert, key)?),
+            (Some(cert), Some(key)) => Some(tokio_rustls::TlsAcceptor::from(Arc::new(
+                polybridge_core::tls::server_config(
+                    BROKER,
+                    ("tls_cert", cert.as_ref()),
+                    ("tls_key", key.as_ref()),
+                )?,
+            ))),
             _ if config.tls => {
                 return Err(Error::config(
                     BROKER,

@@ -87,14 +87,7 @@ pub struct MqttConfig {
     pub tls: Option<TlsFiles>,
 }
 
-/// Certificate files of a TLS connection (`mqtts://`).
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct TlsFiles {
-    /// CA certificates (PEM) to trust instead of the system's (`ca_file`).
-    pub ca_file: Option<std::path::PathBuf>,
-    /// Client certificate and private key (PEM) for mutual TLS (`cert_file`, `key_file`).
-    pub client_cert: Option<(std::path::PathBuf, std::path::PathBuf)>,
-}
+pub use polybridge_core::tls::TlsFiles;
 
 const OPTIONS: &[&str] = &[
     "version",
@@ -200,24 +193,7 @@ impl MqttConfig {
                     .unwrap_or(false),
             }),
         };
-        let client_cert = match (url.option("cert_file"), url.option("key_file")) {
-            (Some(c), Some(k)) => Some((c.into(), k.into())),
-            (None, None) => None,
-            _ => {
-                return Err(Error::config(
-                    BROKER,
-                    format!("options cert_file and key_file in {url} go together"),
-                ))
-            }
-        };
-        let files = TlsFiles {
-            ca_file: url.option("ca_file").map(Into::into),
-            client_cert,
-        };
-        let tls = (url.scheme() == "mqtts"
-            || url.parse_option::<bool>(BROKER, "tls")?.unwrap_or(false)
-            || files != TlsFiles::default())
-        .then_some(files);
+        let tls = TlsFiles::from_url(BROKER, url, &["mqtts"])?;
         Ok(MqttConfig {
             tls,
             host,

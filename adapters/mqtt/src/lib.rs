@@ -100,7 +100,6 @@ pub mod mapping;
 mod publisher;
 mod session;
 mod subscriber;
-mod tls;
 mod wire;
 
 use std::sync::atomic::AtomicBool;

@@ -174,10 +174,11 @@ pub fn connect(
     receive_maximum: u16,
 ) -> Result<(Client, mpsc::Receiver<WireEvent>)> {
     let tls = match &config.tls {
-        Some(files) => Some(crate::tls::client_config(
+        Some(files) => Some(std::sync::Arc::new(polybridge_core::tls::client_config(
+            crate::BROKER,
             files,
-            &format!("{}:{}", config.host, config.port),
-        )?),
+            polybridge_core::tls::DefaultRoots::SystemUnlessCaFile,
+        )?)),
         None => None,
     };
     let (tx, rx) = mpsc::channel(1024);

@@ -79,14 +79,7 @@ pub struct StompConfig {
     pub tls: Option<TlsFiles>,
 }
 
-/// Certificate files of a TLS connection.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct TlsFiles {
-    /// CA certificates (PEM) to trust instead of the system's (`ca_file`).
-    pub ca_file: Option<std::path::PathBuf>,
-    /// Client certificate and private key (PEM) for mutual TLS (`cert_file`, `key_file`).
-    pub client_cert: Option<(std::path::PathBuf, std::path::PathBuf)>,
-}
+pub use polybridge_core::tls::TlsFiles;
 
 impl std::fmt::Debug for StompConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -177,24 +170,7 @@ impl StompConfig {
                 format!("option prefetch in {url}: must be at least 1"),
             ));
         }
-        let client_cert = match (url.option("cert_file"), url.option("key_file")) {
-            (Some(c), Some(k)) => Some((c.into(), k.into())),
-            (None, None) => None,
-            _ => {
-                return Err(Error::config(
-                    BROKER,
-                    format!("options cert_file and key_file in {url} go together"),
-                ))
-            }
-        };
-        let files = TlsFiles {
-            ca_file: url.option("ca_file").map(Into::into),
-            client_cert,
-        };
-        let tls = (matches!(url.scheme(), "stomp+ssl" | "stomps")
-            || url.parse_option::<bool>(BROKER, "tls")?.unwrap_or(false)
-            || files != TlsFiles::default())
-        .then_some(files);
+        let tls = TlsFiles::from_url(BROKER, url, &["stomp+ssl", "stomps"])?;
         Ok(StompConfig {
             tls,
             host,

@@ -98,7 +98,11 @@ impl Link {
         let stream: Box<dyn Io> = match &config.tls {
             None => Box::new(stream),
             Some(files) => {
-                let tls = crate::tls::client_config(files, &config.url.to_string())?;
+                let tls = std::sync::Arc::new(polybridge_core::tls::client_config(
+                    crate::BROKER,
+                    files,
+                    polybridge_core::tls::DefaultRoots::SystemUnlessCaFile,
+                )?);
                 let name =
                     tokio_rustls::rustls::pki_types::ServerName::try_from(config.host.clone())
                         .map_err(|e| {

@@ -156,7 +156,6 @@ pub mod frame;
 pub mod mapping;
 mod publisher;
 mod subscriber;
-mod tls;
 
 use std::sync::Arc;
 

@@ -95,7 +95,14 @@ pub(crate) async fn dial(config: &WsConfig, endpoint: &str) -> Result<(Ws, Json)
         .map_err(|e| connection_error(e.to_string()))?;
     let _ = tcp.set_nodelay(true);
     let stream: Box<dyn Io> = if config.tls {
-        let tls = Arc::new(crate::tls::client_config(config.ca_file.as_deref())?);
+        let tls = Arc::new(polybridge_core::tls::client_config(
+            crate::BROKER,
+            &polybridge_core::tls::TlsFiles {
+                ca_file: config.ca_file.as_ref().map(Into::into),
+                client_cert: None,
+            },
+            polybridge_core::tls::DefaultRoots::MozillaPlusCaFile,
+        )?);
         let name = rustls::pki_types::ServerName::try_from(config.host.clone()).map_err(|e| {
             Error::config(
                 BROKER,

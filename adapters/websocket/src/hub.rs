@@ -59,7 +59,12 @@ impl WsHub {
         cert_file: &str,
         key_file: &str,
     ) -> Result<WsHub> {
-        let acceptor = crate::tls::acceptor(cert_file, key_file)?;
+        let acceptor =
+            tokio_rustls::TlsAcceptor::from(Arc::new(polybridge_core::tls::server_config(
+                crate::BROKER,
+                ("tls_cert", cert_file.as_ref()),
+                ("tls_key", key_file.as_ref()),
+            )?));
         WsHub::bind_with(addr, backend, Some(acceptor)).await
     }
 

@@ -86,7 +86,6 @@ mod client;
 mod config;
 mod hub;
 pub mod mapping;
-mod tls;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering as AtomicOrdering};
 use std::sync::Arc;
