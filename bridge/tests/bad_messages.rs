@@ -179,49 +179,90 @@ async fn all_settled(bridge: &Bridge, delivered: usize, dead: usize) {
     );
 }
 
-#[tokio::test]
-async fn oversize_payloads_are_dead_lettered_with_the_reason_on_memory() {
-    let src = unique("os-src");
-    let yaml = format!(
-        r#"
+/// One route from a memory source (`in`) to a sink, dead-lettering into a memory broker
+/// (`dead`) after `max_attempts`, with the test's reader of the sink (`out`, subscribed by
+/// the caller before the bridge starts) and of the dead letters.
+struct Rig {
+    src: Arc<dyn Broker>,
+    bridge: Bridge,
+    out: DeliveryStream,
+    dead: DeliveryStream,
+}
+
+impl Rig {
+    /// Starts the route `name` to `sink` (named by `sink_url` in the rule file), sending
+    /// to the destination options `to` (YAML flow-mapping entries, e.g. `destination: "x"`).
+    async fn start(
+        name: &str,
+        (sink_url, sink): (&str, Arc<dyn Broker>),
+        out: DeliveryStream,
+        to: &str,
+        max_attempts: u32,
+    ) -> Rig {
+        let src = unique(&format!("{name}-src"));
+        let yaml = format!(
+            r#"
 brokers:
   src: {{ url: "memory://{src}" }}
-  small: {{ url: "memory://{src}-small?max_payload=16" }}
+  out: {{ url: "{sink_url}" }}
   dlq: {{ url: "memory://{src}-dlq" }}
 routes:
-  - name: os
+  - name: {name}
     from: {{ broker: src, topic: "in", group: bridge }}
-    to: [ {{ broker: small, destination: "out" }} ]
-    on_error: {{ max_attempts: 3, initial_backoff: 1ms, max_backoff: 5ms, dead_letter: {{ broker: dlq, destination: "dead" }} }}
+    to: [ {{ broker: out, {to} }} ]
+    on_error: {{ max_attempts: {max_attempts}, initial_backoff: 1ms, max_backoff: 5ms, dead_letter: {{ broker: dlq, destination: "dead" }} }}
 "#
-    );
-    let brokers: BTreeMap<String, Arc<dyn Broker>> = [
-        ("src".to_string(), memory(&src)),
-        (
-            "small".to_string(),
-            memory_url(&format!("memory://{src}-small?max_payload=16")),
-        ),
-        ("dlq".to_string(), memory(&format!("{src}-dlq"))),
-    ]
-    .into();
-    let mut out = brokers["small"]
+        );
+        let brokers: BTreeMap<String, Arc<dyn Broker>> = [
+            ("src".to_string(), memory(&src)),
+            ("out".to_string(), sink),
+            ("dlq".to_string(), memory(&format!("{src}-dlq"))),
+        ]
+        .into();
+        let dead = brokers["dlq"]
+            .subscribe(Subscription::new("dead".parse().unwrap()))
+            .await
+            .unwrap();
+        let bridge = start(&yaml, &brokers).await;
+        Rig {
+            src: brokers["src"].clone(),
+            bridge,
+            out,
+            dead,
+        }
+    }
+
+    /// Publishes `messages` to the source and waits for the outcome of each.
+    async fn run(&mut self, messages: &[Message]) -> Outcomes {
+        for m in messages {
+            self.src.publish("in", m.clone(), deadline()).await.unwrap();
+        }
+        let ids: Vec<String> = messages.iter().map(|m| m.id.clone()).collect();
+        outcomes(&self.bridge, &mut self.out, &mut self.dead, &ids).await
+    }
+
+    /// Waits until every source delivery is settled, then stops the bridge.
+    async fn finish(self, delivered: usize, dead: usize) {
+        all_settled(&self.bridge, delivered, dead).await;
+        self.bridge.stop().await;
+    }
+}
+
+#[tokio::test]
+async fn oversize_payloads_are_dead_lettered_with_the_reason_on_memory() {
+    let small_url = format!("memory://{}?max_payload=16", unique("os-small"));
+    let small = memory_url(&small_url);
+    let out = small
         .subscribe(Subscription::new("out".parse().unwrap()))
         .await
         .unwrap();
-    let mut dead = brokers["dlq"]
-        .subscribe(Subscription::new("dead".parse().unwrap()))
-        .await
-        .unwrap();
-    let bridge = start(&yaml, &brokers).await;
+    let mut rig = Rig::start("os", (&small_url, small), out, "destination: out", 3).await;
     let payloads = [("fits", 16usize), ("over", 17), ("huge", 1 << 20)];
-    for (id, len) in payloads {
-        brokers["src"]
-            .publish("in", Message::new(vec![b'x'; len]).with_id(id), deadline())
-            .await
-            .unwrap();
-    }
-    let ids: Vec<String> = payloads.iter().map(|(id, _)| id.to_string()).collect();
-    let o = outcomes(&bridge, &mut out, &mut dead, &ids).await;
+    let messages: Vec<Message> = payloads
+        .iter()
+        .map(|(id, len)| Message::new(vec![b'x'; *len]).with_id(*id))
+        .collect();
+    let o = rig.run(&messages).await;
     assert_eq!(o.delivered["fits"].payload.len(), 16);
     for id in ["over", "huge"] {
         assert!(
@@ -232,11 +273,13 @@ routes:
     }
     // Too large is permanent: one attempt, no retries.
     assert_eq!(
-        bridge.routes()[0].metrics.retries.load(Ordering::Relaxed),
+        rig.bridge.routes()[0]
+            .metrics
+            .retries
+            .load(Ordering::Relaxed),
         0
     );
-    all_settled(&bridge, 1, 2).await;
-    bridge.stop().await;
+    rig.finish(1, 2).await;
 }
 
 #[tokio::test]
@@ -244,47 +287,20 @@ async fn oversize_payloads_for_nats_are_dead_lettered_with_the_reason() {
     let Some(url) = real(BrokerKind::Nats, Endpoint::Nats) else {
         return;
     };
-    let src = unique("osn-src");
     let subject = unique("osn.out");
-    let yaml = format!(
-        r#"
-brokers:
-  src: {{ url: "memory://{src}" }}
-  nats: {{ url: "{url}" }}
-  dlq: {{ url: "memory://{src}-dlq" }}
-routes:
-  - name: osn
-    from: {{ broker: src, topic: "in", group: bridge }}
-    to: [ {{ broker: nats, destination: "{subject}" }} ]
-    on_error: {{ max_attempts: 3, initial_backoff: 1ms, max_backoff: 5ms, dead_letter: {{ broker: dlq, destination: "dead" }} }}
-"#
-    );
     let nats = polybridge::connect(&url).await.unwrap();
-    let brokers: BTreeMap<String, Arc<dyn Broker>> = [
-        ("src".to_string(), memory(&src)),
-        ("nats".to_string(), nats.clone()),
-        ("dlq".to_string(), memory(&format!("{src}-dlq"))),
-    ]
-    .into();
-    let mut out = nats
+    let out = nats
         .subscribe(Subscription::new(subject.parse().unwrap()))
         .await
         .unwrap();
-    let mut dead = brokers["dlq"]
-        .subscribe(Subscription::new("dead".parse().unwrap()))
-        .await
-        .unwrap();
-    let bridge = start(&yaml, &brokers).await;
+    let to = format!("destination: \"{subject}\"");
+    let mut rig = Rig::start("osn", (&url, nats), out, &to, 3).await;
     // nats-server's default max_payload is 1 MiB.
-    let payloads = [("small", 1024usize), ("over", 2 << 20)];
-    for (id, len) in payloads {
-        brokers["src"]
-            .publish("in", Message::new(vec![b'n'; len]).with_id(id), deadline())
-            .await
-            .unwrap();
-    }
-    let ids: Vec<String> = payloads.iter().map(|(id, _)| id.to_string()).collect();
-    let o = outcomes(&bridge, &mut out, &mut dead, &ids).await;
+    let messages = [
+        Message::new(vec![b'n'; 1024]).with_id("small"),
+        Message::new(vec![b'n'; 2 << 20]).with_id("over"),
+    ];
+    let o = rig.run(&messages).await;
     assert_eq!(o.delivered["small"].payload.len(), 1024);
     assert!(!o.delivered.contains_key("over"));
     assert!(
@@ -292,8 +308,7 @@ routes:
         "{}",
         o.dead["over"]
     );
-    all_settled(&bridge, 1, 1).await;
-    bridge.stop().await;
+    rig.finish(1, 1).await;
 }
 
 #[tokio::test]
@@ -481,49 +496,20 @@ async fn headers_through(kind: BrokerKind, endpoint: Endpoint, start_earliest: b
     let Some(url) = real(kind, endpoint) else {
         return;
     };
-    let src = unique(&format!("hd-{}-src", kind.name()));
     let topic = unique("hdout");
-    let yaml = format!(
-        r#"
-brokers:
-  src: {{ url: "memory://{src}" }}
-  out: {{ url: "{url}" }}
-  dlq: {{ url: "memory://{src}-dlq" }}
-routes:
-  - name: hd
-    from: {{ broker: src, topic: "in", group: bridge }}
-    to: [ {{ broker: out, destination: "{topic}" }} ]
-    on_error: {{ max_attempts: 2, initial_backoff: 1ms, max_backoff: 5ms, dead_letter: {{ broker: dlq, destination: "dead" }} }}
-"#
-    );
-    let sink = polybridge::connect(&url).await.unwrap();
-    let brokers: BTreeMap<String, Arc<dyn Broker>> = [
-        ("src".to_string(), memory(&src)),
-        ("out".to_string(), sink.clone()),
-        ("dlq".to_string(), memory(&format!("{src}-dlq"))),
-    ]
-    .into();
     let mut sub = Subscription::new(topic.parse().unwrap());
     if start_earliest {
         sub = sub.start(StartPosition::Earliest);
     }
     // The test reads through its own connection, apart from the bridge's.
     let reader = polybridge::connect(&url).await.unwrap();
-    let mut out = reader.subscribe(sub).await.unwrap();
-    let mut dead = brokers["dlq"]
-        .subscribe(Subscription::new("dead".parse().unwrap()))
-        .await
-        .unwrap();
-    let bridge = start(&yaml, &brokers).await;
+    let out = reader.subscribe(sub).await.unwrap();
+    let sink = polybridge::connect(&url).await.unwrap();
+    let to = format!("destination: \"{topic}\"");
+    let name = format!("hd-{}", kind.name());
+    let mut rig = Rig::start(&name, (&url, sink), out, &to, 2).await;
     let messages = awkward_headers();
-    for m in &messages {
-        brokers["src"]
-            .publish("in", m.clone(), deadline())
-            .await
-            .unwrap();
-    }
-    let ids: Vec<String> = messages.iter().map(|m| m.id.clone()).collect();
-    let o = outcomes(&bridge, &mut out, &mut dead, &ids).await;
+    let o = rig.run(&messages).await;
     for m in &messages {
         if let Some(got) = o.delivered.get(&m.id) {
             assert_eq!(got.payload, m.payload, "{}: {}", kind.name(), m.id);
@@ -543,13 +529,8 @@ routes:
             eprintln!("{}: {} dead-lettered: {}", kind.name(), m.id, o.dead[&m.id]);
         }
     }
-    all_settled(
-        &bridge,
-        o.delivered.len(),
-        messages.len() - o.delivered.len(),
-    )
-    .await;
-    bridge.stop().await;
+    let delivered = o.delivered.len();
+    rig.finish(delivered, messages.len() - delivered).await;
 }
 
 #[tokio::test]
@@ -582,56 +563,28 @@ async fn invalid_destinations(
     let Some(url) = real(kind, endpoint) else {
         return;
     };
-    let src = unique(&format!("dst-{}-src", kind.name()));
-    let yaml = format!(
-        r#"
-brokers:
-  src: {{ url: "memory://{src}" }}
-  out: {{ url: "{url}" }}
-  dlq: {{ url: "memory://{src}-dlq" }}
-routes:
-  - name: dst
-    from: {{ broker: src, topic: "in", group: bridge }}
-    to: [ {{ broker: out, destination: "{prefix}{{header.room}}" }} ]
-    on_error: {{ max_attempts: 2, initial_backoff: 1ms, max_backoff: 5ms, dead_letter: {{ broker: dlq, destination: "dead" }} }}
-"#
-    );
     let sink = polybridge::connect(&url).await.unwrap();
-    let brokers: BTreeMap<String, Arc<dyn Broker>> = [
-        ("src".to_string(), memory(&src)),
-        ("out".to_string(), sink.clone()),
-        ("dlq".to_string(), memory(&format!("{src}-dlq"))),
-    ]
-    .into();
     let good = format!("{prefix}{valid}");
-    let mut out = sink
+    let out = sink
         .subscribe(Subscription::new(polybridge::TopicPattern::literal(
             &good,
             if prefix.ends_with('/') { '/' } else { '.' },
         )))
         .await
         .unwrap();
-    let mut dead = brokers["dlq"]
-        .subscribe(Subscription::new("dead".parse().unwrap()))
-        .await
-        .unwrap();
-    let bridge = start(&yaml, &brokers).await;
-    let mut ids = Vec::new();
-    for (i, room) in std::iter::once(&valid).chain(invalid).enumerate() {
-        let id = format!("room{i}");
-        brokers["src"]
-            .publish(
-                "in",
-                Message::new("p")
-                    .with_id(id.clone())
-                    .with_header("room", *room),
-                deadline(),
-            )
-            .await
-            .unwrap();
-        ids.push(id);
-    }
-    let o = outcomes(&bridge, &mut out, &mut dead, &ids).await;
+    let to = format!("destination: \"{prefix}{{header.room}}\"");
+    let name = format!("dst-{}", kind.name());
+    let mut rig = Rig::start(&name, (&url, sink), out, &to, 2).await;
+    let messages: Vec<Message> = std::iter::once(&valid)
+        .chain(invalid)
+        .enumerate()
+        .map(|(i, room)| {
+            Message::new("p")
+                .with_id(format!("room{i}"))
+                .with_header("room", *room)
+        })
+        .collect();
+    let o = rig.run(&messages).await;
     assert!(
         o.delivered.contains_key("room0"),
         "{}: the valid one",
@@ -646,8 +599,7 @@ routes:
         );
         assert!(!o.delivered.contains_key(&id));
     }
-    all_settled(&bridge, 1, invalid.len()).await;
-    bridge.stop().await;
+    rig.finish(1, invalid.len()).await;
 }
 
 #[tokio::test]
