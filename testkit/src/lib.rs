@@ -57,12 +57,14 @@
 mod brokers;
 mod probe;
 mod process;
+mod server;
 mod tls;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
 pub use brokers::{kafka_home, BrokerProcess};
+pub use server::TestBroker;
 pub use tls::TlsFiles;
 
 /// The brokers the harness can start.

@@ -3,48 +3,27 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
-use std::sync::{Arc, Mutex};
-
 use polybridge_nats::NatsBroker;
-use polybridge_testkit::{BrokerKind, BrokerProcess, Endpoint};
+use polybridge_testkit::{BrokerKind, Endpoint, TestBroker};
 
 /// Options that make a JetStream connection create the test stream `PBT` over `pbt.>`.
 pub const JETSTREAM: &str =
     "mode=jetstream&stream=PBT&create_stream=true&stream_subjects=pbt.>&ack_wait=5s";
 
-/// A NATS server for one test.
-pub struct Server {
-    pub url: String,
-    pub process: Option<Arc<Mutex<BrokerProcess>>>,
+/// A NATS server for tests (see [`TestBroker`]), with this adapter's `connect`.
+pub struct Server(pub TestBroker);
+
+impl std::ops::Deref for Server {
+    type Target = TestBroker;
+    fn deref(&self) -> &TestBroker {
+        &self.0
+    }
 }
 
 impl Server {
     /// `None` (with the reason printed) when NATS tests are skipped.
     pub fn start() -> Option<Server> {
-        if let Some(reason) = polybridge_testkit::skip_reason(BrokerKind::Nats) {
-            eprintln!("{reason}");
-            return None;
-        }
-        if let Ok(url) = std::env::var(BrokerKind::Nats.env_var(Endpoint::Nats)) {
-            return Some(Server { url, process: None });
-        }
-        let process = polybridge_testkit::private(BrokerKind::Nats).expect("start nats-server");
-        let url = process.url(Endpoint::Nats).expect("nats url");
-        Some(Server {
-            url,
-            process: Some(Arc::new(Mutex::new(process))),
-        })
-    }
-
-    /// The URL with `options` appended.
-    pub fn url_with(&self, options: &str) -> String {
-        if options.is_empty() {
-            self.url.clone()
-        } else if self.url.contains('?') {
-            format!("{}&{options}", self.url)
-        } else {
-            format!("{}?{options}", self.url)
-        }
+        TestBroker::private_or_external(BrokerKind::Nats, Endpoint::Nats).map(Server)
     }
 
     pub async fn connect(&self, options: &str) -> NatsBroker {
@@ -53,12 +32,13 @@ impl Server {
             .expect("connect to nats")
     }
 
-    /// Restarts the server on the same port with the same data; `None` for an external one.
+    /// Restarts a private broker on the same port with the same data; `None` for a shared
+    /// or external one.
     pub async fn restart(&self) -> Option<polybridge_core::Result<()>> {
-        let process = self.process.clone()?;
-        let result = tokio::task::spawn_blocking(move || process.lock().unwrap().restart())
+        let broker = self.0.clone();
+        let result = tokio::task::spawn_blocking(move || broker.restart())
             .await
-            .expect("restart task");
+            .expect("restart task")?;
         Some(result.map_err(|e| polybridge_core::Error::config("nats", e.to_string())))
     }
 }
