@@ -193,7 +193,8 @@ pub mod mapping;
 mod publisher;
 
 use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use polybridge_core::{
@@ -201,12 +202,15 @@ use polybridge_core::{
     HeaderSupport, Message, Ordering, Publisher, Receipt, Result, Subscriber, Subscription,
     Wildcards,
 };
-use rdkafka::consumer::BaseConsumer;
-use rdkafka::error::KafkaError;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::FutureProducer;
+use rdkafka::ClientContext;
 
 pub use config::{
-    DefaultStart, KafkaConfig, DEFAULT_MESSAGE_MAX_BYTES, DEFAULT_PORT, RECORD_RESERVE,
+    DefaultStart, KafkaConfig, SaslMechanism, DEFAULT_MESSAGE_MAX_BYTES, DEFAULT_PORT,
+    RECORD_RESERVE,
 };
 
 /// The broker name in errors and metrics.
@@ -224,7 +228,9 @@ pub struct KafkaBroker {
 
 impl KafkaBroker {
     /// Reads `url`, creates the producer (which validates every librdkafka option, naming a
-    /// bad one) and checks that a broker answers.
+    /// bad one) and checks that a broker answers: a refused login is an [`Error::Auth`], a
+    /// failed TLS handshake an [`Error::Connection`] saying why, both as soon as librdkafka
+    /// reports them.
     pub async fn connect(url: &BrokerUrl) -> Result<Self> {
         let config = KafkaConfig::from_url(url)?;
         let producer: FutureProducer = config
@@ -233,39 +239,26 @@ impl KafkaBroker {
             .map_err(|e| client_error(url, "producer", e))?;
         // The consumer settings are validated too, so a bad option fails here rather than at
         // the first subscribe. Without a group id the probe has no group to leave, so
-        // dropping it cannot wait on the broker.
+        // dropping it cannot wait on the broker; it also runs the connection check.
         let mut consumer_config = config.consumer("polybridge-config-check");
         consumer_config.remove("group.id");
-        let probe: BaseConsumer = consumer_config
-            .create()
+        let probe: BaseConsumer<CheckContext> = consumer_config
+            .create_with_context(CheckContext::default())
             .map_err(|e| client_error(url, "consumer", e))?;
-        drop(probe);
-        let producer = Arc::new(producer);
-        let check = producer.clone();
-        let metadata = tokio::task::spawn_blocking(move || {
-            use rdkafka::producer::Producer;
-            check
-                .client()
-                .fetch_metadata(None, std::time::Duration::from_secs(10))
-        })
-        .await
-        .map_err(|e| Error::Connection {
-            broker: BROKER,
-            endpoint: url.to_string(),
-            reason: format!("metadata task: {e}"),
-            source: None,
-        })?;
-        if let Err(e) = metadata {
-            return Err(Error::Connection {
+        let checked = tokio::task::spawn_blocking(move || check_connection(&probe))
+            .await
+            .map_err(|e| Error::Connection {
                 broker: BROKER,
                 endpoint: url.to_string(),
-                reason: format!("no broker answered within 10s: {e}"),
-                source: Some(Box::new(e)),
-            });
+                reason: format!("connection check task: {e}"),
+                source: None,
+            })?;
+        if let Err(failure) = checked {
+            return Err(failure.into_error(url, &config));
         }
         Ok(KafkaBroker {
             capabilities: capabilities(&config),
-            producer,
+            producer: Arc::new(producer),
             config: Arc::new(config),
             url: url.clone(),
             closed: AtomicBool::new(false),
@@ -285,6 +278,134 @@ impl KafkaBroker {
     /// The underlying producer, for what the contract does not cover.
     pub fn producer(&self) -> &FutureProducer {
         &self.producer
+    }
+}
+
+/// How long [`KafkaBroker::connect`] waits for a broker to answer.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Keeps what librdkafka reported at error level during the connection check, so a refused
+/// login or TLS handshake is reported with librdkafka's reason.
+#[derive(Default)]
+struct CheckContext {
+    last_error: Mutex<Option<String>>,
+}
+
+impl CheckContext {
+    fn remember(&self, text: &str) {
+        if let Ok(mut last) = self.last_error.lock() {
+            *last = Some(text.to_owned());
+        }
+    }
+
+    fn last_error(&self) -> Option<String> {
+        self.last_error.lock().ok().and_then(|last| last.clone())
+    }
+}
+
+impl ClientContext for CheckContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        use RDKafkaLogLevel as L;
+        // "N/M brokers are down" follows the message that says why; keep the why.
+        if matches!(level, L::Emerg | L::Alert | L::Critical | L::Error)
+            && !message.contains("brokers are down")
+        {
+            self.remember(message);
+        }
+        tracing::debug!(broker = BROKER, facility = fac, "librdkafka: {message}");
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.remember(reason);
+        tracing::debug!(broker = BROKER, error = %error, "connection check: {reason}");
+    }
+}
+
+impl ConsumerContext for CheckContext {}
+
+/// Why the connection check failed.
+enum CheckFailure {
+    /// The broker refused the SASL login.
+    Auth(String),
+    /// The TLS handshake failed (an unknown CA, a refused client certificate, no TLS).
+    Tls(String),
+    /// No broker answered in time (with what librdkafka last reported, if anything).
+    NoAnswer(KafkaError, Option<String>),
+}
+
+impl CheckFailure {
+    fn into_error(self, url: &BrokerUrl, config: &KafkaConfig) -> Error {
+        let scrub = |text: String| scrub_secret(&text, config.password.as_deref());
+        match self {
+            CheckFailure::Auth(reason) => Error::Auth {
+                broker: BROKER,
+                endpoint: url.to_string(),
+                reason: scrub(reason),
+            },
+            CheckFailure::Tls(reason) => Error::Connection {
+                broker: BROKER,
+                endpoint: url.to_string(),
+                reason: format!("TLS handshake failed: {}", scrub(reason)),
+                source: None,
+            },
+            CheckFailure::NoAnswer(e, last) => Error::Connection {
+                broker: BROKER,
+                endpoint: url.to_string(),
+                reason: match last {
+                    Some(last) => format!(
+                        "no broker answered within {}s: {e}; last error: {}",
+                        CONNECT_TIMEOUT.as_secs(),
+                        scrub(last)
+                    ),
+                    None => format!(
+                        "no broker answered within {}s: {e}",
+                        CONNECT_TIMEOUT.as_secs()
+                    ),
+                },
+                source: None,
+            },
+        }
+    }
+}
+
+/// `text` with URL passwords and `secret` itself blanked out: librdkafka's messages do not
+/// contain the SASL password, and this keeps it that way whatever they say.
+fn scrub_secret(text: &str, secret: Option<&str>) -> String {
+    let text = polybridge_core::redact_text(text);
+    match secret {
+        Some(s) if !s.is_empty() => text.replace(s, "***"),
+        _ => text,
+    }
+}
+
+/// Polls `probe` for broker errors while asking for metadata, until a broker answers, the
+/// login or the TLS handshake is refused, or [`CONNECT_TIMEOUT`] passes.
+fn check_connection(probe: &BaseConsumer<CheckContext>) -> std::result::Result<(), CheckFailure> {
+    let end = Instant::now() + CONNECT_TIMEOUT;
+    loop {
+        // Broker errors (a failed login or handshake) arrive as error events on the probe's
+        // queue; librdkafka would otherwise retry them until the deadline.
+        while let Some(Err(e)) = probe.poll(Duration::ZERO) {
+            let reason = || {
+                probe
+                    .context()
+                    .last_error()
+                    .unwrap_or_else(|| e.to_string())
+            };
+            match e.rdkafka_error_code() {
+                Some(RDKafkaErrorCode::Authentication) => return Err(CheckFailure::Auth(reason())),
+                Some(RDKafkaErrorCode::SSL) => return Err(CheckFailure::Tls(reason())),
+                _ => {}
+            }
+        }
+        let left = end.saturating_duration_since(Instant::now());
+        match probe.fetch_metadata(None, left.min(Duration::from_millis(250))) {
+            Ok(_) => return Ok(()),
+            Err(e) if left.is_zero() => {
+                return Err(CheckFailure::NoAnswer(e, probe.context().last_error()))
+            }
+            Err(_) => {}
+        }
     }
 }
 
