@@ -169,4 +169,15 @@ mod tests {
         assert!(!e.contains("hunter2"), "{e}");
         assert!(connect("memory://facade").await.is_ok());
     }
+
+    #[cfg(feature = "kafka")]
+    #[test]
+    fn kafkas_goes_to_the_kafka_adapter() {
+        assert!(available_schemes().contains(&"kafkas"));
+        let url: BrokerUrl = "kafkas://u:pw@h:9093?ca_file=/ca.pem".parse().unwrap();
+        assert!(capabilities_for(&url).is_ok());
+        let bad: BrokerUrl = "kafkas://u:pw@h?sasl_mechanism=GSSAPI".parse().unwrap();
+        let e = capabilities_for(&bad).err().unwrap().to_string();
+        assert!(e.contains("sasl_mechanism") && !e.contains("pw@"), "{e}");
+    }
 }

@@ -404,7 +404,7 @@ impl CheckFailure {
                         CONNECT_TIMEOUT.as_secs()
                     ),
                 },
-                source: None,
+                source: Some(Box::new(e)),
             },
         }
     }
@@ -521,5 +521,20 @@ impl Broker for KafkaBroker {
 
     fn url(&self) -> &BrokerUrl {
         &self.url
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scrubbed_texts_lack_the_password() {
+        let text = "kafka://alice:s3cret@h failed: login s3cret refused";
+        let scrubbed = scrub_secret(text, Some("s3cret"));
+        assert!(!scrubbed.contains("s3cret"), "{scrubbed}");
+        assert!(scrubbed.contains("login *** refused"), "{scrubbed}");
+        assert_eq!(scrub_secret("no secret here", Some("")), "no secret here");
+        assert_eq!(scrub_secret("no secret here", None), "no secret here");
     }
 }
