@@ -17,8 +17,9 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     && install -D -s -m 0755 target/release/polybridge /out/polybridge
 
 FROM debian:bookworm-slim
+# libssl3: the Kafka adapter's librdkafka links the system OpenSSL (TLS, SASL/SCRAM).
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends ca-certificates \
+    && apt-get install -y --no-install-recommends ca-certificates libssl3 \
     && rm -rf /var/lib/apt/lists/* \
     && groupadd --system --gid 10001 polybridge \
     && useradd --system --uid 10001 --gid polybridge --no-create-home --home-dir /nonexistent \

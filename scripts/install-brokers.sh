@@ -6,6 +6,9 @@
 #   python3-yaml, for scripts/check-compose.py (Debian package).
 #   chromium, chromium-driver: the headless browser the status page test runs
 #   (bridge/tests/status_page.rs; Debian packages).
+#   libssl-dev, pkg-config: the system OpenSSL the Kafka adapter's librdkafka is built
+#   against (rdkafka feature "ssl": TLS and SASL/SCRAM); socat: the TLS listener the Kafka
+#   TLS tests put in front of Tansu (testkit BrokerProcess::start_tls; Debian packages).
 # Idempotent: steps whose result is present are skipped. No service is left running: the
 # tests start their own brokers on free loopback ports.
 set -euo pipefail
@@ -19,7 +22,8 @@ missing=()
 for pair in redis-server:redis-server mosquitto:mosquitto nats-server:nats-server \
             rabbitmq-server:/usr/lib/rabbitmq/bin/rabbitmq-server activemq:/usr/share/activemq/bin/activemq.jar \
             default-jre-headless:java python3-yaml:/usr/lib/python3/dist-packages/yaml \
-            chromium:chromium chromium-driver:chromedriver; do
+            chromium:chromium chromium-driver:chromedriver \
+            libssl-dev:/usr/include/openssl/ssl.h pkg-config:pkg-config socat:socat; do
   pkg=${pair%%:*}; probe=${pair#*:}
   if ! command -v "$probe" >/dev/null 2>&1 && [ ! -e "$probe" ]; then missing+=("$pkg"); fi
 done

@@ -30,7 +30,7 @@
 //! | `mqtt://`, `mqtts://` | [`polybridge_mqtt`] (feature `mqtt`) | available |
 //! | `stomp://`, `stomp+activemq://`, `stomp+rabbitmq://`, `stomp+ssl://`, `stomps://` | [`polybridge_stomp`] (feature `stomp`) | available |
 //! | `amqp://` | [`polybridge_amqp`] (feature `amqp`) | available |
-//! | `kafka://` | [`polybridge_kafka`] (feature `kafka`) | available |
+//! | `kafka://`, `kafkas://` | [`polybridge_kafka`] (feature `kafka`) | available |
 //! | `http://`, `https://` | [`polybridge_http`] (feature `http`): webhooks in and out | available |
 //! | `ws://`, `wss://` | [`polybridge_websocket`] (feature `websocket`): a WebSocket hub for browsers and services | available |
 //!
@@ -78,7 +78,7 @@ pub async fn connect_url(url: &BrokerUrl) -> Result<Arc<dyn Broker>> {
         #[cfg(feature = "amqp")]
         "amqp" => Ok(Arc::new(amqp::AmqpBroker::connect(url).await?)),
         #[cfg(feature = "kafka")]
-        "kafka" => Ok(Arc::new(kafka::KafkaBroker::connect(url).await?)),
+        "kafka" | "kafkas" => Ok(Arc::new(kafka::KafkaBroker::connect(url).await?)),
         #[cfg(feature = "http")]
         "http" | "https" => Ok(Arc::new(http::HttpBroker::connect(url)?)),
         #[cfg(feature = "websocket")]
@@ -111,7 +111,7 @@ pub fn capabilities_for(url: &BrokerUrl) -> Result<Capabilities> {
         #[cfg(feature = "amqp")]
         "amqp" => amqp::AmqpBroker::capabilities_for(url),
         #[cfg(feature = "kafka")]
-        "kafka" => kafka::KafkaBroker::capabilities_for(url),
+        "kafka" | "kafkas" => kafka::KafkaBroker::capabilities_for(url),
         #[cfg(feature = "http")]
         "http" | "https" => http::HttpBroker::capabilities_for(url),
         #[cfg(feature = "websocket")]
@@ -143,7 +143,7 @@ pub fn available_schemes() -> Vec<&'static str> {
     #[cfg(feature = "amqp")]
     schemes.push("amqp");
     #[cfg(feature = "kafka")]
-    schemes.push("kafka");
+    schemes.extend(["kafka", "kafkas"]);
     #[cfg(feature = "http")]
     schemes.extend(["http", "https"]);
     #[cfg(feature = "websocket")]
@@ -168,5 +168,16 @@ mod tests {
         assert!(e.contains("no adapter for carrier-pigeon://"), "{e}");
         assert!(!e.contains("hunter2"), "{e}");
         assert!(connect("memory://facade").await.is_ok());
+    }
+
+    #[cfg(feature = "kafka")]
+    #[test]
+    fn kafkas_goes_to_the_kafka_adapter() {
+        assert!(available_schemes().contains(&"kafkas"));
+        let url: BrokerUrl = "kafkas://u:pw@h:9093?ca_file=/ca.pem".parse().unwrap();
+        assert!(capabilities_for(&url).is_ok());
+        let bad: BrokerUrl = "kafkas://u:pw@h?sasl_mechanism=GSSAPI".parse().unwrap();
+        let e = capabilities_for(&bad).err().unwrap().to_string();
+        assert!(e.contains("sasl_mechanism") && !e.contains("pw@"), "{e}");
     }
 }

@@ -30,6 +30,8 @@ pub struct BrokerProcess {
     /// TLS brokers ([`BrokerProcess::start_tls`]): certificates and TLS listener ports.
     tls: Option<TlsFiles>,
     tls_ports: BTreeMap<Endpoint, u16>,
+    /// Kafka (Tansu) only: SASL authentication required ([`BrokerProcess::start_sasl`]).
+    sasl: bool,
 }
 
 impl BrokerProcess {
@@ -44,9 +46,21 @@ impl BrokerProcess {
     /// certificate signed by the test CA where the broker can require one (mutual TLS):
     /// Redis, Mosquitto, NATS and RabbitMQ. NATS serves TLS only (its one port);
     /// the others keep their plain listener too (for probes) and add a TLS one
-    /// ([`BrokerProcess::tls_url`]). ActiveMQ and the Kafka broker have no TLS variant here.
+    /// ([`BrokerProcess::tls_url`]). ActiveMQ has no TLS variant here.
+    ///
+    /// Kafka (Tansu): Tansu 0.6.0 has no usable TLS listener (its `--cert` and `--key`
+    /// options exclude each other, and it builds its TLS settings only when both are
+    /// given), so the TLS listener is `socat`'s OpenSSL listener in front of Tansu's plain
+    /// one, requiring a client certificate signed by the test CA. Tansu advertises the TLS
+    /// port, so clients must use [`BrokerProcess::tls_url`]; the plain port serves only
+    /// the readiness probe. Not with `KAFKA_HOME` (Apache Kafka).
     pub fn start_tls(kind: BrokerKind) -> Result<BrokerProcess, HarnessError> {
-        if matches!(kind, BrokerKind::ActiveMq | BrokerKind::Kafka) {
+        let no_tls = match kind {
+            BrokerKind::ActiveMq => true,
+            BrokerKind::Kafka => kafka_home().is_some(),
+            _ => false,
+        };
+        if no_tls {
             return Err(HarnessError::Io {
                 broker: kind.name(),
                 what: "a TLS listener".into(),
@@ -56,8 +70,37 @@ impl BrokerProcess {
         Self::start_with(kind, true)
     }
 
+    /// Kafka only: Tansu requiring SASL authentication (`--authentication`, SCRAM-SHA-256
+    /// and SCRAM-SHA-512; it offers no PLAIN) on its plain listener.
+    ///
+    /// This broker has no user, and none can be added: Tansu keeps users in its storage,
+    /// which is memory only in the installed build, and it accepts the request that adds
+    /// one (`AlterUserScramCredentials`, what `tansu user create` sends) only on a
+    /// connection that has already authenticated. Every login is refused, so it serves to
+    /// test how clients report a refused login. Not with `KAFKA_HOME` (Apache Kafka).
+    pub fn start_sasl(kind: BrokerKind) -> Result<BrokerProcess, HarnessError> {
+        if kind != BrokerKind::Kafka || kafka_home().is_some() {
+            return Err(HarnessError::Io {
+                broker: kind.name(),
+                what: "a SASL listener".into(),
+                source: std::io::Error::other("only Tansu has a SASL variant in the harness"),
+            });
+        }
+        Self::start_inner(kind, false, true)
+    }
+
     fn start_with(kind: BrokerKind, tls: bool) -> Result<BrokerProcess, HarnessError> {
+        Self::start_inner(kind, tls, false)
+    }
+
+    fn start_inner(kind: BrokerKind, tls: bool, sasl: bool) -> Result<BrokerProcess, HarnessError> {
         check_installed(kind)?;
+        if tls && kind == BrokerKind::Kafka && !on_path("socat") {
+            return Err(HarnessError::NotInstalled {
+                broker: kind.name(),
+                program: "socat (the TLS listener in front of Tansu)".into(),
+            });
+        }
         let name = kind.name();
         let dir = tempfile::Builder::new()
             .prefix(&format!("polybridge-{name}-"))
@@ -87,6 +130,7 @@ impl BrokerProcess {
             starts: 0,
             tls: None,
             tls_ports: BTreeMap::new(),
+            sasl,
         };
         if tls {
             broker.tls = Some(tls::generate(broker.dir.path())?);
@@ -134,7 +178,7 @@ impl BrokerProcess {
 
     /// The TLS URL of `endpoint` on a TLS broker, without certificate options, e.g.
     /// `rediss://127.0.0.1:PORT`, `mqtts://…`, `tls://…` (NATS), `amqps://guest:guest@…/%2f`,
-    /// `stomp+ssl://guest:guest@…`.
+    /// `stomp+ssl://guest:guest@…`, `kafkas://…`.
     pub fn tls_url(&self, endpoint: Endpoint) -> Option<String> {
         let port = *self.tls_ports.get(&endpoint)?;
         Some(match endpoint {
@@ -143,7 +187,7 @@ impl BrokerProcess {
             Endpoint::Nats => format!("tls://127.0.0.1:{port}"),
             Endpoint::Amqp => format!("amqps://guest:guest@127.0.0.1:{port}/%2f"),
             Endpoint::Stomp => format!("stomp+ssl://guest:guest@127.0.0.1:{port}"),
-            Endpoint::Kafka => format!("kafka://127.0.0.1:{port}?security.protocol=ssl"),
+            Endpoint::Kafka => format!("kafkas://127.0.0.1:{port}"),
         })
     }
 
@@ -492,17 +536,42 @@ impl BrokerProcess {
             }
             BrokerKind::Kafka => {
                 let port = self.ports[&Endpoint::Kafka];
+                let tls_port = self.tls_ports.get(&Endpoint::Kafka).copied();
+                let advertised = tls_port.unwrap_or(port);
                 let mut c = Command::new(tansu_bin());
                 c.args([
                     "broker",
                     "--listener-url",
                     &format!("tcp://127.0.0.1:{port}"),
                     "--advertised-listener-url",
-                    &format!("tcp://127.0.0.1:{port}"),
+                    &format!("tcp://127.0.0.1:{advertised}"),
                     "--storage-engine",
                     "memory://tansu/",
                 ]);
-                c
+                if self.sasl {
+                    c.arg("--authentication");
+                }
+                match (&self.tls, tls_port) {
+                    (Some(t), Some(tls_port)) => {
+                        // `socat` in the broker's process group (stopped and killed with
+                        // it), then Tansu in place of the shell.
+                        let mut sh = Command::new("sh");
+                        sh.arg("-c")
+                            .arg(r#"socat "$1" "$2" & shift 2; exec "$@""#)
+                            .arg("sh")
+                            .arg(format!(
+                                "OPENSSL-LISTEN:{tls_port},bind=127.0.0.1,reuseaddr,fork,cert={},key={},cafile={},verify=1",
+                                t.server_cert.display(),
+                                t.server_key.display(),
+                                t.ca.display()
+                            ))
+                            .arg(format!("TCP:127.0.0.1:{port}"))
+                            .arg(c.get_program())
+                            .args(c.get_args());
+                        sh
+                    }
+                    _ => c,
+                }
             }
         }
     }

@@ -20,8 +20,9 @@
 //!   generated for it (a CA, server and client certificates: [`TlsFiles`]); clients need a
 //!   certificate signed by the test CA (mutual TLS). Redis (`--tls-port`), Mosquitto (a
 //!   second listener with `require_certificate`), NATS (`--tlsverify`: TLS only) and
-//!   RabbitMQ (`listeners.ssl`, `stomp.listeners.ssl`, `mqtt.listeners.ssl`); not ActiveMQ
-//!   or the Kafka broker.
+//!   RabbitMQ (`listeners.ssl`, `stomp.listeners.ssl`, `mqtt.listeners.ssl`) and Kafka
+//!   (Tansu behind `socat`'s OpenSSL listener, since Tansu 0.6.0 cannot serve TLS itself:
+//!   see [`BrokerProcess::start_tls`]); not ActiveMQ.
 //!
 //! # Using running brokers instead
 //! When `POLYBRIDGE_<X>_URL` is set, [`shared`] returns that URL and starts nothing (this is
@@ -315,7 +316,8 @@ pub fn private(kind: BrokerKind) -> Result<BrokerProcess, HarnessError> {
 
 /// A broker of the test's own with TLS listeners and certificates generated for it
 /// ([`BrokerProcess::start_tls`]: mutual TLS where the broker supports it). Refused when an
-/// external broker is configured for `kind`, and for ActiveMQ and Kafka (no TLS variant).
+/// external broker is configured for `kind`, and for ActiveMQ and Apache Kafka from
+/// `KAFKA_HOME` (no TLS variant).
 pub fn private_tls(kind: BrokerKind) -> Result<BrokerProcess, HarnessError> {
     for e in kind.endpoints() {
         if std::env::var(kind.env_var(*e)).is_ok() {
@@ -327,4 +329,20 @@ pub fn private_tls(kind: BrokerKind) -> Result<BrokerProcess, HarnessError> {
         }
     }
     BrokerProcess::start_tls(kind)
+}
+
+/// Kafka only: a Tansu of the test's own that requires SASL authentication
+/// ([`BrokerProcess::start_sasl`]: no user exists, every login is refused). Refused when
+/// an external Kafka is configured.
+pub fn private_sasl(kind: BrokerKind) -> Result<BrokerProcess, HarnessError> {
+    for e in kind.endpoints() {
+        if std::env::var(kind.env_var(*e)).is_ok() {
+            return Err(HarnessError::External {
+                broker: kind.name(),
+                operation: "a private SASL broker",
+                env: kind.env_var(*e),
+            });
+        }
+    }
+    BrokerProcess::start_sasl(kind)
 }

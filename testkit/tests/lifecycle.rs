@@ -249,3 +249,36 @@ fn a_killed_test_process_leaves_no_broker_behind() {
         "data directory left behind"
     );
 }
+
+/// Tansu behind `socat`'s TLS listener: both run in the broker's process group, so both go
+/// when the broker is dropped, and the TLS port closes with the plain one.
+#[test]
+fn kafka_tls_listener_goes_with_the_broker() {
+    if let Some(reason) = skip_reason(BrokerKind::Kafka) {
+        eprintln!("{reason}");
+        return;
+    }
+    if polybridge_testkit::kafka_home().is_some() {
+        eprintln!("KAFKA_HOME is set: no TLS variant of Apache Kafka");
+        return;
+    }
+    let b = polybridge_testkit::private_tls(BrokerKind::Kafka).expect("TLS broker starts");
+    let plain = b.port(Endpoint::Kafka).unwrap();
+    let url = b.tls_url(Endpoint::Kafka).unwrap();
+    let tls: u16 = url.rsplit(':').next().unwrap().parse().unwrap();
+    assert!(b.answers(Endpoint::Kafka));
+    assert!(connects(tls), "{url} listens");
+    let pids = b.pids();
+    assert!(pids.len() >= 2, "tansu and socat: {pids:?}");
+    drop(b);
+    assert!(
+        BrokerProcess::wait_gone(&pids, Duration::from_secs(10)),
+        "processes left after drop: {pids:?}"
+    );
+    for p in [plain, tls] {
+        assert!(
+            eventually(Duration::from_secs(10), || !connects(p)),
+            "port {p} still open"
+        );
+    }
+}

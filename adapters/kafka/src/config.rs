@@ -1,8 +1,9 @@
-//! `kafka://host:port[,host:port…][?option=value&…]`
+//! `kafka://[user:password@]host:port[,host:port…][?option=value&…]`, `kafkas://…` for TLS.
 //!
 //! See the crate documentation for every option.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use polybridge_core::{BrokerUrl, Error, Result};
@@ -29,6 +30,28 @@ pub enum DefaultStart {
     Earliest,
 }
 
+/// The SASL mechanism a URL with a user and password authenticates with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SaslMechanism {
+    /// `SCRAM-SHA-512` (the default): the password never crosses the wire.
+    ScramSha512,
+    /// `SCRAM-SHA-256`.
+    ScramSha256,
+    /// `PLAIN`: the password is sent as is, so use it with `kafkas://` only.
+    Plain,
+}
+
+impl SaslMechanism {
+    /// The librdkafka `sasl.mechanisms` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SaslMechanism::ScramSha512 => "SCRAM-SHA-512",
+            SaslMechanism::ScramSha256 => "SCRAM-SHA-256",
+            SaslMechanism::Plain => "PLAIN",
+        }
+    }
+}
+
 /// librdkafka options polybridge sets itself: passing them through would break the
 /// at-least-once contract or the connection, so they are refused.
 const RESERVED_RDKAFKA_KEYS: &[&str] = &[
@@ -49,6 +72,16 @@ pub struct KafkaConfig {
     pub user: Option<String>,
     /// SASL password for `user`.
     pub password: Option<String>,
+    /// `sasl_mechanism` (default `SCRAM-SHA-512`): how `user` and `password` authenticate.
+    pub sasl_mechanism: SaslMechanism,
+    /// TLS to the brokers (the `kafkas://` scheme).
+    pub tls: bool,
+    /// `kafkas://` only: PEM file of the CA certificates to trust instead of the system's
+    /// (`ca_file`).
+    pub ca_file: Option<PathBuf>,
+    /// `kafkas://` only: client certificate and private key (PEM) for mutual TLS
+    /// (`cert_file`, `key_file`).
+    pub client_cert: Option<(PathBuf, PathBuf)>,
     /// `acks`: `all` (default), `1` or `0`. Anything but `all` turns idempotence off.
     pub acks: String,
     /// `idempotence` (default `true`): the idempotent producer, so a retried produce is
@@ -88,6 +121,10 @@ pub struct KafkaConfig {
 }
 
 const OPTIONS: &[&str] = &[
+    "sasl_mechanism",
+    "ca_file",
+    "cert_file",
+    "key_file",
     "acks",
     "idempotence",
     "compression",
@@ -106,14 +143,18 @@ const OPTIONS: &[&str] = &[
 ];
 
 impl KafkaConfig {
-    /// Reads the config from a `kafka://` URL.
+    /// Reads the config from a `kafka://` or `kafkas://` URL.
     pub fn from_url(url: &BrokerUrl) -> Result<Self> {
-        if url.scheme() != "kafka" {
-            return Err(Error::config(
-                BROKER,
-                format!("expected a kafka:// URL, got {url}"),
-            ));
-        }
+        let tls = match url.scheme() {
+            "kafka" => false,
+            "kafkas" => true,
+            _ => {
+                return Err(Error::config(
+                    BROKER,
+                    format!("expected a kafka:// or kafkas:// URL, got {url}"),
+                ))
+            }
+        };
         let mut rdkafka = BTreeMap::new();
         for (name, value) in url.options() {
             if let Some(key) = name.strip_prefix("rdkafka.") {
@@ -217,10 +258,58 @@ impl KafkaConfig {
                 format!("option dead_letter in {url} is empty"),
             ));
         }
+        let (user, password) = (url.username(), url.password());
+        if user.is_some() != password.is_some() {
+            return Err(Error::config(
+                BROKER,
+                format!("SASL in {url} needs both a user name and a password (user:password@host)"),
+            ));
+        }
+        let sasl_mechanism = match url.option("sasl_mechanism") {
+            None => SaslMechanism::ScramSha512,
+            Some(m) if user.is_none() => {
+                return Err(Error::config(
+                    BROKER,
+                    format!("option sasl_mechanism={m:?} in {url} needs a user and password (user:password@host)"),
+                ))
+            }
+            Some(m) => match m.to_ascii_uppercase().as_str() {
+                "SCRAM-SHA-512" => SaslMechanism::ScramSha512,
+                "SCRAM-SHA-256" => SaslMechanism::ScramSha256,
+                "PLAIN" => SaslMechanism::Plain,
+                _ => {
+                    return Err(Error::config(
+                        BROKER,
+                        format!("option sasl_mechanism={m:?} in {url}: use SCRAM-SHA-512, SCRAM-SHA-256 or PLAIN"),
+                    ))
+                }
+            },
+        };
+        let ca_file = url.option("ca_file").map(PathBuf::from);
+        let client_cert = match (url.option("cert_file"), url.option("key_file")) {
+            (Some(c), Some(k)) => Some((PathBuf::from(c), PathBuf::from(k))),
+            (None, None) => None,
+            _ => {
+                return Err(Error::config(
+                    BROKER,
+                    format!("options cert_file and key_file in {url} go together"),
+                ))
+            }
+        };
+        if !tls && (ca_file.is_some() || client_cert.is_some()) {
+            return Err(Error::config(
+                BROKER,
+                format!("options ca_file, cert_file and key_file in {url} need a kafkas:// URL"),
+            ));
+        }
         Ok(KafkaConfig {
             bootstrap,
-            user: url.username(),
-            password: url.password(),
+            user,
+            password,
+            sasl_mechanism,
+            tls,
+            ca_file,
+            client_cert,
             acks,
             idempotence,
             compression,
@@ -271,9 +360,25 @@ impl KafkaConfig {
         let mut c = rdkafka::ClientConfig::new();
         c.set("bootstrap.servers", self.bootstrap.join(","))
             .set("client.id", &self.client_id);
+        let sasl = self.user.is_some() && self.password.is_some();
+        c.set(
+            "security.protocol",
+            match (self.tls, sasl) {
+                (false, false) => "plaintext",
+                (true, false) => "ssl",
+                (false, true) => "sasl_plaintext",
+                (true, true) => "sasl_ssl",
+            },
+        );
+        if let Some(ca) = &self.ca_file {
+            c.set("ssl.ca.location", ca.display().to_string());
+        }
+        if let Some((cert, key)) = &self.client_cert {
+            c.set("ssl.certificate.location", cert.display().to_string())
+                .set("ssl.key.location", key.display().to_string());
+        }
         if let (Some(user), Some(password)) = (&self.user, &self.password) {
-            c.set("security.protocol", "sasl_plaintext")
-                .set("sasl.mechanisms", "PLAIN")
+            c.set("sasl.mechanisms", self.sasl_mechanism.as_str())
                 .set("sasl.username", user)
                 .set("sasl.password", password);
         }
@@ -358,6 +463,47 @@ mod tests {
     }
 
     #[test]
+    fn maps_tls_and_sasl_to_librdkafka() {
+        let get = |c: &rdkafka::ClientConfig, k: &str| c.get(k).map(str::to_owned);
+        let plain = config("kafka://h").unwrap().common();
+        assert_eq!(
+            get(&plain, "security.protocol").as_deref(),
+            Some("plaintext")
+        );
+        assert_eq!(get(&plain, "sasl.mechanisms"), None);
+
+        let sasl = config("kafka://alice:s3cret@h").unwrap();
+        assert_eq!(sasl.sasl_mechanism, SaslMechanism::ScramSha512);
+        let c = sasl.common();
+        assert_eq!(
+            get(&c, "security.protocol").as_deref(),
+            Some("sasl_plaintext")
+        );
+        assert_eq!(get(&c, "sasl.mechanisms").as_deref(), Some("SCRAM-SHA-512"));
+        assert_eq!(get(&c, "sasl.username").as_deref(), Some("alice"));
+        assert_eq!(get(&c, "sasl.password").as_deref(), Some("s3cret"));
+
+        let tls =
+            config("kafkas://h:9093?ca_file=/ca.pem&cert_file=/c.pem&key_file=/k.pem").unwrap();
+        assert_eq!(tls.bootstrap, ["h:9093"]);
+        let c = tls.common();
+        assert_eq!(get(&c, "security.protocol").as_deref(), Some("ssl"));
+        assert_eq!(get(&c, "ssl.ca.location").as_deref(), Some("/ca.pem"));
+        assert_eq!(
+            get(&c, "ssl.certificate.location").as_deref(),
+            Some("/c.pem")
+        );
+        assert_eq!(get(&c, "ssl.key.location").as_deref(), Some("/k.pem"));
+
+        let c = config("kafkas://bob:pw@h?sasl_mechanism=scram-sha-256")
+            .unwrap()
+            .common();
+        assert_eq!(get(&c, "security.protocol").as_deref(), Some("sasl_ssl"));
+        assert_eq!(get(&c, "sasl.mechanisms").as_deref(), Some("SCRAM-SHA-256"));
+        assert_eq!(get(&c, "ssl.ca.location"), None);
+    }
+
+    #[test]
     fn refuses_bad_options_without_the_password() {
         for (url, expected) in [
             ("kafka://u:pw@h?acks=most", "use all, 1 or 0"),
@@ -375,6 +521,14 @@ mod tests {
                 "shorter than",
             ),
             ("nats://u:pw@h", "expected a kafka://"),
+            ("kafka://u:pw@h?sasl_mechanism=GSSAPI", "use SCRAM-SHA-512"),
+            (
+                "kafka://h?sasl_mechanism=PLAIN",
+                "needs a user and password",
+            ),
+            ("kafka://u@h", "needs both a user name and a password"),
+            ("kafka://u:pw@h?ca_file=/ca.pem", "need a kafkas:// URL"),
+            ("kafkas://u:pw@h?cert_file=/c.pem", "go together"),
         ] {
             let e = config(url).unwrap_err().to_string();
             assert!(e.contains(expected), "{url}: {e}");

@@ -24,12 +24,15 @@
 //! ```
 //!
 //! # URL
-//! `kafka://[user:password@]host[:port][,host[:port]…][?option=value&…]`. Default port 9092.
-//! A user and password select SASL/PLAIN over plaintext (`security.protocol` and friends can
-//! be changed with `rdkafka.` options).
+//! `kafka://[user:password@]host[:port][,host[:port]…][?option=value&…]`, `kafkas://…` for
+//! TLS. Default port 9092. A user and password select SASL (`security.protocol`
+//! `sasl_plaintext`, or `sasl_ssl` with `kafkas://`) with `sasl_mechanism`.
 //!
 //! | option | default | meaning |
 //! |---|---|---|
+//! | `sasl_mechanism` | `SCRAM-SHA-512` | with `user:password@`: `SCRAM-SHA-512`, `SCRAM-SHA-256` or `PLAIN` (`sasl.mechanisms`); PLAIN sends the password as is, use it with `kafkas://` |
+//! | `ca_file` | system roots | `kafkas://`: PEM file of the CA certificates to trust instead of the system's (`ssl.ca.location`) |
+//! | `cert_file`, `key_file` | none | `kafkas://`: client certificate and private key (PEM) for mutual TLS (`ssl.certificate.location`, `ssl.key.location`) |
 //! | `acks` | `all` | producer acknowledgements: `all`, `1` or `0` (`0` = publish resolves unconfirmed) |
 //! | `idempotence` | `true` with `acks=all` | the idempotent producer (`enable.idempotence`): retries never duplicate or reorder within a partition |
 //! | `compression` | `none` | `none`, `gzip`, `snappy`, `lz4` or `zstd` |
@@ -51,6 +54,27 @@
 //! at-least-once depends on (`group.id`, `enable.auto.commit`, `enable.auto.offset.store`,
 //! `enable.partition.eof`, `bootstrap.servers`) are refused. `message.max.bytes` sets the
 //! payload limit (see below).
+//!
+//! # TLS and authentication
+//! - `kafkas://` speaks TLS to every broker (librdkafka with OpenSSL; the server
+//!   certificate must match the host name, `ssl.endpoint.identification.algorithm=https`).
+//!   `ca_file` replaces the system roots; `cert_file` and `key_file` present a client
+//!   certificate. `ssl.*` and `sasl.*` librdkafka settings can still be passed as
+//!   `rdkafka.` options.
+//! - `user:password@` logs in with SASL: SCRAM-SHA-512 unless `sasl_mechanism` says
+//!   otherwise (SCRAM never sends the password; it is what Tansu supports). GSSAPI
+//!   (Kerberos) and OAUTHBEARER are not offered.
+//! - [`KafkaBroker::connect`] waits until a broker answers: a refused login is an
+//!   [`Error::Auth`] and a failed TLS handshake (an unknown CA, a certificate not matching
+//!   the host) an [`Error::Connection`] saying why, as soon as librdkafka reports them
+//!   (0.6 to 1.0 s against a local Tansu, printed by
+//!   `cargo test -p polybridge-kafka --test tls -- --nocapture`) rather than after the 10 s
+//!   connect timeout. Error texts never contain the password (librdkafka's messages do not carry it,
+//!   and it is blanked out should one ever do).
+//! - A client certificate the server refuses under TLS 1.3 shows up as a closed connection,
+//!   so it is reported after the 10 s connect timeout as a [`Error::Connection`] whose
+//!   reason ends with librdkafka's last error (against the test listener: "tlsv13 alert
+//!   certificate required").
 //!
 //! # Publishing
 //! - One idempotent `FutureProducer` per connection (`enable.idempotence=true`,
@@ -167,6 +191,24 @@
 //! timeout (tests use `session_timeout=3s`), keeps data in memory only (the outage tests
 //! freeze it with SIGSTOP instead of restarting it), and drops commit metadata.
 //!
+//! TLS and SASL against Tansu 0.6.0 (`tests/tls.rs`), as far as it allows:
+//! - Tansu 0.6.0 cannot serve TLS: its `--cert` and `--key` options exclude each other
+//!   (`tansu broker --cert c.pem --key k.pem` exits with "the argument '--cert <CERT>'
+//!   cannot be used with '--key <KEY>'"), and `--cert` alone leaves the listener plaintext.
+//!   Its source builds the TLS settings only from both, without client-certificate
+//!   verification (`with_no_client_auth`): Tansu has no mutual TLS. The tests therefore put
+//!   `socat`'s OpenSSL listener (requiring a client certificate signed by the test CA) in
+//!   front of Tansu: publish and consume work over mutual TLS, and a wrong CA, the system
+//!   roots, a missing client certificate and plaintext are refused.
+//! - Tansu's `--authentication` offers SCRAM-SHA-256 and SCRAM-SHA-512 (a PLAIN handshake
+//!   is refused with "NoSharedMechanism"). Its users live in its storage, memory only in
+//!   the installed build, and the request that adds one (`AlterUserScramCredentials`,
+//!   `tansu user create`) is refused with `NotAuthenticated` on a connection that has not
+//!   logged in: an authenticating Tansu can never have a user. So the tests check that a
+//!   refused login (SCRAM-SHA-512 and -256) is an [`Error::Auth`] without the password; a
+//!   successful SASL login is not tested against a real broker here (only the librdkafka
+//!   settings it produces, in the unit tests).
+//!
 //! # Capabilities
 //! | | |
 //! |---|---|
@@ -182,6 +224,8 @@
 //! | wildcards | single and multi level (regex subscriptions) |
 //! | request/reply | yes (`pb-reply-to`, `pb-correlation-id`) |
 //!
+//! [`Error::Auth`]: polybridge_core::Error::Auth
+//! [`Error::Connection`]: polybridge_core::Error::Connection
 //! [`Error::Config`]: polybridge_core::Error::Config
 //! [`Error::Timeout`]: polybridge_core::Error::Timeout
 //! [`Error::Closed`]: polybridge_core::Error::Closed
@@ -193,7 +237,8 @@ pub mod mapping;
 mod publisher;
 
 use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use polybridge_core::{
@@ -201,12 +246,15 @@ use polybridge_core::{
     HeaderSupport, Message, Ordering, Publisher, Receipt, Result, Subscriber, Subscription,
     Wildcards,
 };
-use rdkafka::consumer::BaseConsumer;
-use rdkafka::error::KafkaError;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::FutureProducer;
+use rdkafka::ClientContext;
 
 pub use config::{
-    DefaultStart, KafkaConfig, DEFAULT_MESSAGE_MAX_BYTES, DEFAULT_PORT, RECORD_RESERVE,
+    DefaultStart, KafkaConfig, SaslMechanism, DEFAULT_MESSAGE_MAX_BYTES, DEFAULT_PORT,
+    RECORD_RESERVE,
 };
 
 /// The broker name in errors and metrics.
@@ -224,7 +272,9 @@ pub struct KafkaBroker {
 
 impl KafkaBroker {
     /// Reads `url`, creates the producer (which validates every librdkafka option, naming a
-    /// bad one) and checks that a broker answers.
+    /// bad one) and checks that a broker answers: a refused login is an [`Error::Auth`], a
+    /// failed TLS handshake an [`Error::Connection`] saying why, both as soon as librdkafka
+    /// reports them.
     pub async fn connect(url: &BrokerUrl) -> Result<Self> {
         let config = KafkaConfig::from_url(url)?;
         let producer: FutureProducer = config
@@ -233,39 +283,26 @@ impl KafkaBroker {
             .map_err(|e| client_error(url, "producer", e))?;
         // The consumer settings are validated too, so a bad option fails here rather than at
         // the first subscribe. Without a group id the probe has no group to leave, so
-        // dropping it cannot wait on the broker.
+        // dropping it cannot wait on the broker; it also runs the connection check.
         let mut consumer_config = config.consumer("polybridge-config-check");
         consumer_config.remove("group.id");
-        let probe: BaseConsumer = consumer_config
-            .create()
+        let probe: BaseConsumer<CheckContext> = consumer_config
+            .create_with_context(CheckContext::default())
             .map_err(|e| client_error(url, "consumer", e))?;
-        drop(probe);
-        let producer = Arc::new(producer);
-        let check = producer.clone();
-        let metadata = tokio::task::spawn_blocking(move || {
-            use rdkafka::producer::Producer;
-            check
-                .client()
-                .fetch_metadata(None, std::time::Duration::from_secs(10))
-        })
-        .await
-        .map_err(|e| Error::Connection {
-            broker: BROKER,
-            endpoint: url.to_string(),
-            reason: format!("metadata task: {e}"),
-            source: None,
-        })?;
-        if let Err(e) = metadata {
-            return Err(Error::Connection {
+        let checked = tokio::task::spawn_blocking(move || check_connection(&probe))
+            .await
+            .map_err(|e| Error::Connection {
                 broker: BROKER,
                 endpoint: url.to_string(),
-                reason: format!("no broker answered within 10s: {e}"),
-                source: Some(Box::new(e)),
-            });
+                reason: format!("connection check task: {e}"),
+                source: None,
+            })?;
+        if let Err(failure) = checked {
+            return Err(failure.into_error(url, &config));
         }
         Ok(KafkaBroker {
             capabilities: capabilities(&config),
-            producer,
+            producer: Arc::new(producer),
             config: Arc::new(config),
             url: url.clone(),
             closed: AtomicBool::new(false),
@@ -285,6 +322,135 @@ impl KafkaBroker {
     /// The underlying producer, for what the contract does not cover.
     pub fn producer(&self) -> &FutureProducer {
         &self.producer
+    }
+}
+
+/// How long [`KafkaBroker::connect`] waits for a broker to answer.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Keeps what librdkafka reported at error level during the connection check, so a refused
+/// login or TLS handshake is reported with librdkafka's reason.
+#[derive(Default)]
+struct CheckContext {
+    last_error: Mutex<Option<String>>,
+}
+
+impl CheckContext {
+    fn remember(&self, text: &str) {
+        // "N/M brokers are down" follows the message that says why; keep the why.
+        if text.contains("brokers are down") {
+            return;
+        }
+        if let Ok(mut last) = self.last_error.lock() {
+            *last = Some(text.to_owned());
+        }
+    }
+
+    fn last_error(&self) -> Option<String> {
+        self.last_error.lock().ok().and_then(|last| last.clone())
+    }
+}
+
+impl ClientContext for CheckContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        use RDKafkaLogLevel as L;
+        if matches!(level, L::Emerg | L::Alert | L::Critical | L::Error) {
+            self.remember(message);
+        }
+        tracing::debug!(broker = BROKER, facility = fac, "librdkafka: {message}");
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.remember(reason);
+        tracing::debug!(broker = BROKER, error = %error, "connection check: {reason}");
+    }
+}
+
+impl ConsumerContext for CheckContext {}
+
+/// Why the connection check failed.
+enum CheckFailure {
+    /// The broker refused the SASL login.
+    Auth(String),
+    /// The TLS handshake failed (an unknown CA, a refused client certificate, no TLS).
+    Tls(String),
+    /// No broker answered in time (with what librdkafka last reported, if anything).
+    NoAnswer(KafkaError, Option<String>),
+}
+
+impl CheckFailure {
+    fn into_error(self, url: &BrokerUrl, config: &KafkaConfig) -> Error {
+        let scrub = |text: String| scrub_secret(&text, config.password.as_deref());
+        match self {
+            CheckFailure::Auth(reason) => Error::Auth {
+                broker: BROKER,
+                endpoint: url.to_string(),
+                reason: scrub(reason),
+            },
+            CheckFailure::Tls(reason) => Error::Connection {
+                broker: BROKER,
+                endpoint: url.to_string(),
+                reason: format!("TLS handshake failed: {}", scrub(reason)),
+                source: None,
+            },
+            CheckFailure::NoAnswer(e, last) => Error::Connection {
+                broker: BROKER,
+                endpoint: url.to_string(),
+                reason: match last {
+                    Some(last) => format!(
+                        "no broker answered within {}s: {e}; last error: {}",
+                        CONNECT_TIMEOUT.as_secs(),
+                        scrub(last)
+                    ),
+                    None => format!(
+                        "no broker answered within {}s: {e}",
+                        CONNECT_TIMEOUT.as_secs()
+                    ),
+                },
+                source: Some(Box::new(e)),
+            },
+        }
+    }
+}
+
+/// `text` with URL passwords and `secret` itself blanked out: librdkafka's messages do not
+/// contain the SASL password, and this keeps it that way whatever they say.
+fn scrub_secret(text: &str, secret: Option<&str>) -> String {
+    let text = polybridge_core::redact_text(text);
+    match secret {
+        Some(s) if !s.is_empty() => text.replace(s, "***"),
+        _ => text,
+    }
+}
+
+/// Polls `probe` for broker errors while asking for metadata, until a broker answers, the
+/// login or the TLS handshake is refused, or [`CONNECT_TIMEOUT`] passes.
+fn check_connection(probe: &BaseConsumer<CheckContext>) -> std::result::Result<(), CheckFailure> {
+    let end = Instant::now() + CONNECT_TIMEOUT;
+    loop {
+        // Broker errors (a failed login or handshake) arrive as error events on the probe's
+        // queue; librdkafka would otherwise retry them until the deadline.
+        while let Some(Err(e)) = probe.poll(Duration::ZERO) {
+            let reason = || {
+                probe
+                    .context()
+                    .last_error()
+                    .unwrap_or_else(|| e.to_string())
+            };
+            match e.rdkafka_error_code() {
+                Some(RDKafkaErrorCode::Authentication) => return Err(CheckFailure::Auth(reason())),
+                Some(RDKafkaErrorCode::SSL) => return Err(CheckFailure::Tls(reason())),
+                _ => {}
+            }
+        }
+        let left = end.saturating_duration_since(Instant::now());
+        match probe.fetch_metadata(None, left.min(Duration::from_millis(250))) {
+            Ok(_) => return Ok(()),
+            Err(e) if left.is_zero() => {
+                return Err(CheckFailure::NoAnswer(e, probe.context().last_error()))
+            }
+            Err(_) => {}
+        }
     }
 }
 
@@ -358,5 +524,20 @@ impl Broker for KafkaBroker {
 
     fn url(&self) -> &BrokerUrl {
         &self.url
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scrubbed_texts_lack_the_password() {
+        let text = "kafka://alice:s3cret@h failed: login s3cret refused";
+        let scrubbed = scrub_secret(text, Some("s3cret"));
+        assert!(!scrubbed.contains("s3cret"), "{scrubbed}");
+        assert!(scrubbed.contains("login *** refused"), "{scrubbed}");
+        assert_eq!(scrub_secret("no secret here", Some("")), "no secret here");
+        assert_eq!(scrub_secret("no secret here", None), "no secret here");
     }
 }
