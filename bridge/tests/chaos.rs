@@ -554,8 +554,12 @@ fn run_scenario(s: Scenario) {
         "scenario={} sent={n} received_unique={unique} lost={lost} duplicates={dups}",
         s.name
     );
+    // At-least-once duplicates come from what was in flight (bridge window plus the
+    // checker's own window) at each fault, plus publishes retried by the test itself.
+    let bound =
+        s.fault.events() * (2 * WINDOW as u64 + 256 + kafka_slack(s.from, &seen)) + retries * 2;
     eprintln!(
-        "scenario={} route={:?}->{:?} fault={:?} per_key={} publish_retries={retries} order_violations={} foreign={} seconds={:.1}",
+        "scenario={} route={:?}->{:?} fault={:?} per_key={} publish_retries={retries} duplicate_bound={bound} order_violations={} foreign={} seconds={:.1}",
         s.name,
         s.from,
         s.to,
@@ -576,10 +580,6 @@ fn run_scenario(s: Scenario) {
             tail(&d.log(), 40)
         );
     }
-    // At-least-once duplicates come from what was in flight (bridge window plus the
-    // checker's own window) at each fault, plus publishes retried by the test itself.
-    let bound =
-        s.fault.events() * (2 * WINDOW as u64 + 256 + kafka_slack(s.from, &seen)) + retries * 2;
     assert!(
         dups <= bound,
         "scenario {}: {dups} duplicates, more than the in-flight bound {bound}",
