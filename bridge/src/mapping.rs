@@ -18,6 +18,7 @@
 //!   AMQP, no prefix for MQTT 5 user properties, `ce-` for NATS, HTTP and the others. User
 //!   headers travel beside them unchanged.
 
+use std::borrow::Cow;
 use std::time::SystemTime;
 
 use base64::Engine;
@@ -27,17 +28,37 @@ use serde_json::{json, Map, Value};
 use crate::config::{Envelope, SinkConfig};
 use crate::template::{RenderError, TemplateInput};
 
-/// A message ready for one sink.
-pub struct Prepared {
+/// A message ready for one sink. Borrowed when nothing had to change: a literal
+/// destination and a sink without key, header or envelope rules (no allocation).
+pub struct Prepared<'a> {
     /// Rendered destination.
-    pub destination: String,
+    pub destination: Cow<'a, str>,
     /// The message after key, header and envelope rules.
-    pub message: Message,
+    pub message: Cow<'a, Message>,
+}
+
+/// Whether `sink` changes messages at all (key, header, envelope rules).
+fn rewrites(sink: &SinkConfig) -> bool {
+    sink.key.is_some()
+        || !sink.headers.drop.is_empty()
+        || !sink.headers.rename.is_empty()
+        || !sink.headers.set.is_empty()
+        || sink.envelope != Envelope::None
+        || sink.drop_headers
 }
 
 /// Applies `sink`'s rules to `message` from `topic`.
-pub fn prepare(sink: &SinkConfig, input: &TemplateInput<'_>) -> Result<Prepared, RenderError> {
-    let destination = sink.destination.render(input)?;
+pub fn prepare<'a>(
+    sink: &'a SinkConfig,
+    input: &TemplateInput<'a>,
+) -> Result<Prepared<'a>, RenderError> {
+    let destination = sink.destination.render_cow(input)?;
+    if !rewrites(sink) {
+        return Ok(Prepared {
+            destination,
+            message: Cow::Borrowed(input.message),
+        });
+    }
     let mut message = input.message.clone();
     if let Some(key) = &sink.key {
         message.key = Some(Bytes::from(key.render(input)?));
@@ -77,7 +98,7 @@ pub fn prepare(sink: &SinkConfig, input: &TemplateInput<'_>) -> Result<Prepared,
     }
     Ok(Prepared {
         destination,
-        message,
+        message: Cow::Owned(message),
     })
 }
 
