@@ -64,7 +64,7 @@ struct Args {
     /// idle and outage runs use the matching routes only).
     #[arg(long, default_value_t = 10)]
     idle_secs: u64,
-    /// Seconds the sink broker is frozen (SIGSTOP) in the outage runs.
+    /// Seconds the sink broker is frozen (SIGSTOP) in the outage runs; 0: no outage runs.
     #[arg(long, default_value_t = 60)]
     outage_secs: u64,
     /// Messages per second published to the source during the outage runs.
@@ -238,7 +238,7 @@ async fn memory_runs(
         (Kind::Redis, Kind::JetStream, BrokerKind::Nats),
         (Kind::Mqtt, Kind::Amqp, BrokerKind::RabbitMq),
     ] {
-        if !selected(src, dst) {
+        if !selected(src, dst) || args.outage_secs == 0 {
             continue;
         }
         let source = endpoint(endpoints, src)?;

@@ -261,7 +261,8 @@ mod tests {
             captures: &["kitchen"],
             message: &m,
         };
-        let p = prepare(&sink(Envelope::None, false), &input).unwrap();
+        let s = sink(Envelope::None, false);
+        let p = prepare(&s, &input).unwrap();
         assert_eq!(p.destination, "out.kitchen");
         assert_eq!(p.message.key.as_deref(), Some(&b"kitchen"[..]));
         assert_eq!(p.message.headers.get_str("x-unit"), Some("C"));
@@ -269,6 +270,31 @@ mod tests {
         assert_eq!(p.message.headers.get("secret"), None);
         assert_eq!(p.message.headers.get_str("source"), Some("r"));
         assert_eq!(p.message.payload, m.payload);
+    }
+
+    #[test]
+    fn a_sink_without_rules_borrows_destination_and_message() {
+        let m = message();
+        let input = TemplateInput {
+            route: "r",
+            topic: "s/kitchen",
+            captures: &["kitchen"],
+            message: &m,
+        };
+        let plain = SinkConfig {
+            destination: Template::parse("out.literal", 1).unwrap(),
+            key: None,
+            headers: HeaderRules::default(),
+            ..sink(Envelope::None, false)
+        };
+        let p = prepare(&plain, &input).unwrap();
+        assert!(matches!(p.destination, Cow::Borrowed("out.literal")));
+        assert!(matches!(p.message, Cow::Borrowed(b) if std::ptr::eq(b, &m)));
+        // A placeholder or a rule makes a new destination or message.
+        let s = sink(Envelope::None, false);
+        let p = prepare(&s, &input).unwrap();
+        assert!(matches!(p.destination, Cow::Owned(ref d) if d == "out.kitchen"));
+        assert!(matches!(p.message, Cow::Owned(_)));
     }
 
     #[test]
@@ -280,7 +306,8 @@ mod tests {
             captures: &["kitchen"],
             message: &m,
         };
-        let p = prepare(&sink(Envelope::Json, true), &input).unwrap();
+        let s = sink(Envelope::Json, true);
+        let p = prepare(&s, &input).unwrap();
         assert!(p.message.headers.is_empty());
         let v: Value = serde_json::from_slice(&p.message.payload).unwrap();
         assert_eq!(v["id"], "m1");
@@ -306,7 +333,8 @@ mod tests {
             captures: &["b"],
             message: &m,
         };
-        let p = prepare(&sink(Envelope::CloudEvents, false), &input).unwrap();
+        let s = sink(Envelope::CloudEvents, false);
+        let p = prepare(&s, &input).unwrap();
         let v: Value = serde_json::from_slice(&p.message.payload).unwrap();
         assert_eq!(v["specversion"], "1.0");
         assert_eq!(v["subject"], "a.b");
