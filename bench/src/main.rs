@@ -187,10 +187,7 @@ async fn run(args: Args) -> Result<()> {
     if !memory_results.is_empty() {
         std::fs::create_dir_all(&args.out)?;
         let path = args.out.join("memory.json");
-        std::fs::write(
-            &path,
-            serde_json::to_string_pretty(&memory_results)? + "\n",
-        )?;
+        std::fs::write(&path, serde_json::to_string_pretty(&memory_results)? + "\n")?;
         println!("wrote {}", path.display());
     }
     if failures > 0 {

@@ -84,7 +84,10 @@ impl BridgeProcess {
             if let Some(status) = p.child.try_wait()? {
                 bail!("the bridge exited with {status} before it was ready");
             }
-            if http_get(admin_port, "/ready").await.is_ok_and(|r| r.0 == 200) {
+            if http_get(admin_port, "/ready")
+                .await
+                .is_ok_and(|r| r.0 == 200)
+            {
                 break;
             }
             if Instant::now() > deadline {
@@ -111,6 +114,20 @@ impl BridgeProcess {
             field("VmHWM:")? / 1024.0,
             field("Threads:")? as u64,
         ))
+    }
+
+    /// `RssAnon` (heap, stacks) and `RssFile` (mapped pages of the binary and shared
+    /// libraries) in MiB.
+    pub fn rss_split(&self) -> Result<(f64, f64)> {
+        let s = std::fs::read_to_string(format!("/proc/{}/status", self.pid))?;
+        let field = |name: &str| {
+            s.lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<f64>().ok())
+                .ok_or_else(|| anyhow!("no {name} in /proc/{}/status", self.pid))
+        };
+        Ok((field("RssAnon:")? / 1024.0, field("RssFile:")? / 1024.0))
     }
 
     /// Stops the bridge (SIGKILL: its state does not matter after a measurement).
@@ -198,6 +215,7 @@ pub async fn idle_rss(
     let (rss_ready, _, _) = bridge.rss()?;
     tokio::time::sleep(idle).await;
     let (rss, hwm, threads) = bridge.rss()?;
+    let (anon, file) = bridge.rss_split()?;
     bridge.stop().await;
     for (src, dst, s, d) in &named {
         raw::cleanup(src, s).await;
@@ -209,6 +227,8 @@ pub async fn idle_rss(
         "rss_at_ready_mib": round1(rss_ready),
         "idle_rss_mib": round1(rss),
         "idle_hwm_mib": round1(hwm),
+        "idle_rss_anon_mib": round1(anon),
+        "idle_rss_file_mib": round1(file),
         "threads": threads,
     }))
 }
@@ -283,7 +303,7 @@ pub async fn outage(
             v[8..16].copy_from_slice(&seq.to_le_bytes());
             publisher.publish(Bytes::from(v)).await?;
             seq += 1;
-            if seq % 64 == 0 {
+            if seq.is_multiple_of(64) {
                 publisher.flush().await?;
             }
         }
@@ -305,7 +325,9 @@ pub async fn outage(
     while started.elapsed() < total {
         let t = started.elapsed();
         if !paused && t >= o.before {
-            sink_broker.pause().map_err(|e| anyhow!("pausing the sink: {e}"))?;
+            sink_broker
+                .pause()
+                .map_err(|e| anyhow!("pausing the sink: {e}"))?;
             paused = true;
         }
         if paused && !resumed && t >= o.before + o.outage {
