@@ -395,9 +395,12 @@ async fn bench_route(
     let us = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
     let src_us = |q: f64| hop_src.value_at_quantile(q) as f64 / 1000.0;
     let dst_us = |q: f64| hop_dst.value_at_quantile(q) as f64 / 1000.0;
-    // Added by the bridge ≈ bridged − (source hop + sink hop), quantile by quantile (an
-    // approximation: quantiles of a sum are not sums of quantiles).
-    let added = |q: f64| (us(q) - src_us(q) - dst_us(q)).round();
+    // Added by the bridge, quantile by quantile (quantiles of a sum are not sums of
+    // quantiles: an approximation). Upper bound: bridged − the slower one-hop baseline
+    // (still contains the other broker's hop). Lower bound: bridged − both hops (counts
+    // the publisher's and the receiver's own costs twice).
+    let added = |q: f64| (us(q) - src_us(q).max(dst_us(q))).round();
+    let added_lower = |q: f64| (us(q) - src_us(q) - dst_us(q)).round();
     Ok(json!({
         "route": name,
         "payload_bytes": size,
@@ -419,6 +422,9 @@ async fn bench_route(
         "added_p50_us": added(0.5),
         "added_p99_us": added(0.99),
         "added_p999_us": added(0.999),
+        "added_lower_p50_us": added_lower(0.5),
+        "added_lower_p99_us": added_lower(0.99),
+        "added_lower_p999_us": added_lower(0.999),
         "peak_rss_mib": round1(median(&pick(|r| r.rss_mib))),
         "cpu_us_per_msg": round1(median(&pick(|r| r.cpu_us_per_msg))),
         "spread": {

@@ -354,9 +354,13 @@ pub async fn outage(
     let sent = publishing.await??;
     // Drain: sample until every message arrived (or 180 s without completion).
     let deadline = Instant::now() + Duration::from_secs(180);
+    let mut next_sample = Instant::now();
     while seen_rx.borrow_and_update().0 < sent as usize && Instant::now() < deadline {
-        sample(&bridge, "after", &mut samples);
-        let _ = tokio::time::timeout(Duration::from_secs(1), seen_rx.changed()).await;
+        if Instant::now() >= next_sample {
+            sample(&bridge, "after", &mut samples);
+            next_sample += Duration::from_secs(1);
+        }
+        let _ = tokio::time::timeout(Duration::from_millis(200), seen_rx.changed()).await;
     }
     let drained_s = resumed_at.map(|r| r.elapsed().as_secs_f64());
     sample(&bridge, "after", &mut samples);
