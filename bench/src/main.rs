@@ -9,7 +9,14 @@
 //!   acknowledged every source delivery (each after the sink confirmed its publish);
 //! - peak RSS (`VmHWM`, reset before the bridged run) and CPU per message (`getrusage`)
 //!   of that bridged run;
-//! - end-to-end latency at a fixed 1k msg/s through the bridge (HDR histogram).
+//! - end-to-end latency at a fixed 1k msg/s through the bridge (HDR histogram), and the
+//!   raw one-hop latency on the source and on the sink broker at the same rate, from which
+//!   the latency added by the bridge is estimated;
+//! - memory of the real bridge binary ([`memory`]): idle RSS, and RSS while the sink
+//!   broker is frozen for `--outage-secs` (every message must arrive afterwards).
+//!
+//! Allocations per message in the bridge's hot path are counted by the separate binary
+//! `polybridge-allocs` (`src/allocs.rs`).
 
 mod memory;
 mod raw;
