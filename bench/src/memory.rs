@@ -42,7 +42,7 @@ pub struct BridgeProcess {
     child: tokio::process::Child,
     pid: u32,
     admin_port: u16,
-    _dir: PathBuf,
+    dir: PathBuf,
 }
 
 impl BridgeProcess {
@@ -77,7 +77,7 @@ impl BridgeProcess {
             child,
             pid,
             admin_port,
-            _dir: dir,
+            dir,
         };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -134,6 +134,7 @@ impl BridgeProcess {
     pub async fn stop(mut self) {
         let _ = self.child.start_kill();
         let _ = self.child.wait().await;
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
