@@ -9,8 +9,16 @@
 //!   acknowledged every source delivery (each after the sink confirmed its publish);
 //! - peak RSS (`VmHWM`, reset before the bridged run) and CPU per message (`getrusage`)
 //!   of that bridged run;
-//! - end-to-end latency at a fixed 1k msg/s through the bridge (HDR histogram).
+//! - end-to-end latency at a fixed 1k msg/s through the bridge (HDR histogram), and the
+//!   raw one-hop latency on the source and on the sink broker at the same rate, from which
+//!   the latency added by the bridge is estimated;
+//! - memory of the real bridge binary ([`memory`]): idle RSS, and RSS while the sink
+//!   broker is frozen for `--outage-secs` (every message must arrive afterwards).
+//!
+//! Allocations per message in the bridge's hot path are counted by the separate binary
+//! `polybridge-allocs` (`src/allocs.rs`).
 
+mod memory;
 mod raw;
 
 use std::collections::BTreeMap;
@@ -53,6 +61,25 @@ struct Args {
     /// Where results go.
     #[arg(long, default_value = "docs/benchmarks")]
     out: std::path::PathBuf,
+    /// Only the memory runs of the bridge binary (idle RSS, RSS under a sink outage).
+    #[arg(long)]
+    memory_only: bool,
+    /// No memory runs.
+    #[arg(long)]
+    skip_memory: bool,
+    /// Seconds the bridge binary idles before its idle RSS is read (with `--only`, the
+    /// idle and outage runs use the matching routes only).
+    #[arg(long, default_value_t = 10)]
+    idle_secs: u64,
+    /// Seconds the sink broker is frozen (SIGSTOP) in the outage runs; 0: no outage runs.
+    #[arg(long, default_value_t = 60)]
+    outage_secs: u64,
+    /// Messages per second published to the source during the outage runs.
+    #[arg(long, default_value_t = 1_000)]
+    outage_rate: u64,
+    /// The `polybridge` binary (default: next to this program).
+    #[arg(long)]
+    bridge_bin: Option<std::path::PathBuf>,
 }
 
 /// The routes of issue 11.
@@ -81,6 +108,8 @@ fn main() -> Result<()> {
         args.messages = args.messages.min(500);
         args.rounds = 1;
         args.latency_messages = args.latency_messages.min(100);
+        args.idle_secs = args.idle_secs.min(1);
+        args.outage_secs = args.outage_secs.min(3);
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -95,6 +124,9 @@ async fn run(args: Args) -> Result<()> {
     let mut results = Vec::new();
     let mut failures = 0usize;
     for (src, dst) in ROUTES {
+        if args.memory_only {
+            break;
+        }
         let name = format!("{}→{}", src.label(), dst.label());
         if let Some(only) = &args.only {
             if !name.contains(only.as_str()) {
@@ -138,6 +170,16 @@ async fn run(args: Args) -> Result<()> {
             }
         }
     }
+    let mut memory_results = Vec::new();
+    if !args.skip_memory {
+        match memory_runs(&args, &mut endpoints).await {
+            Ok(r) => memory_results = r,
+            Err(e) => {
+                failures += 1;
+                eprintln!("memory runs: FAILED: {e:#}");
+            }
+        }
+    }
     println!("finished in {:.0} s", started.elapsed().as_secs_f64());
     if args.smoke {
         if failures > 0 {
@@ -146,11 +188,85 @@ async fn run(args: Args) -> Result<()> {
         println!("smoke run: every route ran; no result files written");
         return Ok(());
     }
-    write_results(&args, &results)?;
+    if !args.memory_only {
+        write_results(&args, &results)?;
+    }
+    if !memory_results.is_empty() {
+        std::fs::create_dir_all(&args.out)?;
+        let path = args.out.join("memory.json");
+        std::fs::write(&path, serde_json::to_string_pretty(&memory_results)? + "\n")?;
+        println!("wrote {}", path.display());
+    }
     if failures > 0 {
         bail!("{failures} route runs failed (recorded in results.json)");
     }
     Ok(())
+}
+
+/// Idle RSS of the bridge binary on the benchmark's routes, then RSS under a sink outage
+/// on Redis streams→NATS(JetStream) and MQTT(QoS1)→RabbitMQ (the sink a private broker,
+/// frozen with SIGSTOP). Routes with a skipped broker are left out.
+async fn memory_runs(
+    args: &Args,
+    endpoints: &mut BTreeMap<&'static str, Endpoint>,
+) -> Result<Vec<serde_json::Value>> {
+    let bin = memory::bridge_bin(args.bridge_bin.as_deref())?;
+    let mut out = Vec::new();
+    let mut pairs = Vec::new();
+    let selected = |src: Kind, dst: Kind| {
+        let name = format!("{}→{}", src.label(), dst.label());
+        args.only.as_deref().is_none_or(|o| name.contains(o))
+            && [src, dst].iter().all(|k| skip_reason(*k).is_none())
+    };
+    for (src, dst) in ROUTES {
+        if !selected(*src, *dst) {
+            continue;
+        }
+        pairs.push((endpoint(endpoints, *src)?, endpoint(endpoints, *dst)?));
+    }
+    if pairs.is_empty() {
+        return Ok(out);
+    }
+    let idle = memory::idle_rss(&bin, &pairs, Duration::from_secs(args.idle_secs))
+        .await
+        .context("idle RSS")?;
+    println!("{}", serde_json::to_string(&json!({ "idle": idle }))?);
+    out.push(json!({ "idle": idle }));
+    let o = memory::Outage {
+        rate: args.outage_rate,
+        before: Duration::from_secs(if args.smoke { 1 } else { 5 }),
+        outage: Duration::from_secs(args.outage_secs),
+        after: Duration::from_secs(if args.smoke { 1 } else { 5 }),
+    };
+    for (src, dst, bk) in [
+        (Kind::Redis, Kind::JetStream, BrokerKind::Nats),
+        (Kind::Mqtt, Kind::Amqp, BrokerKind::RabbitMq),
+    ] {
+        if !selected(src, dst) || args.outage_secs == 0 {
+            continue;
+        }
+        let source = endpoint(endpoints, src)?;
+        eprintln!("starting a private {} for the outage run …", bk.name());
+        let broker = polybridge_testkit::private(bk)?;
+        let (_, tk) = broker_kind(dst).ok_or_else(|| anyhow!("no broker for {dst:?}"))?;
+        let url = endpoint_url(
+            dst,
+            broker
+                .url(tk)
+                .ok_or_else(|| anyhow!("{} serves no {tk:?} endpoint", bk.name()))?,
+        );
+        let sink = Endpoint { kind: dst, url };
+        let r = memory::outage(&bin, &source, &sink, &broker, &o)
+            .await
+            .with_context(|| format!("outage {}→{}", src.label(), dst.label()))?;
+        let mut brief = r.clone();
+        if let Some(m) = brief.as_object_mut() {
+            m.remove("rss_samples_mib");
+        }
+        println!("{}", serde_json::to_string(&json!({ "outage": brief }))?);
+        out.push(json!({ "outage": r }));
+    }
+    Ok(out)
 }
 
 /// The harness broker of `kind` (none for memory).
@@ -185,23 +301,23 @@ fn endpoint(cache: &mut BTreeMap<&'static str, Endpoint>, kind: Kind) -> Result<
             let base = b
                 .url(tk)
                 .ok_or_else(|| anyhow!("{} serves no {tk:?} endpoint", bk.name()))?;
-            match kind {
-                Kind::JetStream => {
-                    let sep = if base.contains('?') { '&' } else { '?' };
-                    format!("{base}{sep}mode=jetstream&stream={}", raw::JS_STREAM)
-                }
-                Kind::Mqtt => {
-                    let sep = if base.contains('?') { '&' } else { '?' };
-                    format!("{base}{sep}qos=1&client_id=pbbench{}", std::process::id())
-                }
-                Kind::Stomp => base.replacen("stomp://", "stomp+activemq://", 1),
-                _ => base,
-            }
+            endpoint_url(kind, base)
         }
     };
     let e = Endpoint { kind, url };
     cache.insert(key, e.clone());
     Ok(e)
+}
+
+/// The adapter URL of `kind` from the harness's base URL.
+fn endpoint_url(kind: Kind, base: String) -> String {
+    let sep = if base.contains('?') { '&' } else { '?' };
+    match kind {
+        Kind::JetStream => format!("{base}{sep}mode=jetstream&stream={}", raw::JS_STREAM),
+        Kind::Mqtt => format!("{base}{sep}qos=1&client_id=pbbench{}", std::process::id()),
+        Kind::Stomp => base.replacen("stomp://", "stomp+activemq://", 1),
+        _ => base,
+    }
 }
 
 /// A payload of `size` bytes starting with the send time (ns since [`epoch`]).
@@ -264,6 +380,14 @@ async fn bench_route(
     let hist = latency(source, sink, size, args.latency_messages, args.rate)
         .await
         .context("latency")?;
+    // One-hop baselines at the same rate: raw publisher → raw subscriber on the source
+    // broker, and on the sink broker.
+    let hop_src = raw_latency(source, size, args.latency_messages, args.rate)
+        .await
+        .context("raw latency at the source")?;
+    let hop_dst = raw_latency(sink, size, args.latency_messages, args.rate)
+        .await
+        .context("raw latency at the sink")?;
 
     let limits: Vec<f64> = rounds
         .iter()
@@ -276,6 +400,14 @@ async fn bench_route(
         .collect();
     let pick = |f: fn(&Round) -> f64| rounds.iter().map(f).collect::<Vec<f64>>();
     let us = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
+    let src_us = |q: f64| hop_src.value_at_quantile(q) as f64 / 1000.0;
+    let dst_us = |q: f64| hop_dst.value_at_quantile(q) as f64 / 1000.0;
+    // Added by the bridge, quantile by quantile (quantiles of a sum are not sums of
+    // quantiles: an approximation). Upper bound: bridged − the slower one-hop baseline
+    // (still contains the other broker's hop). Lower bound: bridged − both hops (counts
+    // the publisher's and the receiver's own costs twice).
+    let added = |q: f64| (us(q) - src_us(q).max(dst_us(q))).round();
+    let added_lower = |q: f64| (us(q) - src_us(q) - dst_us(q)).round();
     Ok(json!({
         "route": name,
         "payload_bytes": size,
@@ -288,6 +420,18 @@ async fn bench_route(
         "p50_us": us(0.5).round(),
         "p99_us": us(0.99).round(),
         "p999_us": us(0.999).round(),
+        "raw_source_p50_us": src_us(0.5).round(),
+        "raw_source_p99_us": src_us(0.99).round(),
+        "raw_source_p999_us": src_us(0.999).round(),
+        "raw_sink_p50_us": dst_us(0.5).round(),
+        "raw_sink_p99_us": dst_us(0.99).round(),
+        "raw_sink_p999_us": dst_us(0.999).round(),
+        "added_p50_us": added(0.5),
+        "added_p99_us": added(0.99),
+        "added_p999_us": added(0.999),
+        "added_lower_p50_us": added_lower(0.5),
+        "added_lower_p99_us": added_lower(0.99),
+        "added_lower_p999_us": added_lower(0.999),
         "peak_rss_mib": round1(median(&pick(|r| r.rss_mib))),
         "cpu_us_per_msg": round1(median(&pick(|r| r.cpu_us_per_msg))),
         "spread": {
@@ -543,6 +687,46 @@ async fn latency(
     Ok(hist)
 }
 
+/// One-hop latency at a fixed rate on one broker: raw publisher → raw subscriber, the send
+/// time carried in the payload (the baseline the bridged latency is compared with).
+async fn raw_latency(
+    ep: &Endpoint,
+    size: usize,
+    count: u64,
+    rate: u64,
+) -> Result<hdrhistogram::Histogram<u64>> {
+    let name = unique_name("rl");
+    raw::prepare(ep, &name).await?;
+    let mut sub = raw::subscriber(ep, &name).await?;
+    let receiver = tokio::spawn(async move {
+        let mut hist = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)
+            .map_err(|e| anyhow!("{e}"))?;
+        for _ in 0..count {
+            let p = tokio::time::timeout(Duration::from_secs(30), sub.next())
+                .await
+                .context("no message for 30 s")??;
+            let now = epoch().elapsed();
+            if let Some(sent) = sent_at(&p) {
+                let ns = u64::try_from(now.saturating_sub(sent).as_nanos()).unwrap_or(u64::MAX);
+                hist.saturating_record(ns.max(1));
+            }
+        }
+        anyhow::Ok(hist)
+    });
+    let mut publisher = raw::publisher(ep, &name).await?;
+    let mut tick = tokio::time::interval(Duration::from_nanos(1_000_000_000 / rate.max(1)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    for _ in 0..count {
+        tick.tick().await;
+        publisher.publish(payload(size)).await?;
+        publisher.flush().await?;
+    }
+    let hist = receiver.await??;
+    drop(publisher);
+    raw::cleanup(ep, &name).await;
+    Ok(hist)
+}
+
 /// User plus system CPU time of this process (all threads).
 fn cpu_time() -> Duration {
     match nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF) {
@@ -603,7 +787,7 @@ fn write_results(args: &Args, results: &[serde_json::Value]) -> Result<()> {
     std::fs::write(&path, serde_json::to_string_pretty(results)? + "\n")?;
     println!("wrote {}", path.display());
     let mut table = String::from(
-        "| route | payload | raw limit msg/s | bridged msg/s | ratio | ratio per round | p50 µs | p99 µs | p99.9 µs | peak RSS MiB | CPU µs/msg |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| route | payload | raw limit msg/s | bridged msg/s | ratio | ratio per round | p50 µs | p99 µs | p99.9 µs | added p50 µs | added p99 µs | added p99.9 µs | peak RSS MiB | CPU µs/msg |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in results {
         let f = |k: &str| match &r[k] {
@@ -620,7 +804,7 @@ fn write_results(args: &Args, results: &[serde_json::Value]) -> Result<()> {
             })
             .unwrap_or_else(|| r["status"].as_str().unwrap_or("").to_string());
         table.push_str(&format!(
-            "| {} | {} B | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} B | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             r["route"].as_str().unwrap_or(""),
             f("payload_bytes"),
             f("raw_limit_msgs_per_s"),
@@ -630,6 +814,9 @@ fn write_results(args: &Args, results: &[serde_json::Value]) -> Result<()> {
             f("p50_us"),
             f("p99_us"),
             f("p999_us"),
+            f("added_p50_us"),
+            f("added_p99_us"),
+            f("added_p999_us"),
             f("peak_rss_mib"),
             f("cpu_us_per_msg"),
         ));

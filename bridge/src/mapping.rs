@@ -18,6 +18,7 @@
 //!   AMQP, no prefix for MQTT 5 user properties, `ce-` for NATS, HTTP and the others. User
 //!   headers travel beside them unchanged.
 
+use std::borrow::Cow;
 use std::time::SystemTime;
 
 use base64::Engine;
@@ -27,17 +28,37 @@ use serde_json::{json, Map, Value};
 use crate::config::{Envelope, SinkConfig};
 use crate::template::{RenderError, TemplateInput};
 
-/// A message ready for one sink.
-pub struct Prepared {
+/// A message ready for one sink. Borrowed when nothing had to change: a literal
+/// destination and a sink without key, header or envelope rules (no allocation).
+pub struct Prepared<'a> {
     /// Rendered destination.
-    pub destination: String,
+    pub destination: Cow<'a, str>,
     /// The message after key, header and envelope rules.
-    pub message: Message,
+    pub message: Cow<'a, Message>,
+}
+
+/// Whether `sink` changes messages at all (key, header, envelope rules).
+fn rewrites(sink: &SinkConfig) -> bool {
+    sink.key.is_some()
+        || !sink.headers.drop.is_empty()
+        || !sink.headers.rename.is_empty()
+        || !sink.headers.set.is_empty()
+        || sink.envelope != Envelope::None
+        || sink.drop_headers
 }
 
 /// Applies `sink`'s rules to `message` from `topic`.
-pub fn prepare(sink: &SinkConfig, input: &TemplateInput<'_>) -> Result<Prepared, RenderError> {
-    let destination = sink.destination.render(input)?;
+pub fn prepare<'a>(
+    sink: &'a SinkConfig,
+    input: &TemplateInput<'a>,
+) -> Result<Prepared<'a>, RenderError> {
+    let destination = sink.destination.render_cow(input)?;
+    if !rewrites(sink) {
+        return Ok(Prepared {
+            destination,
+            message: Cow::Borrowed(input.message),
+        });
+    }
     let mut message = input.message.clone();
     if let Some(key) = &sink.key {
         message.key = Some(Bytes::from(key.render(input)?));
@@ -77,7 +98,7 @@ pub fn prepare(sink: &SinkConfig, input: &TemplateInput<'_>) -> Result<Prepared,
     }
     Ok(Prepared {
         destination,
-        message,
+        message: Cow::Owned(message),
     })
 }
 
@@ -240,7 +261,8 @@ mod tests {
             captures: &["kitchen"],
             message: &m,
         };
-        let p = prepare(&sink(Envelope::None, false), &input).unwrap();
+        let s = sink(Envelope::None, false);
+        let p = prepare(&s, &input).unwrap();
         assert_eq!(p.destination, "out.kitchen");
         assert_eq!(p.message.key.as_deref(), Some(&b"kitchen"[..]));
         assert_eq!(p.message.headers.get_str("x-unit"), Some("C"));
@@ -248,6 +270,31 @@ mod tests {
         assert_eq!(p.message.headers.get("secret"), None);
         assert_eq!(p.message.headers.get_str("source"), Some("r"));
         assert_eq!(p.message.payload, m.payload);
+    }
+
+    #[test]
+    fn a_sink_without_rules_borrows_destination_and_message() {
+        let m = message();
+        let input = TemplateInput {
+            route: "r",
+            topic: "s/kitchen",
+            captures: &["kitchen"],
+            message: &m,
+        };
+        let plain = SinkConfig {
+            destination: Template::parse("out.literal", 1).unwrap(),
+            key: None,
+            headers: HeaderRules::default(),
+            ..sink(Envelope::None, false)
+        };
+        let p = prepare(&plain, &input).unwrap();
+        assert!(matches!(p.destination, Cow::Borrowed("out.literal")));
+        assert!(matches!(p.message, Cow::Borrowed(b) if std::ptr::eq(b, &m)));
+        // A placeholder or a rule makes a new destination or message.
+        let s = sink(Envelope::None, false);
+        let p = prepare(&s, &input).unwrap();
+        assert!(matches!(p.destination, Cow::Owned(ref d) if d == "out.kitchen"));
+        assert!(matches!(p.message, Cow::Owned(_)));
     }
 
     #[test]
@@ -259,7 +306,8 @@ mod tests {
             captures: &["kitchen"],
             message: &m,
         };
-        let p = prepare(&sink(Envelope::Json, true), &input).unwrap();
+        let s = sink(Envelope::Json, true);
+        let p = prepare(&s, &input).unwrap();
         assert!(p.message.headers.is_empty());
         let v: Value = serde_json::from_slice(&p.message.payload).unwrap();
         assert_eq!(v["id"], "m1");
@@ -285,7 +333,8 @@ mod tests {
             captures: &["b"],
             message: &m,
         };
-        let p = prepare(&sink(Envelope::CloudEvents, false), &input).unwrap();
+        let s = sink(Envelope::CloudEvents, false);
+        let p = prepare(&s, &input).unwrap();
         let v: Value = serde_json::from_slice(&p.message.payload).unwrap();
         assert_eq!(v["specversion"], "1.0");
         assert_eq!(v["subject"], "a.b");

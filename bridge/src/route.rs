@@ -59,6 +59,9 @@ pub fn next_instance() -> u64 {
     NEXT.fetch_add(1, AtomicOrdering::Relaxed)
 }
 
+/// The sinks one message goes to: inline up to 4 (no allocation per message).
+type Targets = smallvec::SmallVec<[usize; 4]>;
+
 /// Why a message could not be delivered.
 struct Failure {
     reason: String,
@@ -264,7 +267,8 @@ impl Route {
         }
 
         // Mapping, then publish to every selected sink concurrently, each with retries.
-        let publishes = targets.into_iter().map(|i| {
+        // One sink (the common case) is awaited directly: no join, no allocation.
+        let publish_to = |i: usize| {
             let input = &input;
             let route = &self;
             async move {
@@ -276,11 +280,17 @@ impl Route {
                 })?;
                 route.publish_with_retry(i, prepared).await
             }
-        });
-        let results = futures::future::join_all(publishes).await;
+        };
+        let failed = match targets.as_slice() {
+            [i] => publish_to(*i).await.err(),
+            _ => futures::future::join_all(targets.iter().map(|i| publish_to(*i)))
+                .await
+                .into_iter()
+                .find_map(Result::err),
+        };
 
         // Settle the source.
-        match results.into_iter().find_map(Result::err) {
+        match failed {
             None => {
                 settle(&self.config.name, handle.ack());
                 m.acked.fetch_add(1, AtomicOrdering::Relaxed);
@@ -292,13 +302,13 @@ impl Route {
     }
 
     /// The sinks this message goes to, by `dispatch` and each sink's `when`.
-    fn select_sinks(&self, input: &TemplateInput<'_>) -> Result<Vec<usize>, String> {
+    fn select_sinks(&self, input: &TemplateInput<'_>) -> Result<Targets, String> {
         if let Some(filter) = &self.config.filter {
             if !filter.matches(input.topic, input.captures, input.message)? {
-                return Ok(Vec::new());
+                return Ok(Targets::new());
             }
         }
-        let mut targets = Vec::new();
+        let mut targets = Targets::new();
         for (i, sink) in self.config.sinks.iter().enumerate() {
             let selected = match &sink.when {
                 None => true,
@@ -318,7 +328,7 @@ impl Route {
     async fn publish_with_retry(
         &self,
         i: usize,
-        prepared: mapping::Prepared,
+        prepared: mapping::Prepared<'_>,
     ) -> Result<(), Failure> {
         let policy = &self.config.on_error;
         let broker = &self.sinks[i];
@@ -328,7 +338,9 @@ impl Route {
             let result = broker
                 .publish(
                     &prepared.destination,
-                    prepared.message.clone(),
+                    // `publish` takes the message by value; the route keeps its own for a
+                    // retry or the dead-letter envelope: one clone per attempt.
+                    Message::clone(&prepared.message),
                     Deadline::after(PUBLISH_TIMEOUT),
                 )
                 .await;

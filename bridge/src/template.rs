@@ -137,6 +137,19 @@ impl Template {
         self.parts.iter().all(|p| matches!(p, Part::Text(_)))
     }
 
+    /// Renders the template for one message, without allocating when it has no
+    /// placeholder (a literal destination, the common case on the hot path).
+    pub fn render_cow<'s>(
+        &'s self,
+        input: &TemplateInput<'_>,
+    ) -> Result<std::borrow::Cow<'s, str>, RenderError> {
+        match self.parts.as_slice() {
+            [] => Ok(std::borrow::Cow::Borrowed("")),
+            [Part::Text(t)] => Ok(std::borrow::Cow::Borrowed(t)),
+            _ => self.render(input).map(std::borrow::Cow::Owned),
+        }
+    }
+
     /// Renders the template for one message.
     pub fn render(&self, input: &TemplateInput<'_>) -> Result<String, RenderError> {
         let mut out = String::new();

@@ -1,0 +1,408 @@
+//! Memory of the real `polybridge` bridge binary, run as a subprocess:
+//! - [`idle_rss`]: `VmRSS` / `VmHWM` after the bridge became ready (`/ready`) on routes
+//!   between the benchmark's brokers and idled;
+//! - [`outage`]: `VmRSS` sampled every second while a raw publisher feeds the source at a
+//!   fixed rate and the sink broker (a private one) is frozen with SIGSTOP; at the end,
+//!   every published message must have arrived at the sink (unique sequence numbers).
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use bytes::Bytes;
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::raw::{self, Endpoint};
+
+/// The bridge binary: `--bridge-bin`, else `polybridge` next to this program (same
+/// target directory and profile: build it with `cargo build [--release] -p
+/// polybridge-bridge --bin polybridge`).
+pub fn bridge_bin(arg: Option<&Path>) -> Result<PathBuf> {
+    let path = match arg {
+        Some(p) => p.to_path_buf(),
+        None => std::env::current_exe()?
+            .parent()
+            .ok_or_else(|| anyhow!("this program has no directory"))?
+            .join("polybridge"),
+    };
+    if !path.is_file() {
+        bail!(
+            "bridge binary {} not found: build it first (cargo build [--release] -p polybridge-bridge --bin polybridge) or pass --bridge-bin",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// A running bridge subprocess; killed when dropped.
+pub struct BridgeProcess {
+    child: tokio::process::Child,
+    pid: u32,
+    admin_port: u16,
+    dir: PathBuf,
+}
+
+impl BridgeProcess {
+    /// Starts `bin run --config <file>` with `routes_yaml` (the `brokers:` and `routes:`
+    /// blocks) and an admin listener on a free port, and waits until `/ready` answers 200.
+    pub async fn start(bin: &Path, routes_yaml: &str, tag: &str) -> Result<BridgeProcess> {
+        let admin_port = free_port()?;
+        let dir = std::env::temp_dir().join(format!("pbbench-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)?;
+        let file = dir.join("rules.yaml");
+        std::fs::write(
+            &file,
+            format!("{routes_yaml}admin: {{ listen: \"127.0.0.1:{admin_port}\" }}\n"),
+        )?;
+        let child = tokio::process::Command::new(bin)
+            .arg("run")
+            .arg("--config")
+            .arg(&file)
+            .arg("--watch-interval")
+            .arg("0s")
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let pid = child
+            .id()
+            .ok_or_else(|| anyhow!("the bridge exited at once"))?;
+        let mut p = BridgeProcess {
+            child,
+            pid,
+            admin_port,
+            dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = p.child.try_wait()? {
+                bail!("the bridge exited with {status} before it was ready");
+            }
+            if http_get(admin_port, "/ready")
+                .await
+                .is_ok_and(|r| r.0 == 200)
+            {
+                break;
+            }
+            if Instant::now() > deadline {
+                let body = http_get(p.admin_port, "/ready").await.map(|r| r.1);
+                bail!("the bridge was not ready within 60 s: {body:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Ok(p)
+    }
+
+    /// `VmRSS` and `VmHWM` in MiB, and the thread count.
+    pub fn rss(&self) -> Result<(f64, f64, u64)> {
+        let s = std::fs::read_to_string(format!("/proc/{}/status", self.pid))?;
+        let field = |name: &str| {
+            s.lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<f64>().ok())
+                .ok_or_else(|| anyhow!("no {name} in /proc/{}/status", self.pid))
+        };
+        Ok((
+            field("VmRSS:")? / 1024.0,
+            field("VmHWM:")? / 1024.0,
+            field("Threads:")? as u64,
+        ))
+    }
+
+    /// `RssAnon` (heap, stacks) and `RssFile` (mapped pages of the binary and shared
+    /// libraries) in MiB.
+    pub fn rss_split(&self) -> Result<(f64, f64)> {
+        let s = std::fs::read_to_string(format!("/proc/{}/status", self.pid))?;
+        let field = |name: &str| {
+            s.lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<f64>().ok())
+                .ok_or_else(|| anyhow!("no {name} in /proc/{}/status", self.pid))
+        };
+        Ok((field("RssAnon:")? / 1024.0, field("RssFile:")? / 1024.0))
+    }
+
+    /// Stops the bridge (SIGKILL: its state does not matter after a measurement).
+    pub async fn stop(mut self) {
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn free_port() -> Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?.port())
+}
+
+/// A plain HTTP/1.0 GET on the admin port: (status, body).
+async fn http_get(port: u16, path: &str) -> Result<(u16, String)> {
+    let mut s = tokio::time::timeout(
+        Duration::from_secs(2),
+        tokio::net::TcpStream::connect(("127.0.0.1", port)),
+    )
+    .await??;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
+        .await?;
+    let mut out = String::new();
+    tokio::time::timeout(Duration::from_secs(2), s.read_to_string(&mut out)).await??;
+    let status = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| anyhow!("not an HTTP answer: {out:?}"))?;
+    let body = out.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    Ok((status, body))
+}
+
+/// The `brokers:` and `routes:` blocks for routes `pairs` (source, sink, source name, sink
+/// name); broker `bN` is the N-th distinct URL.
+pub fn routes_yaml(pairs: &[(&Endpoint, &Endpoint, String, String)]) -> String {
+    let mut urls: Vec<String> = Vec::new();
+    let mut id = |url: &str| match urls.iter().position(|u| u == url) {
+        Some(i) => format!("b{i}"),
+        None => {
+            urls.push(url.to_string());
+            format!("b{}", urls.len() - 1)
+        }
+    };
+    let mut routes = String::from("routes:\n");
+    for (i, (src, dst, s, d)) in pairs.iter().enumerate() {
+        let sb = id(&subprocess_url(&src.url));
+        let db = id(&subprocess_url(&dst.url));
+        routes.push_str(&format!(
+            "  - name: r{i}\n    from: {}\n    to:\n      - {{ broker: {db}, destination: \"{}\" }}\n",
+            src.source_yaml(s).replacen("broker: src", &format!("broker: {sb}"), 1),
+            dst.sink_destination(d)
+        ));
+    }
+    let mut brokers = String::from("brokers:\n");
+    for (i, u) in urls.iter().enumerate() {
+        brokers.push_str(&format!("  b{i}: {{ url: \"{u}\" }}\n"));
+    }
+    brokers + &routes
+}
+
+/// The URL for the bridge subprocess: its own MQTT client id (one MQTT client id per
+/// connection, or Mosquitto disconnects the older one).
+fn subprocess_url(url: &str) -> String {
+    url.replace("client_id=pbbench", "client_id=pbbenchsub")
+}
+
+/// Idle RSS of the bridge binary with one route per pair, after `idle` of idling.
+pub async fn idle_rss(
+    bin: &Path,
+    pairs: &[(Endpoint, Endpoint)],
+    idle: Duration,
+) -> Result<serde_json::Value> {
+    let mut named = Vec::new();
+    for (src, dst) in pairs {
+        let s = crate::unique_name("is");
+        let d = crate::unique_name("id");
+        raw::prepare(src, &s).await?;
+        raw::prepare(dst, &d).await?;
+        named.push((src, dst, s, d));
+    }
+    let yaml = routes_yaml(&named);
+    let bridge = BridgeProcess::start(bin, &yaml, "idle").await?;
+    let (rss_ready, _, _) = bridge.rss()?;
+    tokio::time::sleep(idle).await;
+    let (rss, hwm, threads) = bridge.rss()?;
+    let (anon, file) = bridge.rss_split()?;
+    bridge.stop().await;
+    for (src, dst, s, d) in &named {
+        raw::cleanup(src, s).await;
+        raw::cleanup(dst, d).await;
+    }
+    Ok(json!({
+        "routes": pairs.iter().map(|(s, d)| format!("{}→{}", s.kind.label(), d.kind.label())).collect::<Vec<_>>(),
+        "idle_s": idle.as_secs_f64(),
+        "rss_at_ready_mib": round1(rss_ready),
+        "idle_rss_mib": round1(rss),
+        "idle_hwm_mib": round1(hwm),
+        "idle_rss_anon_mib": round1(anon),
+        "idle_rss_file_mib": round1(file),
+        "threads": threads,
+    }))
+}
+
+/// Options of one outage run.
+pub struct Outage {
+    /// Messages per second published to the source for the whole run.
+    pub rate: u64,
+    /// Running before the sink is frozen.
+    pub before: Duration,
+    /// How long the sink broker is frozen (SIGSTOP).
+    pub outage: Duration,
+    /// Publishing goes on this long after the sink is resumed.
+    pub after: Duration,
+}
+
+/// RSS of the bridge binary on route `source` → `sink` while the sink broker (`sink_broker`,
+/// a private process) is frozen; checks that every message arrived.
+pub async fn outage(
+    bin: &Path,
+    source: &Endpoint,
+    sink: &Endpoint,
+    sink_broker: &polybridge_testkit::BrokerProcess,
+    o: &Outage,
+) -> Result<serde_json::Value> {
+    let s = crate::unique_name("os");
+    let d = crate::unique_name("od");
+    raw::prepare(source, &s).await?;
+    raw::prepare(sink, &d).await?;
+    let mut sub = raw::subscriber(sink, &d).await?;
+    let yaml = routes_yaml(&[(source, sink, s.clone(), d.clone())]);
+    let bridge = BridgeProcess::start(bin, &yaml, "outage").await?;
+    let (rss_start, _, _) = bridge.rss()?;
+
+    // Receiver: unique sequence numbers (bytes 8..16 of the payload).
+    let (seen_tx, mut seen_rx) = tokio::sync::watch::channel((0usize, 0u64));
+    let receiver = tokio::spawn(async move {
+        let mut seen = HashSet::new();
+        let mut duplicates = 0u64;
+        loop {
+            let p = match tokio::time::timeout(Duration::from_secs(120), sub.next()).await {
+                Ok(Ok(p)) => p,
+                Ok(Err(e)) => return Err(e.context("sink subscriber")),
+                Err(_) => break,
+            };
+            let seq = p
+                .get(8..16)
+                .and_then(|b| <[u8; 8]>::try_from(b).ok())
+                .map(u64::from_le_bytes);
+            if let Some(seq) = seq {
+                if !seen.insert(seq) {
+                    duplicates += 1;
+                }
+                let _ = seen_tx.send((seen.len(), duplicates));
+            }
+        }
+        anyhow::Ok(())
+    });
+
+    // Publisher at a fixed rate for before + outage + after.
+    let total = o.before + o.outage + o.after;
+    let rate = o.rate.max(1);
+    let mut publisher = raw::publisher(source, &s).await?;
+    let publishing = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_nanos(1_000_000_000 / rate));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        let end = Instant::now() + total;
+        let mut seq = 0u64;
+        while Instant::now() < end {
+            tick.tick().await;
+            let mut v = vec![b'x'; 256];
+            v[8..16].copy_from_slice(&seq.to_le_bytes());
+            publisher.publish(Bytes::from(v)).await?;
+            seq += 1;
+            if seq.is_multiple_of(64) {
+                publisher.flush().await?;
+            }
+        }
+        publisher.flush().await?;
+        anyhow::Ok(seq)
+    });
+
+    // RSS every second; the sink frozen from `before` to `before + outage`.
+    let started = Instant::now();
+    let mut samples: Vec<(f64, &'static str, f64)> = Vec::new();
+    let mut paused = false;
+    let mut resumed = false;
+    let mut resumed_at = None;
+    let sample = |b: &BridgeProcess, phase, samples: &mut Vec<(f64, &'static str, f64)>| {
+        if let Ok((rss, _, _)) = b.rss() {
+            samples.push((started.elapsed().as_secs_f64(), phase, rss));
+        }
+    };
+    while started.elapsed() < total {
+        let t = started.elapsed();
+        if !paused && t >= o.before {
+            sink_broker
+                .pause()
+                .map_err(|e| anyhow!("pausing the sink: {e}"))?;
+            paused = true;
+        }
+        if paused && !resumed && t >= o.before + o.outage {
+            sink_broker
+                .resume()
+                .map_err(|e| anyhow!("resuming the sink: {e}"))?;
+            resumed = true;
+            resumed_at = Some(Instant::now());
+        }
+        let phase = match (paused, resumed) {
+            (false, _) => "before",
+            (true, false) => "outage",
+            (true, true) => "after",
+        };
+        sample(&bridge, phase, &mut samples);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    if paused && !resumed {
+        sink_broker
+            .resume()
+            .map_err(|e| anyhow!("resuming the sink: {e}"))?;
+        resumed_at = Some(Instant::now());
+    }
+    let sent = publishing.await??;
+    // Drain: sample until every message arrived (or 180 s without completion).
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let mut next_sample = Instant::now();
+    while seen_rx.borrow_and_update().0 < sent as usize && Instant::now() < deadline {
+        if Instant::now() >= next_sample {
+            sample(&bridge, "after", &mut samples);
+            next_sample += Duration::from_secs(1);
+        }
+        let _ = tokio::time::timeout(Duration::from_millis(200), seen_rx.changed()).await;
+    }
+    let drained_s = resumed_at.map(|r| r.elapsed().as_secs_f64());
+    sample(&bridge, "after", &mut samples);
+    let (_, hwm, _) = bridge.rss()?;
+    bridge.stop().await;
+    receiver.abort();
+    let (received, duplicates) = *seen_rx.borrow();
+    raw::cleanup(source, &s).await;
+    raw::cleanup(sink, &d).await;
+    let max_of = |phase: &str| {
+        samples
+            .iter()
+            .filter(|s| s.1 == phase)
+            .map(|s| s.2)
+            .fold(f64::NAN, f64::max)
+    };
+    let result = json!({
+        "route": format!("{}→{}", source.kind.label(), sink.kind.label()),
+        "rate_msgs_per_s": o.rate,
+        "outage_s": o.outage.as_secs_f64(),
+        "published": sent,
+        "received_unique": received,
+        "lost": sent.saturating_sub(received as u64),
+        "duplicates": duplicates,
+        "rss_start_mib": round1(rss_start),
+        "max_rss_before_mib": round1(max_of("before")),
+        "max_rss_outage_mib": round1(max_of("outage")),
+        "max_rss_after_mib": round1(max_of("after")),
+        "hwm_mib": round1(hwm),
+        "all_arrived_s_after_resume": drained_s.map(round1),
+        "rss_samples_mib": samples.iter().map(|s| json!([round1(s.0), s.1, round1(s.2)])).collect::<Vec<_>>(),
+    });
+    if (received as u64) < sent {
+        bail!(
+            "{} of {sent} messages arrived at the sink: {result}",
+            received
+        );
+    }
+    Ok(result)
+}
+
+fn round1(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
+}
