@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use crate::probe;
 use crate::process::{alive, free_port, Group};
 use crate::tls::{self, TlsFiles};
-use crate::{BrokerKind, Endpoint, HarnessError};
+use crate::{BrokerKind, Endpoint, HarnessError, TlsUrls};
 
 const RABBITMQ_SERVER: &str = "/usr/lib/rabbitmq/bin/rabbitmq-server";
 const RABBITMQCTL: &str = "/usr/lib/rabbitmq/bin/rabbitmqctl";
@@ -145,6 +145,33 @@ impl BrokerProcess {
             Endpoint::Stomp => format!("stomp+ssl://guest:guest@127.0.0.1:{port}"),
             Endpoint::Kafka => format!("kafka://127.0.0.1:{port}?security.protocol=ssl"),
         })
+    }
+
+    /// The client URLs of the shared TLS checks ([`TlsUrls`]) for `endpoint` on a TLS
+    /// broker: TLS on its TLS port (NATS: `nats://…?tls=true`), `extra` options on every URL
+    /// that must be refused, and plain text to the TLS port (`redis://`, `mqtt://`,
+    /// `nats://`, `amqp://`, `stomp://`) as one of them.
+    pub fn tls_urls(&self, endpoint: Endpoint, extra: &str) -> Option<TlsUrls> {
+        let files = self.tls.as_ref()?;
+        let port = *self.tls_ports.get(&endpoint)?;
+        let (base, plain) = match endpoint {
+            Endpoint::Nats => {
+                let plain = format!("nats://127.0.0.1:{port}");
+                (format!("{plain}?tls=true"), plain)
+            }
+            Endpoint::Redis => (self.tls_url(endpoint)?, format!("redis://127.0.0.1:{port}")),
+            Endpoint::Mqtt => (self.tls_url(endpoint)?, format!("mqtt://127.0.0.1:{port}")),
+            Endpoint::Amqp => (
+                self.tls_url(endpoint)?,
+                format!("amqp://guest:guest@127.0.0.1:{port}/%2f"),
+            ),
+            Endpoint::Stomp => (
+                self.tls_url(endpoint)?,
+                format!("stomp://guest:guest@127.0.0.1:{port}"),
+            ),
+            Endpoint::Kafka => return None,
+        };
+        Some(TlsUrls::new(&base, files, extra, Some(&plain)))
     }
 
     /// Whether `endpoint` answers its protocol's hello right now.

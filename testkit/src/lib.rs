@@ -58,12 +58,14 @@ mod brokers;
 mod probe;
 mod process;
 mod tls;
+mod tls_checks;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
 pub use brokers::{kafka_home, BrokerProcess};
 pub use tls::TlsFiles;
+pub use tls_checks::{assert_refused, round_trip, with_options, TlsUrls, TLS_WAIT};
 
 /// The brokers the harness can start.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
