@@ -41,12 +41,13 @@ impl BrokerProcess {
 
     /// Like [`BrokerProcess::start`], with TLS listeners too, using certificates generated
     /// into the data directory ([`BrokerProcess::tls_files`]). Clients must present a
-    /// certificate signed by the test CA where the broker can require one (mutual TLS):
-    /// Redis, Mosquitto, NATS and RabbitMQ. NATS serves TLS only (its one port);
-    /// the others keep their plain listener too (for probes) and add a TLS one
-    /// ([`BrokerProcess::tls_url`]). ActiveMQ and the Kafka broker have no TLS variant here.
+    /// certificate signed by the test CA (mutual TLS): Redis, Mosquitto, NATS, RabbitMQ and
+    /// ActiveMQ (a `stomp+ssl` connector with `needClientAuth=true`, its key and trust
+    /// stores PKCS#12 files made from the PEM files by `openssl` and `keytool`). NATS serves
+    /// TLS only (its one port); the others keep their plain listener too (for probes) and
+    /// add a TLS one ([`BrokerProcess::tls_url`]). The Kafka broker has no TLS variant here.
     pub fn start_tls(kind: BrokerKind) -> Result<BrokerProcess, HarnessError> {
-        if matches!(kind, BrokerKind::ActiveMq | BrokerKind::Kafka) {
+        if kind == BrokerKind::Kafka {
             return Err(HarnessError::Io {
                 broker: kind.name(),
                 what: "a TLS listener".into(),
@@ -57,7 +58,7 @@ impl BrokerProcess {
     }
 
     fn start_with(kind: BrokerKind, tls: bool) -> Result<BrokerProcess, HarnessError> {
-        check_installed(kind)?;
+        check_installed(kind, tls)?;
         let name = kind.name();
         let dir = tempfile::Builder::new()
             .prefix(&format!("polybridge-{name}-"))
@@ -341,6 +342,22 @@ impl BrokerProcess {
                     std::fs::create_dir_all(self.path(d))
                         .map_err(self.io("creating directories"))?;
                 }
+                let mut ssl_context = String::new();
+                let mut ssl_connector = String::new();
+                if let (Some(t), Some(port)) = (&self.tls, self.tls_ports.get(&Endpoint::Stomp)) {
+                    let (keystore, truststore) = tls::java_stores(t, self.dir.path())?;
+                    let pass = tls::JAVA_STORE_PASSWORD;
+                    ssl_context = format!(
+                        r#"    <sslContext><sslContext keyStore="file:{}" keyStorePassword="{pass}" keyStoreType="pkcs12" trustStore="file:{}" trustStorePassword="{pass}" trustStoreType="pkcs12"/></sslContext>
+"#,
+                        keystore.display(),
+                        truststore.display()
+                    );
+                    ssl_connector = format!(
+                        r#"      <transportConnector name="stomp+ssl" uri="stomp+ssl://127.0.0.1:{port}?needClientAuth=true&amp;transport.closeAsync=false"/>
+"#
+                    );
+                }
                 self.write(
                     "conf/activemq.xml",
                     &format!(
@@ -350,9 +367,9 @@ impl BrokerProcess {
        http://activemq.apache.org/schema/core http://activemq.apache.org/schema/core/activemq-core.xsd">
   <broker xmlns="http://activemq.apache.org/schema/core" brokerName="polybridge-test" useJmx="false" persistent="true" dataDirectory="{dir}/data" schedulerSupport="false">
     <persistenceAdapter><kahaDB directory="{dir}/data/kahadb"/></persistenceAdapter>
-    <transportConnectors>
+{ssl_context}    <transportConnectors>
       <transportConnector name="stomp" uri="stomp://127.0.0.1:{port}?transport.closeAsync=false"/>
-    </transportConnectors>
+{ssl_connector}    </transportConnectors>
   </broker>
 </beans>
 "#,
@@ -638,12 +655,18 @@ fn on_path(program: &str) -> bool {
         .is_some_and(|paths| std::env::split_paths(&paths).any(|p| p.join(program).is_file()))
 }
 
-fn check_installed(kind: BrokerKind) -> Result<(), HarnessError> {
+fn check_installed(kind: BrokerKind, tls: bool) -> Result<(), HarnessError> {
     let needed: Vec<String> = match kind {
         BrokerKind::Redis => vec!["redis-server".into()],
         BrokerKind::Mosquitto => vec!["mosquitto".into()],
         BrokerKind::Nats => vec!["nats-server".into()],
         BrokerKind::RabbitMq => vec![RABBITMQ_SERVER.into(), RABBITMQCTL.into(), "epmd".into()],
+        BrokerKind::ActiveMq if tls => vec![
+            "java".into(),
+            ACTIVEMQ_JAR.into(),
+            "keytool".into(),
+            "openssl".into(),
+        ],
         BrokerKind::ActiveMq => vec!["java".into(), ACTIVEMQ_JAR.into()],
         BrokerKind::Kafka => match kafka_home() {
             Some(home) => vec![

@@ -19,9 +19,11 @@
 //! - [`private_tls`]: a broker of the test's own with TLS listeners and certificates
 //!   generated for it (a CA, server and client certificates: [`TlsFiles`]); clients need a
 //!   certificate signed by the test CA (mutual TLS). Redis (`--tls-port`), Mosquitto (a
-//!   second listener with `require_certificate`), NATS (`--tlsverify`: TLS only) and
-//!   RabbitMQ (`listeners.ssl`, `stomp.listeners.ssl`, `mqtt.listeners.ssl`); not ActiveMQ
-//!   or the Kafka broker.
+//!   second listener with `require_certificate`), NATS (`--tlsverify`: TLS only),
+//!   RabbitMQ (`listeners.ssl`, `stomp.listeners.ssl`, `mqtt.listeners.ssl`) and ActiveMQ
+//!   (a `stomp+ssl` connector with `needClientAuth=true`); not the Kafka broker. The
+//!   checks every adapter's TLS test makes are shared: [`TlsUrls`]
+//!   ([`BrokerProcess::tls_urls`]), [`round_trip`] and [`assert_refused`].
 //!
 //! # Using running brokers instead
 //! When `POLYBRIDGE_<X>_URL` is set, [`shared`] returns that URL and starts nothing (this is
@@ -315,7 +317,7 @@ pub fn private(kind: BrokerKind) -> Result<BrokerProcess, HarnessError> {
 
 /// A broker of the test's own with TLS listeners and certificates generated for it
 /// ([`BrokerProcess::start_tls`]: mutual TLS where the broker supports it). Refused when an
-/// external broker is configured for `kind`, and for ActiveMQ and Kafka (no TLS variant).
+/// external broker is configured for `kind`, and for Kafka (no TLS variant).
 pub fn private_tls(kind: BrokerKind) -> Result<BrokerProcess, HarnessError> {
     for e in kind.endpoints() {
         if std::env::var(kind.env_var(*e)).is_ok() {
