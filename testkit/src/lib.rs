@@ -22,7 +22,7 @@
 //!   second listener with `require_certificate`), NATS (`--tlsverify`: TLS only),
 //!   RabbitMQ (`listeners.ssl`, `stomp.listeners.ssl`, `mqtt.listeners.ssl`) and ActiveMQ
 //!   (a `stomp+ssl` connector with `needClientAuth=true`); not the Kafka broker. The
-//!   checks every adapter's TLS test makes are shared: [`TlsUrls`]
+//!   checks every adapter's TLS test makes are shared: [`MutualTls`], built on [`TlsUrls`]
 //!   ([`BrokerProcess::tls_urls`]), [`round_trip`] and [`assert_refused`].
 //!
 //! # Using running brokers instead
@@ -66,8 +66,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
 pub use brokers::{kafka_home, BrokerProcess};
-pub use tls::TlsFiles;
-pub use tls_checks::{assert_refused, round_trip, with_options, TlsUrls, TLS_WAIT};
+pub use tls::{test_certificates, TlsFiles};
+pub use tls_checks::{
+    assert_refused, round_trip, with_options, MutualTls, MutualTlsChecked, TlsUrls, TLS_WAIT,
+};
 
 /// The brokers the harness can start.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -72,6 +72,21 @@ fn leaf(
     Ok((cert.pem(), key.serialize_pem()))
 }
 
+/// Test certificates ([`TlsFiles`]) in a new temporary directory, for tests that serve TLS
+/// themselves (the HTTP and WebSocket adapters' servers). The files are removed with the
+/// returned directory.
+pub fn test_certificates() -> Result<(TlsFiles, tempfile::TempDir), HarnessError> {
+    let dir = tempfile::Builder::new()
+        .prefix("polybridge-tls-")
+        .tempdir()
+        .map_err(|source| HarnessError::Io {
+            broker: "tls",
+            what: "creating a directory for test certificates".into(),
+            source,
+        })?;
+    Ok((generate(dir.path())?, dir))
+}
+
 /// Generates the certificates into `dir`.
 pub fn generate(dir: &Path) -> Result<TlsFiles, HarnessError> {
     let ca_issuer = ca("polybridge test CA")?;

@@ -1,7 +1,7 @@
 //! The checks every TLS test of an adapter makes, shared so each `tests/tls.rs` only says
 //! how its adapter connects: the client URLs ([`TlsUrls`]), a publish/consume round trip
-//! over the TLS connection ([`round_trip`]) and "this client must be refused"
-//! ([`assert_refused`]).
+//! over the TLS connection ([`round_trip`]), "these clients must be refused"
+//! ([`assert_refused`]), and all of it against a TLS broker ([`MutualTls`]).
 
 use std::fmt::Display;
 use std::future::Future;
@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use polybridge_core::{Deadline, Message, Publisher, Subscriber, Subscription};
 
-use crate::TlsFiles;
+use crate::{BrokerKind, BrokerProcess, Endpoint, TlsFiles};
 
 /// How long [`round_trip`] waits for the publish and for the delivery.
 pub const TLS_WAIT: Duration = Duration::from_secs(15);
@@ -110,17 +110,20 @@ pub async fn round_trip<B: Publisher + Subscriber>(
     stream.close().await;
 }
 
-/// Tries `connect` with every URL of [`TlsUrls::refused`] and panics unless each fails
-/// with a non-empty error. Returns the error texts, in that order.
+/// Tries `connect` with every URL of [`TlsUrls::refused`], all at once, and panics unless
+/// each fails with a non-empty error. Returns the error texts, in that order.
 pub async fn assert_refused<F, Fut, T, E>(urls: &TlsUrls, mut connect: F) -> Vec<String>
 where
     F: FnMut(String) -> Fut,
     Fut: Future<Output = Result<T, E>>,
     E: Display,
 {
+    let cases = urls.refused();
+    let attempts = cases.iter().map(|(_, url)| connect(url.clone()));
+    let results = futures::future::join_all(attempts).await;
     let mut errors = Vec::new();
-    for (what, url) in urls.refused() {
-        match connect(url.clone()).await {
+    for ((what, url), result) in cases.into_iter().zip(results) {
+        match result {
             Ok(_) => panic!("connected {what} ({url}): expected a refusal"),
             Err(e) => {
                 let text = e.to_string();
@@ -130,4 +133,134 @@ where
         }
     }
     errors
+}
+
+/// The whole mutual-TLS test of an adapter against a TLS broker ([`crate::private_tls`]):
+/// connect with the client certificate and make a [`round_trip`], then
+/// [`assert_refused`] for every client that must not connect.
+#[derive(Debug, Clone)]
+pub struct MutualTls {
+    kind: BrokerKind,
+    endpoint: Endpoint,
+    refused_options: String,
+    mutual_options: Vec<String>,
+}
+
+/// What [`MutualTls::check`] leaves for an adapter's own further checks.
+#[derive(Debug)]
+pub struct MutualTlsChecked {
+    /// The TLS broker, still running.
+    pub server: BrokerProcess,
+    /// The URLs that were tried.
+    pub urls: TlsUrls,
+    /// The errors of the refused URLs, in the order of [`TlsUrls::refused`].
+    pub errors: Vec<String>,
+}
+
+impl MutualTls {
+    /// The check for `endpoint` of a TLS broker of `kind`.
+    pub fn new(kind: BrokerKind, endpoint: Endpoint) -> MutualTls {
+        MutualTls {
+            kind,
+            endpoint,
+            refused_options: String::new(),
+            mutual_options: Vec::new(),
+        }
+    }
+
+    /// Options added to every URL that must be refused (e.g. `connect_timeout=2s`).
+    pub fn refused_with(mut self, options: &str) -> MutualTls {
+        self.refused_options = options.to_owned();
+        self
+    }
+
+    /// Options added to the URL that must connect.
+    pub fn mutual_with(mut self, options: &[&str]) -> MutualTls {
+        self.mutual_options = options.iter().map(|o| (*o).to_owned()).collect();
+        self
+    }
+
+    /// Starts the TLS broker, connects with `connect` and the client certificate, makes a
+    /// round trip through `topic` with `subscription`, and asserts every other client is
+    /// refused. `None` (saying why) when the broker's tests are skipped
+    /// ([`crate::skip_reason`]); panics on any failure.
+    pub async fn check<F, Fut, B, E>(
+        self,
+        subscription: Subscription,
+        topic: &str,
+        mut connect: F,
+    ) -> Option<MutualTlsChecked>
+    where
+        F: FnMut(String) -> Fut,
+        Fut: Future<Output = Result<B, E>>,
+        B: Publisher + Subscriber,
+        E: Display,
+    {
+        if let Some(why) = crate::skip_reason(self.kind) {
+            eprintln!("{why}");
+            return None;
+        }
+        let server = match crate::private_tls(self.kind) {
+            Ok(s) => s,
+            Err(e) => panic!("a TLS {}: {e}", self.kind.name()),
+        };
+        let Some(urls) = server.tls_urls(self.endpoint, &self.refused_options) else {
+            panic!(
+                "{} has no TLS {:?} endpoint",
+                self.kind.name(),
+                self.endpoint
+            )
+        };
+        let options: Vec<&str> = self.mutual_options.iter().map(String::as_str).collect();
+        let mutual = with_options(&urls.mutual, &options);
+        let broker = match connect(mutual.clone()).await {
+            Ok(b) => b,
+            Err(e) => panic!("mutual TLS to {mutual}: {e}"),
+        };
+        round_trip(&broker, subscription, topic).await;
+        let errors = assert_refused(&urls, connect).await;
+        Some(MutualTlsChecked {
+            server,
+            urls,
+            errors,
+        })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    #[test]
+    fn urls_carry_the_right_files_and_options() {
+        assert_eq!(with_options("a://h", &[]), "a://h");
+        assert_eq!(with_options("a://h", &["x=1", "", "y=2"]), "a://h?x=1&y=2");
+        assert_eq!(with_options("a://h?x=1", &["y=2"]), "a://h?x=1&y=2");
+        let files = TlsFiles {
+            ca: PathBuf::from("/d/ca.pem"),
+            server_cert: PathBuf::from("/d/server.pem"),
+            server_key: PathBuf::from("/d/server-key.pem"),
+            client_cert: PathBuf::from("/d/client.pem"),
+            client_key: PathBuf::from("/d/client-key.pem"),
+            other_ca: PathBuf::from("/d/other-ca.pem"),
+        };
+        let urls = TlsUrls::new("s://h:1", &files, "t=2s", Some("p://h:1"));
+        assert_eq!(
+            urls.mutual,
+            "s://h:1?ca_file=/d/ca.pem&cert_file=/d/client.pem&key_file=/d/client-key.pem"
+        );
+        assert_eq!(urls.no_client_cert, "s://h:1?ca_file=/d/ca.pem&t=2s");
+        assert_eq!(
+            urls.wrong_ca,
+            "s://h:1?ca_file=/d/other-ca.pem&cert_file=/d/client.pem&key_file=/d/client-key.pem&t=2s"
+        );
+        assert_eq!(urls.system_roots, "s://h:1?t=2s");
+        let refused: Vec<String> = urls.refused().into_iter().map(|(_, u)| u).collect();
+        assert_eq!(refused.len(), 4);
+        assert_eq!(refused[3], "p://h:1?t=2s");
+        let no_plain = TlsUrls::new("s://h:1", &files, "", None);
+        assert_eq!(no_plain.refused().len(), 3);
+    }
 }

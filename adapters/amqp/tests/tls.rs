@@ -6,41 +6,30 @@
 
 use polybridge_amqp::{AmqpBroker, AmqpConfig};
 use polybridge_core::{Error, Subscription, TopicPattern};
-use polybridge_testkit::{
-    assert_refused, private_tls, round_trip, skip_reason, with_options, BrokerKind, Endpoint,
-};
+use polybridge_testkit::{with_options, BrokerKind, Endpoint, MutualTls};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mutual_tls_connects_with_the_right_certificates_only() {
-    if let Some(why) = skip_reason(BrokerKind::RabbitMq) {
-        eprintln!("{why}");
-        return;
-    }
-    let server = private_tls(BrokerKind::RabbitMq).unwrap();
-    let urls = server
-        .tls_urls(Endpoint::Amqp, "connect_timeout=3s&reconnect_max=1s")
-        .unwrap();
-    let broker = AmqpBroker::connect(&urls.mutual.parse().unwrap())
+    let Some(checked) = MutualTls::new(BrokerKind::RabbitMq, Endpoint::Amqp)
+        .refused_with("connect_timeout=3s")
+        .check(
+            Subscription::new(TopicPattern::literal("tls.s", '.')).group("g"),
+            "tls.s",
+            |url| async move { AmqpBroker::connect(&url.parse().unwrap()).await },
+        )
         .await
-        .unwrap();
-    round_trip(
-        &broker,
-        Subscription::new(TopicPattern::literal("tls.s", '.')).group("g"),
-        "tls.s",
-    )
-    .await;
-    let errors = assert_refused(&urls, |url| async move {
-        AmqpBroker::connect(&url.parse().unwrap()).await
-    })
-    .await;
+    else {
+        return;
+    };
     // The client refuses a server its CA file (or the system roots) does not vouch for.
-    for e in &errors[1..3] {
+    for e in &checked.errors[1..3] {
         assert!(e.contains("certificate"), "{e}");
     }
 
     // TLS and the client certificate are right, the password is not: an auth error that
     // does not repeat the password.
-    let wrong = urls
+    let wrong = checked
+        .urls
         .mutual
         .replace("guest:guest@", "guest:not-the-Pa55word@");
     let e = AmqpBroker::connect(&wrong.parse().unwrap())

@@ -6,37 +6,25 @@
 
 use polybridge_core::{Subscription, TopicPattern};
 use polybridge_stomp::StompBroker;
-use polybridge_testkit::{
-    assert_refused, private_tls, round_trip, skip_reason, BrokerKind, Endpoint,
-};
+use polybridge_testkit::{BrokerKind, Endpoint, MutualTls};
 
 /// Mutual TLS against `kind`'s STOMP TLS listener: a round trip with the client
 /// certificate; refused without it, trusting another CA, with the system roots only, and
 /// in plain text.
 async fn mutual_tls(kind: BrokerKind, queue: &str) {
-    if let Some(why) = skip_reason(kind) {
-        eprintln!("{why}");
-        return;
-    }
-    let server = private_tls(kind).unwrap();
-    let urls = server
-        .tls_urls(Endpoint::Stomp, "connect_timeout=2s")
-        .unwrap();
-    let broker = StompBroker::connect(&urls.mutual.parse().unwrap())
+    let Some(checked) = MutualTls::new(kind, Endpoint::Stomp)
+        .refused_with("connect_timeout=2s")
+        .check(
+            Subscription::new(TopicPattern::literal(queue, '.')),
+            queue,
+            |url| async move { StompBroker::connect(&url.parse().unwrap()).await },
+        )
         .await
-        .unwrap();
-    round_trip(
-        &broker,
-        Subscription::new(TopicPattern::literal(queue, '.')),
-        queue,
-    )
-    .await;
-    let errors = assert_refused(&urls, |url| async move {
-        StompBroker::connect(&url.parse().unwrap()).await
-    })
-    .await;
+    else {
+        return;
+    };
     // The client refuses a server its CA file (or the system roots) does not vouch for.
-    for e in &errors[1..3] {
+    for e in &checked.errors[1..3] {
         assert!(e.contains("certificate"), "{e}");
     }
 }
