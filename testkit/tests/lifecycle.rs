@@ -249,3 +249,40 @@ fn a_killed_test_process_leaves_no_broker_behind() {
         "data directory left behind"
     );
 }
+
+#[test]
+fn the_kafka_broker_has_no_tls_variant() {
+    let e = polybridge_testkit::private_tls(BrokerKind::Kafka).expect_err("no TLS Kafka");
+    assert!(e.to_string().contains("kafka"), "{e}");
+    assert!(e.to_string().contains("TLS"), "{e}");
+}
+
+#[test]
+fn test_certificates_are_pem_files_in_a_directory_of_their_own() {
+    let (files, dir) = polybridge_testkit::test_certificates().unwrap();
+    for path in [
+        &files.ca,
+        &files.server_cert,
+        &files.client_cert,
+        &files.other_ca,
+    ] {
+        assert!(path.starts_with(dir.path()), "{}", path.display());
+        let text = std::fs::read_to_string(path).unwrap();
+        assert!(
+            text.starts_with("-----BEGIN CERTIFICATE-----"),
+            "{}",
+            path.display()
+        );
+    }
+    for path in [&files.server_key, &files.client_key] {
+        let text = std::fs::read_to_string(path).unwrap();
+        assert!(
+            text.starts_with("-----BEGIN PRIVATE KEY-----"),
+            "{}",
+            path.display()
+        );
+    }
+    let root = dir.path().to_owned();
+    drop(dir);
+    assert!(!root.exists());
+}

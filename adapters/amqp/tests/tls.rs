@@ -5,7 +5,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use polybridge_amqp::{AmqpBroker, AmqpConfig};
-use polybridge_core::{Error, Subscription, TopicPattern};
+use std::time::Duration;
+
+use polybridge_core::{
+    Deadline, Error, Message, Publisher, Subscriber, Subscription, TopicPattern,
+};
 use polybridge_testkit::{with_options, BrokerKind, Endpoint, MutualTls};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -39,6 +43,46 @@ async fn mutual_tls_connects_with_the_right_certificates_only() {
     assert!(matches!(e, Error::Auth { .. }), "{e:?}");
     assert!(!e.to_string().contains("not-the-Pa55word"), "{e}");
     assert!(!format!("{e:?}").contains("not-the-Pa55word"), "{e:?}");
+
+    // The broker restarts: publisher and subscription reconnect over TLS with the same files.
+    let broker = AmqpBroker::connect(&checked.urls.mutual.parse().unwrap())
+        .await
+        .unwrap();
+    let mut sub = broker
+        .subscribe(Subscription::new(TopicPattern::literal("tls.r", '.')).group("r"))
+        .await
+        .unwrap();
+    let mut server = checked.server;
+    let server = tokio::task::spawn_blocking(move || server.restart().map(|()| server))
+        .await
+        .unwrap()
+        .unwrap();
+    let end = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let r = broker
+            .publish(
+                "tls.r",
+                Message::new("after the restart"),
+                Deadline::after(Duration::from_secs(5)),
+            )
+            .await;
+        match r {
+            Ok(_) => break,
+            Err(e) if e.is_retryable() && tokio::time::Instant::now() < end => {
+                tokio::time::sleep(Duration::from_millis(100)).await; // retry backoff
+            }
+            Err(e) => panic!("publish over TLS after the restart: {e}"),
+        }
+    }
+    let d = tokio::time::timeout(Duration::from_secs(60), sub.next())
+        .await
+        .expect("a delivery over TLS after the restart")
+        .unwrap()
+        .unwrap();
+    assert_eq!(&d.message.payload[..], b"after the restart");
+    d.ack().unwrap();
+    sub.close().await;
+    drop(server);
 }
 
 #[test]
