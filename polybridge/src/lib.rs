@@ -29,7 +29,7 @@
 //! | `redis://`, `rediss://` | [`polybridge_redis`] (feature `redis`) | available |
 //! | `mqtt://`, `mqtts://` | [`polybridge_mqtt`] (feature `mqtt`) | available |
 //! | `stomp://`, `stomp+activemq://`, `stomp+rabbitmq://`, `stomp+ssl://`, `stomps://` | [`polybridge_stomp`] (feature `stomp`) | available |
-//! | `amqp://` | [`polybridge_amqp`] (feature `amqp`) | available |
+//! | `amqp://`, `amqps://` | [`polybridge_amqp`] (feature `amqp`) | available |
 //! | `kafka://`, `kafkas://` | [`polybridge_kafka`] (feature `kafka`) | available |
 //! | `http://`, `https://` | [`polybridge_http`] (feature `http`): webhooks in and out | available |
 //! | `ws://`, `wss://` | [`polybridge_websocket`] (feature `websocket`): a WebSocket hub for browsers and services | available |
@@ -76,7 +76,7 @@ pub async fn connect_url(url: &BrokerUrl) -> Result<Arc<dyn Broker>> {
         #[cfg(feature = "mqtt")]
         "mqtt" | "mqtts" => Ok(Arc::new(mqtt::MqttBroker::connect(url).await?)),
         #[cfg(feature = "amqp")]
-        "amqp" => Ok(Arc::new(amqp::AmqpBroker::connect(url).await?)),
+        "amqp" | "amqps" => Ok(Arc::new(amqp::AmqpBroker::connect(url).await?)),
         #[cfg(feature = "kafka")]
         "kafka" | "kafkas" => Ok(Arc::new(kafka::KafkaBroker::connect(url).await?)),
         #[cfg(feature = "http")]
@@ -109,7 +109,7 @@ pub fn capabilities_for(url: &BrokerUrl) -> Result<Capabilities> {
         #[cfg(feature = "mqtt")]
         "mqtt" | "mqtts" => mqtt::MqttBroker::capabilities_for(url),
         #[cfg(feature = "amqp")]
-        "amqp" => amqp::AmqpBroker::capabilities_for(url),
+        "amqp" | "amqps" => amqp::AmqpBroker::capabilities_for(url),
         #[cfg(feature = "kafka")]
         "kafka" | "kafkas" => kafka::KafkaBroker::capabilities_for(url),
         #[cfg(feature = "http")]
@@ -141,7 +141,7 @@ pub fn available_schemes() -> Vec<&'static str> {
     #[cfg(feature = "mqtt")]
     schemes.extend(["mqtt", "mqtts"]);
     #[cfg(feature = "amqp")]
-    schemes.push("amqp");
+    schemes.extend(["amqp", "amqps"]);
     #[cfg(feature = "kafka")]
     schemes.extend(["kafka", "kafkas"]);
     #[cfg(feature = "http")]
@@ -179,5 +179,14 @@ mod tests {
         let bad: BrokerUrl = "kafkas://u:pw@h?sasl_mechanism=GSSAPI".parse().unwrap();
         let e = capabilities_for(&bad).err().unwrap().to_string();
         assert!(e.contains("sasl_mechanism") && !e.contains("pw@"), "{e}");
+    }
+
+    #[cfg(feature = "amqp")]
+    #[test]
+    fn amqps_is_the_amqp_adapter_over_tls() {
+        assert!(available_schemes().contains(&"amqps"));
+        let caps = capabilities_for(&"amqps://u:p@h/%2f".parse().unwrap()).unwrap();
+        let plain = capabilities_for(&"amqp://u:p@h/%2f".parse().unwrap()).unwrap();
+        assert_eq!(caps, plain);
     }
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use crate::probe;
 use crate::process::{alive, free_port, Group};
 use crate::tls::{self, TlsFiles};
-use crate::{BrokerKind, Endpoint, HarnessError};
+use crate::{BrokerKind, Endpoint, HarnessError, TlsUrls};
 
 const RABBITMQ_SERVER: &str = "/usr/lib/rabbitmq/bin/rabbitmq-server";
 const RABBITMQCTL: &str = "/usr/lib/rabbitmq/bin/rabbitmqctl";
@@ -44,9 +44,11 @@ impl BrokerProcess {
     /// Like [`BrokerProcess::start`], with TLS listeners too, using certificates generated
     /// into the data directory ([`BrokerProcess::tls_files`]). Clients must present a
     /// certificate signed by the test CA where the broker can require one (mutual TLS):
-    /// Redis, Mosquitto, NATS and RabbitMQ. NATS serves TLS only (its one port);
-    /// the others keep their plain listener too (for probes) and add a TLS one
-    /// ([`BrokerProcess::tls_url`]). ActiveMQ has no TLS variant here.
+    /// Redis, Mosquitto, NATS, RabbitMQ and ActiveMQ (a `stomp+ssl` connector with
+    /// `needClientAuth=true`, its key and trust stores PKCS#12 files made from the PEM
+    /// files by `openssl` and `keytool`). NATS serves TLS only (its one port); the others
+    /// keep their plain listener too (for probes) and add a TLS one
+    /// ([`BrokerProcess::tls_url`]).
     ///
     /// Kafka (Tansu): Tansu 0.6.0 has no usable TLS listener (its `--cert` and `--key`
     /// options exclude each other, and it builds its TLS settings only when both are
@@ -55,12 +57,7 @@ impl BrokerProcess {
     /// port, so clients must use [`BrokerProcess::tls_url`]; the plain port serves only
     /// the readiness probe. Not with `KAFKA_HOME` (Apache Kafka).
     pub fn start_tls(kind: BrokerKind) -> Result<BrokerProcess, HarnessError> {
-        let no_tls = match kind {
-            BrokerKind::ActiveMq => true,
-            BrokerKind::Kafka => kafka_home().is_some(),
-            _ => false,
-        };
-        if no_tls {
+        if kind == BrokerKind::Kafka && kafka_home().is_some() {
             return Err(HarnessError::Io {
                 broker: kind.name(),
                 what: "a TLS listener".into(),
@@ -94,7 +91,7 @@ impl BrokerProcess {
     }
 
     fn start_inner(kind: BrokerKind, tls: bool, sasl: bool) -> Result<BrokerProcess, HarnessError> {
-        check_installed(kind)?;
+        check_installed(kind, tls)?;
         if tls && kind == BrokerKind::Kafka && !on_path("socat") {
             return Err(HarnessError::NotInstalled {
                 broker: kind.name(),
@@ -189,6 +186,33 @@ impl BrokerProcess {
             Endpoint::Stomp => format!("stomp+ssl://guest:guest@127.0.0.1:{port}"),
             Endpoint::Kafka => format!("kafkas://127.0.0.1:{port}"),
         })
+    }
+
+    /// The client URLs of the shared TLS checks ([`TlsUrls`]) for `endpoint` on a TLS
+    /// broker: TLS on its TLS port (NATS: `nats://…?tls=true`), `extra` options on every URL
+    /// that must be refused, and plain text to the TLS port (`redis://`, `mqtt://`,
+    /// `nats://`, `amqp://`, `stomp://`) as one of them.
+    pub fn tls_urls(&self, endpoint: Endpoint, extra: &str) -> Option<TlsUrls> {
+        let files = self.tls.as_ref()?;
+        let port = *self.tls_ports.get(&endpoint)?;
+        let (base, plain) = match endpoint {
+            Endpoint::Nats => {
+                let plain = format!("nats://127.0.0.1:{port}");
+                (format!("{plain}?tls=true"), plain)
+            }
+            Endpoint::Redis => (self.tls_url(endpoint)?, format!("redis://127.0.0.1:{port}")),
+            Endpoint::Mqtt => (self.tls_url(endpoint)?, format!("mqtt://127.0.0.1:{port}")),
+            Endpoint::Amqp => (
+                self.tls_url(endpoint)?,
+                format!("amqp://guest:guest@127.0.0.1:{port}/%2f"),
+            ),
+            Endpoint::Stomp => (
+                self.tls_url(endpoint)?,
+                format!("stomp://guest:guest@127.0.0.1:{port}"),
+            ),
+            Endpoint::Kafka => return None,
+        };
+        Some(TlsUrls::new(&base, files, extra, Some(&plain)))
     }
 
     /// Whether `endpoint` answers its protocol's hello right now.
@@ -358,6 +382,22 @@ impl BrokerProcess {
                     std::fs::create_dir_all(self.path(d))
                         .map_err(self.io("creating directories"))?;
                 }
+                let mut ssl_context = String::new();
+                let mut ssl_connector = String::new();
+                if let (Some(t), Some(port)) = (&self.tls, self.tls_ports.get(&Endpoint::Stomp)) {
+                    let (keystore, truststore) = tls::java_stores(t, self.dir.path())?;
+                    let pass = tls::JAVA_STORE_PASSWORD;
+                    ssl_context = format!(
+                        r#"    <sslContext><sslContext keyStore="file:{}" keyStorePassword="{pass}" keyStoreType="pkcs12" trustStore="file:{}" trustStorePassword="{pass}" trustStoreType="pkcs12"/></sslContext>
+"#,
+                        keystore.display(),
+                        truststore.display()
+                    );
+                    ssl_connector = format!(
+                        r#"      <transportConnector name="stomp+ssl" uri="stomp+ssl://127.0.0.1:{port}?needClientAuth=true&amp;transport.closeAsync=false"/>
+"#
+                    );
+                }
                 self.write(
                     "conf/activemq.xml",
                     &format!(
@@ -367,9 +407,9 @@ impl BrokerProcess {
        http://activemq.apache.org/schema/core http://activemq.apache.org/schema/core/activemq-core.xsd">
   <broker xmlns="http://activemq.apache.org/schema/core" brokerName="polybridge-test" useJmx="false" persistent="true" dataDirectory="{dir}/data" schedulerSupport="false">
     <persistenceAdapter><kahaDB directory="{dir}/data/kahadb"/></persistenceAdapter>
-    <transportConnectors>
+{ssl_context}    <transportConnectors>
       <transportConnector name="stomp" uri="stomp://127.0.0.1:{port}?transport.closeAsync=false"/>
-    </transportConnectors>
+{ssl_connector}    </transportConnectors>
   </broker>
 </beans>
 "#,
@@ -680,12 +720,18 @@ fn on_path(program: &str) -> bool {
         .is_some_and(|paths| std::env::split_paths(&paths).any(|p| p.join(program).is_file()))
 }
 
-fn check_installed(kind: BrokerKind) -> Result<(), HarnessError> {
+fn check_installed(kind: BrokerKind, tls: bool) -> Result<(), HarnessError> {
     let needed: Vec<String> = match kind {
         BrokerKind::Redis => vec!["redis-server".into()],
         BrokerKind::Mosquitto => vec!["mosquitto".into()],
         BrokerKind::Nats => vec!["nats-server".into()],
         BrokerKind::RabbitMq => vec![RABBITMQ_SERVER.into(), RABBITMQCTL.into(), "epmd".into()],
+        BrokerKind::ActiveMq if tls => vec![
+            "java".into(),
+            ACTIVEMQ_JAR.into(),
+            "keytool".into(),
+            "openssl".into(),
+        ],
         BrokerKind::ActiveMq => vec!["java".into(), ACTIVEMQ_JAR.into()],
         BrokerKind::Kafka => match kafka_home() {
             Some(home) => vec![

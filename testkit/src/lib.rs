@@ -19,10 +19,13 @@
 //! - [`private_tls`]: a broker of the test's own with TLS listeners and certificates
 //!   generated for it (a CA, server and client certificates: [`TlsFiles`]); clients need a
 //!   certificate signed by the test CA (mutual TLS). Redis (`--tls-port`), Mosquitto (a
-//!   second listener with `require_certificate`), NATS (`--tlsverify`: TLS only) and
-//!   RabbitMQ (`listeners.ssl`, `stomp.listeners.ssl`, `mqtt.listeners.ssl`) and Kafka
-//!   (Tansu behind `socat`'s OpenSSL listener, since Tansu 0.6.0 cannot serve TLS itself:
-//!   see [`BrokerProcess::start_tls`]); not ActiveMQ.
+//!   second listener with `require_certificate`), NATS (`--tlsverify`: TLS only),
+//!   RabbitMQ (`listeners.ssl`, `stomp.listeners.ssl`, `mqtt.listeners.ssl`), ActiveMQ
+//!   (a `stomp+ssl` connector with `needClientAuth=true`) and Kafka (Tansu behind
+//!   `socat`'s OpenSSL listener, since Tansu 0.6.0 cannot serve TLS itself: see
+//!   [`BrokerProcess::start_tls`]). The checks every adapter's TLS test makes are shared:
+//!   [`MutualTls`], built on [`TlsUrls`] ([`BrokerProcess::tls_urls`]), [`round_trip`]
+//!   and [`assert_refused`].
 //!
 //! # Using running brokers instead
 //! When `POLYBRIDGE_<X>_URL` is set, [`shared`] returns that URL and starts nothing (this is
@@ -60,13 +63,17 @@ mod probe;
 mod process;
 mod server;
 mod tls;
+mod tls_checks;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
 pub use brokers::{kafka_home, BrokerProcess};
 pub use server::TestBroker;
-pub use tls::TlsFiles;
+pub use tls::{test_certificates, TlsFiles};
+pub use tls_checks::{
+    assert_refused, round_trip, with_options, MutualTls, MutualTlsChecked, TlsUrls, TLS_WAIT,
+};
 
 /// The brokers the harness can start.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -316,8 +323,8 @@ pub fn private(kind: BrokerKind) -> Result<BrokerProcess, HarnessError> {
 
 /// A broker of the test's own with TLS listeners and certificates generated for it
 /// ([`BrokerProcess::start_tls`]: mutual TLS where the broker supports it). Refused when an
-/// external broker is configured for `kind`, and for ActiveMQ and Apache Kafka from
-/// `KAFKA_HOME` (no TLS variant).
+/// external broker is configured for `kind`, and for Apache Kafka from `KAFKA_HOME` (no
+/// TLS variant).
 pub fn private_tls(kind: BrokerKind) -> Result<BrokerProcess, HarnessError> {
     for e in kind.endpoints() {
         if std::env::var(kind.env_var(*e)).is_ok() {

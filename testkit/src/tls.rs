@@ -72,6 +72,21 @@ fn leaf(
     Ok((cert.pem(), key.serialize_pem()))
 }
 
+/// Test certificates ([`TlsFiles`]) in a new temporary directory, for tests that serve TLS
+/// themselves (the HTTP and WebSocket adapters' servers). The files are removed with the
+/// returned directory.
+pub fn test_certificates() -> Result<(TlsFiles, tempfile::TempDir), HarnessError> {
+    let dir = tempfile::Builder::new()
+        .prefix("polybridge-tls-")
+        .tempdir()
+        .map_err(|source| HarnessError::Io {
+            broker: "tls",
+            what: "creating a directory for test certificates".into(),
+            source,
+        })?;
+    Ok((generate(dir.path())?, dir))
+}
+
 /// Generates the certificates into `dir`.
 pub fn generate(dir: &Path) -> Result<TlsFiles, HarnessError> {
     let ca_issuer = ca("polybridge test CA")?;
@@ -111,4 +126,60 @@ pub fn generate(dir: &Path) -> Result<TlsFiles, HarnessError> {
         })?;
     }
     Ok(files)
+}
+
+/// The password of the PKCS#12 stores [`java_stores`] writes (test-only, not a secret).
+pub(crate) const JAVA_STORE_PASSWORD: &str = "polybridge";
+
+/// PKCS#12 key and trust stores for a Java broker (ActiveMQ), made from `files` in `dir`:
+/// `server.p12` (the server certificate and key, by `openssl pkcs12 -export`) and
+/// `trust.p12` (the test CA as a trusted certificate, by the JDK's `keytool`, which marks
+/// it trusted the way Java's PKCS#12 reader needs). Returns (key store, trust store).
+pub(crate) fn java_stores(
+    files: &TlsFiles,
+    dir: &Path,
+) -> Result<(PathBuf, PathBuf), HarnessError> {
+    let (keystore, truststore) = (dir.join("server.p12"), dir.join("trust.p12"));
+    let pass = format!("pass:{JAVA_STORE_PASSWORD}");
+    let mut export = std::process::Command::new("openssl");
+    export
+        .args(["pkcs12", "-export", "-name", "server", "-passout", &pass])
+        .arg("-in")
+        .arg(&files.server_cert)
+        .arg("-inkey")
+        .arg(&files.server_key)
+        .arg("-out")
+        .arg(&keystore);
+    run(export, "openssl pkcs12 -export (the server's key store)")?;
+    let _ = std::fs::remove_file(&truststore);
+    let mut import = std::process::Command::new("keytool");
+    import
+        .args(["-importcert", "-noprompt", "-alias", "polybridge-ca"])
+        .args(["-storetype", "PKCS12", "-storepass", JAVA_STORE_PASSWORD])
+        .arg("-file")
+        .arg(&files.ca)
+        .arg("-keystore")
+        .arg(&truststore);
+    run(import, "keytool -importcert (the server's trust store)")?;
+    Ok((keystore, truststore))
+}
+
+fn run(mut command: std::process::Command, what: &str) -> Result<(), HarnessError> {
+    let output = command.output().map_err(|source| HarnessError::Io {
+        broker: "tls",
+        what: format!("running {what}"),
+        source,
+    })?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(tls_error(
+            what,
+            format!(
+                "{}: {}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr).trim()
+            ),
+        ))
+    }
 }

@@ -282,3 +282,33 @@ fn kafka_tls_listener_goes_with_the_broker() {
         );
     }
 }
+
+#[test]
+fn test_certificates_are_pem_files_in_a_directory_of_their_own() {
+    let (files, dir) = polybridge_testkit::test_certificates().unwrap();
+    for path in [
+        &files.ca,
+        &files.server_cert,
+        &files.client_cert,
+        &files.other_ca,
+    ] {
+        assert!(path.starts_with(dir.path()), "{}", path.display());
+        let text = std::fs::read_to_string(path).unwrap();
+        assert!(
+            text.starts_with("-----BEGIN CERTIFICATE-----"),
+            "{}",
+            path.display()
+        );
+    }
+    for path in [&files.server_key, &files.client_key] {
+        let text = std::fs::read_to_string(path).unwrap();
+        assert!(
+            text.starts_with("-----BEGIN PRIVATE KEY-----"),
+            "{}",
+            path.display()
+        );
+    }
+    let root = dir.path().to_owned();
+    drop(dir);
+    assert!(!root.exists());
+}

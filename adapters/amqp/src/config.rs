@@ -1,4 +1,4 @@
-//! `amqp://[user:password@]host[:port][/vhost][?option=value&…]`
+//! `amqp://[user:password@]host[:port][/vhost][?option=value&…]`, and `amqps://` (TLS).
 //!
 //! See the crate documentation for every option.
 
@@ -8,8 +8,11 @@ use polybridge_core::{BrokerUrl, Error, Result};
 
 use crate::BROKER;
 
-/// The AMQP port when the URL names none.
+/// The AMQP port when an `amqp://` URL names none.
 pub const DEFAULT_PORT: u16 = 5672;
+
+/// The AMQP-over-TLS port when an `amqps://` URL names none.
+pub const DEFAULT_TLS_PORT: u16 = 5671;
 
 /// RabbitMQ's default `max_message_size` (128 MiB).
 pub const DEFAULT_MAX_PAYLOAD: usize = 128 * 1024 * 1024;
@@ -19,7 +22,7 @@ pub const DEFAULT_MAX_PAYLOAD: usize = 128 * 1024 * 1024;
 pub struct AmqpConfig {
     /// Host name or address.
     pub host: String,
-    /// Port (default 5672).
+    /// Port (default 5672; 5671 for `amqps://`).
     pub port: u16,
     /// User (default `guest`).
     pub user: String,
@@ -59,6 +62,18 @@ pub struct AmqpConfig {
     pub dead_letter_exchange: Option<String>,
     /// Exchanges, queues and bindings declared on every (re)connection.
     pub topology: Topology,
+    /// TLS (`amqps://`, or `tls=true` / a certificate option on `amqp://`), with these
+    /// certificate files.
+    pub tls: Option<TlsFiles>,
+}
+
+/// Certificate files of a TLS connection.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// CA certificates (PEM) to trust instead of the system's (`ca_file`).
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Client certificate and private key (PEM) for mutual TLS (`cert_file`, `key_file`).
+    pub client_cert: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 /// What a connection declares on connecting and again after every reconnection.
@@ -144,17 +159,19 @@ const OPTIONS: &[&str] = &[
     "declare_exchanges",
     "declare_queues",
     "declare_bindings",
+    "tls",
+    "ca_file",
+    "cert_file",
+    "key_file",
 ];
 
 impl AmqpConfig {
-    /// Reads the config from an `amqp://` URL.
+    /// Reads the config from an `amqp://` or `amqps://` URL.
     pub fn from_url(url: &BrokerUrl) -> Result<Self> {
-        if url.scheme() != "amqp" {
+        if !matches!(url.scheme(), "amqp" | "amqps") {
             return Err(Error::config(
                 BROKER,
-                format!(
-                    "expected an amqp:// URL, got {url} (amqps:// is not supported by this build)"
-                ),
+                format!("expected an amqp:// or amqps:// URL, got {url}"),
             ));
         }
         url.check_options(BROKER, OPTIONS)?;
@@ -179,9 +196,32 @@ impl AmqpConfig {
                 ));
             }
         }
+        let client_cert = match (url.option("cert_file"), url.option("key_file")) {
+            (Some(c), Some(k)) => Some((c.into(), k.into())),
+            (None, None) => None,
+            _ => {
+                return Err(Error::config(
+                    BROKER,
+                    format!("options cert_file and key_file in {url} go together"),
+                ))
+            }
+        };
+        let files = TlsFiles {
+            ca_file: url.option("ca_file").map(Into::into),
+            client_cert,
+        };
+        let tls = (url.scheme() == "amqps"
+            || url.parse_option::<bool>(BROKER, "tls")?.unwrap_or(false)
+            || files != TlsFiles::default())
+        .then_some(files);
+        let default_port = if url.scheme() == "amqps" {
+            DEFAULT_TLS_PORT
+        } else {
+            DEFAULT_PORT
+        };
         Ok(AmqpConfig {
             host,
-            port: url.port().unwrap_or(DEFAULT_PORT),
+            port: url.port().unwrap_or(default_port),
             user: url.username().unwrap_or_else(|| "guest".into()),
             password: url.password().unwrap_or_else(|| "guest".into()),
             vhost,
@@ -207,6 +247,7 @@ impl AmqpConfig {
                 .unwrap_or(Duration::from_secs(5)),
             dead_letter_exchange: url.option("dead_letter_exchange").map(str::to_owned),
             topology: topology(url)?,
+            tls,
         })
     }
 }
@@ -267,5 +308,29 @@ mod tests {
         assert!(
             AmqpConfig::from_url(&"amqp://h/?declare_bindings=onlyqueue".parse().unwrap()).is_err()
         );
+    }
+
+    #[test]
+    fn tls_urls() {
+        let c = AmqpConfig::from_url(&"amqps://h".parse().unwrap()).unwrap();
+        assert_eq!(c.port, DEFAULT_TLS_PORT);
+        assert_eq!(c.tls, Some(TlsFiles::default()));
+        let c = AmqpConfig::from_url(&"amqps://h:5999/%2f?ca_file=/c".parse().unwrap()).unwrap();
+        assert_eq!(c.port, 5999);
+        assert_eq!(
+            c.tls.and_then(|t| t.ca_file),
+            Some(std::path::PathBuf::from("/c"))
+        );
+        for url in ["amqp://h?tls=true", "amqp://h?cert_file=/c&key_file=/k"] {
+            let c = AmqpConfig::from_url(&url.parse().unwrap()).unwrap();
+            assert!(c.tls.is_some(), "{url}");
+            assert_eq!(c.port, DEFAULT_PORT, "{url}");
+        }
+        let c = AmqpConfig::from_url(&"amqp://h".parse().unwrap()).unwrap();
+        assert!(c.tls.is_none());
+        let e = AmqpConfig::from_url(&"amqps://u:secret@h?key_file=/k".parse().unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("go together") && !e.contains("secret"), "{e}");
     }
 }

@@ -75,7 +75,11 @@ impl Link {
     fn uri(&self) -> AMQPUri {
         let c = &self.config;
         AMQPUri {
-            scheme: AMQPScheme::AMQP,
+            scheme: if c.tls.is_some() {
+                AMQPScheme::AMQPS
+            } else {
+                AMQPScheme::AMQP
+            },
             authority: AMQPAuthority {
                 userinfo: AMQPUserInfo {
                     username: c.user.clone(),
@@ -96,13 +100,34 @@ impl Link {
     }
 
     /// Opens a new connection.
+    // The TLS connector closure returns lapin's `HandshakeResult`, a large error type.
+    #[allow(clippy::result_large_err)]
     async fn open(&self) -> Result<Connection> {
         let properties = ConnectionProperties::default()
             .with_connection_name("polybridge".into())
             .with_executor(tokio_executor_trait::Tokio::current())
             .with_reactor(tokio_reactor_trait::Tokio);
         let timeout = self.config.connect_timeout;
-        match tokio::time::timeout(timeout, Connection::connect_uri(self.uri(), properties)).await {
+        let connect = async {
+            match &self.config.tls {
+                None => Connection::connect_uri(self.uri(), properties).await,
+                Some(files) => {
+                    let connector = tcp_stream::RustlsConnector::from(crate::tls::client_config(
+                        files,
+                        &self.endpoint,
+                    )?);
+                    let (host, port) = (self.config.host.clone(), self.config.port);
+                    Connection::connector(
+                        self.uri(),
+                        Box::new(move |_| crate::tls::connect(&host, port, timeout, &connector)),
+                        properties,
+                    )
+                    .await
+                }
+            }
+            .map_err(|e| self.connect_error(e))
+        };
+        match tokio::time::timeout(timeout, connect).await {
             Ok(Ok(c)) => {
                 tracing::info!(broker = BROKER, endpoint = %self.endpoint, "connected");
                 if let Err(e) = self.declare_topology(&c).await {
@@ -113,7 +138,7 @@ impl Link {
                 }
                 Ok(c)
             }
-            Ok(Err(e)) => Err(self.connect_error(e)),
+            Ok(Err(e)) => Err(e),
             Err(_) => Err(Error::Connection {
                 broker: BROKER,
                 endpoint: self.endpoint.clone(),

@@ -24,8 +24,14 @@
 //!
 //! # URL
 //! `amqp://[user:password@]host[:port][/vhost][?option=value&…]`. Default port 5672, user and
-//! password `guest`, vhost `/` (write it `%2f`; an empty path is `/` too). `amqps://` is not
-//! supported by this build (lapin is compiled without TLS).
+//! password `guest`, vhost `/` (write it `%2f`; an empty path is `/` too).
+//! `amqps://…` (default port 5671) connects over TLS (rustls, TLS 1.2 and 1.3), and so does
+//! `amqp://` with `tls=true` or any certificate option. The server's certificate is checked
+//! against the URL's host and the CA file (or the system's roots); with `cert_file` and
+//! `key_file` the client presents a certificate (mutual TLS, RabbitMQ's
+//! `ssl_options.verify = verify_peer` with `fail_if_no_peer_cert = true`). Unreadable
+//! files are a configuration error naming the file. Login is still user and password
+//! (AMQP PLAIN) over the TLS connection.
 //!
 //! | option | default | meaning |
 //! |---|---|---|
@@ -43,6 +49,9 @@
 //! | `declare_exchanges` | none | `NAME:TYPE,…` durable exchanges to declare (TYPE `topic`, `direct`, `fanout`, `headers`) |
 //! | `declare_queues` | none | `NAME,…` queues to declare (with `durable`, `queue_type`, `dead_letter_exchange`) |
 //! | `declare_bindings` | none | `QUEUE:EXCHANGE:KEY,…` bindings to declare (KEY may be empty or contain `:`) |
+//! | `tls` | `false` (`true` for `amqps://`) | connect over TLS |
+//! | `ca_file` | system roots | PEM file of the CA certificates to trust instead of the system's |
+//! | `cert_file`, `key_file` | none | client certificate and private key (PEM) for mutual TLS |
 //!
 //! # Topology
 //! The `declare_*` options are declared on connecting and again after every reconnection,
@@ -155,6 +164,7 @@ mod connection;
 pub mod mapping;
 mod publisher;
 mod subscriber;
+mod tls;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::Arc;
@@ -163,7 +173,7 @@ use polybridge_core::{
     Broker, BrokerUrl, Capabilities, DeliveryGuarantee, HeaderSupport, Ordering, Result, Wildcards,
 };
 
-pub use config::{AmqpConfig, DEFAULT_MAX_PAYLOAD, DEFAULT_PORT};
+pub use config::{AmqpConfig, TlsFiles, DEFAULT_MAX_PAYLOAD, DEFAULT_PORT, DEFAULT_TLS_PORT};
 
 /// The broker name in errors and metrics.
 pub const BROKER: &str = "amqp";

@@ -1,63 +1,20 @@
-//! `https://`: the webhook server presents a certificate, the publisher trusts it through
-//! `ca_file`; without it the certificate is refused. The certificate is made by the
-//! `openssl` command (the test is skipped, saying so, where there is none).
+//! `https://`: the webhook server presents a certificate, the publisher trusts its CA
+//! through `ca_file`; without it the certificate is refused. The certificates are the test
+//! harness's (rcgen: a CA and a server certificate for `localhost`/`127.0.0.1` it signed).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
 use polybridge_core::{Deadline, Message, Publisher, Subscriber, Subscription, TopicPattern};
 use polybridge_http::HttpBroker;
 
-/// A self-signed certificate for 127.0.0.1 and localhost: (cert.pem, key.pem).
-fn certificate() -> Option<(PathBuf, PathBuf)> {
-    let dir = std::env::temp_dir().join(format!("pbt-http-tls-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
-    let status = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=localhost",
-        ])
-        .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
-        .args(["-addext", "basicConstraints=critical,CA:FALSE"])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&cert)
-        .output();
-    match status {
-        Ok(o) if o.status.success() => Some((cert, key)),
-        Ok(o) => {
-            eprintln!(
-                "skipped: openssl failed: {}",
-                String::from_utf8_lossy(&o.stderr)
-            );
-            None
-        }
-        Err(e) => {
-            eprintln!("skipped: no openssl command: {e}");
-            None
-        }
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhooks_over_https() {
-    let Some((cert, key)) = certificate() else {
-        return;
-    };
+    let (files, _dir) = polybridge_testkit::test_certificates().unwrap();
+    let (cert, key, ca) = (&files.server_cert, &files.server_key, &files.ca);
     let base = format!("https://127.0.0.1:{}/hooks", common::free_port());
     let server = HttpBroker::connect(
         &format!(
@@ -73,12 +30,8 @@ async fn webhooks_over_https() {
         .subscribe(Subscription::new(TopicPattern::parse("secure").unwrap()))
         .await
         .unwrap();
-    let trusted = HttpBroker::connect(
-        &format!("{base}?ca_file={}", cert.display())
-            .parse()
-            .unwrap(),
-    )
-    .unwrap();
+    let trusted =
+        HttpBroker::connect(&format!("{base}?ca_file={}", ca.display()).parse().unwrap()).unwrap();
     let publish = tokio::spawn(async move {
         trusted
             .publish(

@@ -3,72 +3,20 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::time::Duration;
-
-use polybridge_core::{Deadline, Message, Publisher, Subscriber, Subscription, TopicPattern};
+use polybridge_core::{Subscription, TopicPattern};
 use polybridge_mqtt::MqttBroker;
-use polybridge_testkit::{private_tls, skip_reason, BrokerKind, Endpoint};
-
-const WAIT: Duration = Duration::from_secs(15);
+use polybridge_testkit::{BrokerKind, Endpoint, MutualTls};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mutual_tls_connects_with_the_right_certificates_only() {
-    if let Some(why) = skip_reason(BrokerKind::Mosquitto) {
-        eprintln!("{why}");
-        return;
-    }
-    let server = private_tls(BrokerKind::Mosquitto).unwrap();
-    let files = server.tls_files().unwrap();
-    let base = server.tls_url(Endpoint::Mqtt).unwrap();
-    let url = format!(
-        "{base}?ca_file={}&cert_file={}&key_file={}",
-        files.ca.display(),
-        files.client_cert.display(),
-        files.client_key.display()
-    );
-    let broker = MqttBroker::connect(&url.parse().unwrap()).await.unwrap();
-    let mut stream = broker
-        .subscribe(Subscription::new(TopicPattern::literal("tls/s", '/')).group("g"))
-        .await
-        .unwrap();
-    broker
-        .publish("tls/s", Message::new("over tls"), Deadline::after(WAIT))
-        .await
-        .unwrap();
-    let d = tokio::time::timeout(WAIT, stream.next())
-        .await
-        .expect("a delivery")
-        .unwrap()
-        .unwrap();
-    assert_eq!(&d.message.payload[..], b"over tls");
-    d.ack().unwrap();
-    stream.close().await;
-
-    // No client certificate: the server requires one.
-    let no_cert = format!("{base}?ca_file={}&keep_alive=5s", files.ca.display());
-    let e = MqttBroker::connect(&no_cert.parse().unwrap())
-        .await
-        .expect_err("refused without a client certificate");
-    assert!(!e.to_string().is_empty());
-    // A CA that did not sign the server's certificate.
-    let wrong_ca = format!(
-        "{base}?ca_file={}&cert_file={}&key_file={}&keep_alive=5s",
-        files.other_ca.display(),
-        files.client_cert.display(),
-        files.client_key.display()
-    );
-    let e = MqttBroker::connect(&wrong_ca.parse().unwrap())
-        .await
-        .expect_err("an unknown server CA is refused");
-    assert!(!e.to_string().is_empty());
-    // The system roots do not know the test CA either.
-    let e = MqttBroker::connect(&format!("{base}?keep_alive=5s").parse().unwrap())
-        .await
-        .expect_err("the test CA is not a system root");
-    assert!(!e.to_string().is_empty());
-    // Plain text on the TLS port is not TLS.
-    let plain = base.replace("mqtts://", "mqtt://") + "?keep_alive=5s";
-    assert!(MqttBroker::connect(&plain.parse().unwrap()).await.is_err());
+    MutualTls::new(BrokerKind::Mosquitto, Endpoint::Mqtt)
+        .refused_with("keep_alive=5s")
+        .check(
+            Subscription::new(TopicPattern::literal("tls/s", '/')).group("g"),
+            "tls/s",
+            |url| async move { MqttBroker::connect(&url.parse().unwrap()).await },
+        )
+        .await;
 }
 
 #[test]
@@ -84,42 +32,14 @@ fn mqtts_defaults_to_port_8883_and_a_certificate_needs_its_key() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mutual_tls_with_rabbitmq_mqtt() {
-    if let Some(why) = skip_reason(BrokerKind::RabbitMq) {
-        eprintln!("{why}");
-        return;
-    }
     // `mqtt.listeners.ssl` with `ssl_options.fail_if_no_peer_cert = true`.
-    let server = private_tls(BrokerKind::RabbitMq).unwrap();
-    let files = server.tls_files().unwrap();
-    let base = server.tls_url(Endpoint::Mqtt).unwrap();
-    let url = format!(
-        "{base}?version=3.1.1&shared=false&ca_file={}&cert_file={}&key_file={}",
-        files.ca.display(),
-        files.client_cert.display(),
-        files.client_key.display()
-    );
-    let broker = MqttBroker::connect(&url.parse().unwrap()).await.unwrap();
-    let mut stream = broker
-        .subscribe(Subscription::new(TopicPattern::literal("tls/r", '/')))
-        .await
-        .unwrap();
-    broker
-        .publish("tls/r", Message::new("over tls"), Deadline::after(WAIT))
-        .await
-        .unwrap();
-    let d = tokio::time::timeout(WAIT, stream.next())
-        .await
-        .expect("a delivery")
-        .unwrap()
-        .unwrap();
-    assert_eq!(&d.message.payload[..], b"over tls");
-    d.ack().unwrap();
-    stream.close().await;
-    let no_cert = format!(
-        "{base}?version=3.1.1&keep_alive=5s&ca_file={}",
-        files.ca.display()
-    );
-    assert!(MqttBroker::connect(&no_cert.parse().unwrap())
-        .await
-        .is_err());
+    MutualTls::new(BrokerKind::RabbitMq, Endpoint::Mqtt)
+        .refused_with("version=3.1.1&keep_alive=5s")
+        .mutual_with(&["version=3.1.1", "shared=false"])
+        .check(
+            Subscription::new(TopicPattern::literal("tls/r", '/')),
+            "tls/r",
+            |url| async move { MqttBroker::connect(&url.parse().unwrap()).await },
+        )
+        .await;
 }

@@ -3,75 +3,20 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::time::Duration;
-
-use polybridge_core::{Deadline, Message, Publisher, Subscriber, Subscription, TopicPattern};
+use polybridge_core::{Subscription, TopicPattern};
 use polybridge_redis::RedisBroker;
-use polybridge_testkit::{private_tls, skip_reason, BrokerKind, Endpoint};
-
-const WAIT: Duration = Duration::from_secs(15);
+use polybridge_testkit::{BrokerKind, Endpoint, MutualTls};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mutual_tls_connects_with_the_right_certificates_only() {
-    if let Some(why) = skip_reason(BrokerKind::Redis) {
-        eprintln!("{why}");
-        return;
-    }
-    let server = private_tls(BrokerKind::Redis).unwrap();
-    let files = server.tls_files().unwrap();
-    let base = server.tls_url(Endpoint::Redis).unwrap();
-    let url = format!(
-        "{base}?ca_file={}&cert_file={}&key_file={}",
-        files.ca.display(),
-        files.client_cert.display(),
-        files.client_key.display()
-    );
-    let broker = RedisBroker::connect(&url.parse().unwrap()).await.unwrap();
-    let mut stream = broker
-        .subscribe(Subscription::new(TopicPattern::literal("tls.s", '.')).group("g"))
-        .await
-        .unwrap();
-    broker
-        .publish("tls.s", Message::new("over tls"), Deadline::after(WAIT))
-        .await
-        .unwrap();
-    let d = tokio::time::timeout(WAIT, stream.next())
-        .await
-        .expect("a delivery")
-        .unwrap()
-        .unwrap();
-    assert_eq!(&d.message.payload[..], b"over tls");
-    d.ack().unwrap();
-    stream.close().await;
-
-    // No client certificate: the server requires one.
-    let no_cert = format!("{base}?ca_file={}&connect_timeout=2s", files.ca.display());
-    let e = RedisBroker::connect(&no_cert.parse().unwrap())
-        .await
-        .err()
-        .expect("refused without a client certificate");
-    assert!(!e.to_string().is_empty());
-    // A CA that did not sign the server's certificate.
-    let wrong_ca = format!(
-        "{base}?ca_file={}&cert_file={}&key_file={}&connect_timeout=2s",
-        files.other_ca.display(),
-        files.client_cert.display(),
-        files.client_key.display()
-    );
-    let e = RedisBroker::connect(&wrong_ca.parse().unwrap())
-        .await
-        .err()
-        .expect("an unknown server CA is refused");
-    assert!(!e.to_string().is_empty());
-    // The system roots do not know the test CA either.
-    let e = RedisBroker::connect(&format!("{base}?connect_timeout=2s").parse().unwrap())
-        .await
-        .err()
-        .expect("the test CA is not a system root");
-    assert!(!e.to_string().is_empty());
-    // Plain text on the TLS port is not TLS.
-    let plain = base.replace("rediss://", "redis://") + "?connect_timeout=2s";
-    assert!(RedisBroker::connect(&plain.parse().unwrap()).await.is_err());
+    MutualTls::new(BrokerKind::Redis, Endpoint::Redis)
+        .refused_with("connect_timeout=2s")
+        .check(
+            Subscription::new(TopicPattern::literal("tls.s", '.')).group("g"),
+            "tls.s",
+            |url| async move { RedisBroker::connect(&url.parse().unwrap()).await },
+        )
+        .await;
 }
 
 #[test]
