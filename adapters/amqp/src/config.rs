@@ -67,14 +67,7 @@ pub struct AmqpConfig {
     pub tls: Option<TlsFiles>,
 }
 
-/// Certificate files of a TLS connection.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct TlsFiles {
-    /// CA certificates (PEM) to trust instead of the system's (`ca_file`).
-    pub ca_file: Option<std::path::PathBuf>,
-    /// Client certificate and private key (PEM) for mutual TLS (`cert_file`, `key_file`).
-    pub client_cert: Option<(std::path::PathBuf, std::path::PathBuf)>,
-}
+pub use polybridge_core::tls::TlsFiles;
 
 /// What a connection declares on connecting and again after every reconnection.
 /// Declarations are idempotent against identical existing topology; a conflicting one is an
@@ -196,24 +189,7 @@ impl AmqpConfig {
                 ));
             }
         }
-        let client_cert = match (url.option("cert_file"), url.option("key_file")) {
-            (Some(c), Some(k)) => Some((c.into(), k.into())),
-            (None, None) => None,
-            _ => {
-                return Err(Error::config(
-                    BROKER,
-                    format!("options cert_file and key_file in {url} go together"),
-                ))
-            }
-        };
-        let files = TlsFiles {
-            ca_file: url.option("ca_file").map(Into::into),
-            client_cert,
-        };
-        let tls = (url.scheme() == "amqps"
-            || url.parse_option::<bool>(BROKER, "tls")?.unwrap_or(false)
-            || files != TlsFiles::default())
-        .then_some(files);
+        let tls = TlsFiles::from_url(BROKER, url, &["amqps"])?;
         let default_port = if url.scheme() == "amqps" {
             DEFAULT_TLS_PORT
         } else {

@@ -112,10 +112,13 @@ impl Link {
             match &self.config.tls {
                 None => Connection::connect_uri(self.uri(), properties).await,
                 Some(files) => {
-                    let connector = tcp_stream::RustlsConnector::from(crate::tls::client_config(
-                        files,
-                        &self.endpoint,
-                    )?);
+                    let connector = tcp_stream::RustlsConnector::from(Arc::new(
+                        polybridge_core::tls::client_config(
+                            crate::BROKER,
+                            files,
+                            polybridge_core::tls::DefaultRoots::SystemUnlessCaFile,
+                        )?,
+                    ));
                     let (host, port) = (self.config.host.clone(), self.config.port);
                     Connection::connector(
                         self.uri(),
