@@ -406,8 +406,18 @@ impl BrokerProcess {
        xsi:schemaLocation="http://www.springframework.org/schema/beans http://www.springframework.org/schema/beans/spring-beans.xsd
        http://activemq.apache.org/schema/core http://activemq.apache.org/schema/core/activemq-core.xsd">
   <broker xmlns="http://activemq.apache.org/schema/core" brokerName="polybridge-test" useJmx="false" persistent="true" dataDirectory="{dir}/data" schedulerSupport="false">
+    <!-- Producer flow control off for queues: persistent messages are in the store anyway,
+         and once queues nobody consumes (benchmark runs) fill the memory limit ActiveMQ
+         otherwise blocks every SEND without an error (a 4 KiB publish run stalled for
+         30 s, the broker idle). Memory 64 MB (default: 70% of the 256 MB heap), so the
+         cursors' cache stays far from the heap limit; the rest is read from the store.
+         (Children of <broker> in alphabetical order, as ActiveMQ's schema wants.) -->
+    <destinationPolicy><policyMap><policyEntries>
+      <policyEntry queue=">" producerFlowControl="false"/>
+    </policyEntries></policyMap></destinationPolicy>
     <persistenceAdapter><kahaDB directory="{dir}/data/kahadb"/></persistenceAdapter>
-{ssl_context}    <transportConnectors>
+{ssl_context}    <systemUsage><systemUsage><memoryUsage><memoryUsage limit="64 mb"/></memoryUsage></systemUsage></systemUsage>
+    <transportConnectors>
       <transportConnector name="stomp" uri="stomp://127.0.0.1:{port}?transport.closeAsync=false"/>
 {ssl_connector}    </transportConnectors>
   </broker>

@@ -2,10 +2,12 @@
 //!
 //! Two tasks per subscription. The reader, on a connection of its own, claims the entries of
 //! dead consumers (`XAUTOCLAIM`) and blocks in `XREADGROUP … >`, always for as many entries
-//! as there are free in-flight slots (a semaphore). The pump owns everything else: it hands
-//! out deliveries, applies settlements sent to it over a bounded channel (`XACK`, `XCLAIM` to
-//! redeliver, dead-lettering), redelivers nacked entries after their delay, and keeps held
-//! entries from looking idle. No lock on the hot path.
+//! as there are free in-flight slots (a semaphore); when few are free it waits up to
+//! [`BATCH_WAIT`] for a quarter of the window, so reads under load fetch batches rather than
+//! an entry or two per round trip. The pump owns everything else: it hands out deliveries,
+//! applies settlements sent to it over a bounded channel (the acks queued at once in one
+//! `XACK`, `XCLAIM` to redeliver, dead-lettering), redelivers nacked entries after their
+//! delay, and keeps held entries from looking idle. No lock on the hot path.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -76,6 +78,7 @@ pub(crate) async fn subscribe(
             consumer: consumer.clone(),
             block: broker.config.block,
             claim_idle: broker.config.claim_idle,
+            batch: (max_in_flight / 4).max(1),
         },
         permits.clone(),
         entries_tx,
@@ -148,7 +151,12 @@ struct Reader {
     consumer: String,
     block: Duration,
     claim_idle: Duration,
+    /// Free slots a read waits for (at most [`BATCH_WAIT`]) when fewer are free.
+    batch: usize,
 }
+
+/// How long a read waits for [`Reader::batch`] free slots before reading with fewer.
+const BATCH_WAIT: Duration = Duration::from_millis(2);
 
 /// Reads new entries, and every `claim_idle / 2` first claims abandoned ones, always for at
 /// most as many entries as there are free in-flight slots. Sends each with its attempt.
@@ -174,6 +182,25 @@ async fn read_loop(
         while let Ok(p) = permits.try_acquire() {
             p.forget();
             count += 1;
+        }
+        // Under load slots free one by one as sinks confirm; reading each time one is free
+        // would fetch an entry or two per round trip. Wait briefly for a batch of slots
+        // (bounded, so a subscriber that holds most of its window still gets entries).
+        if count < reader.batch {
+            let more = u32::try_from(reader.batch - count).unwrap_or(u32::MAX);
+            tokio::select! {
+                _ = stop.changed() => return,
+                got = tokio::time::timeout(BATCH_WAIT, permits.acquire_many(more)) => {
+                    if let Ok(Ok(p)) = got {
+                        p.forget();
+                        count = reader.batch;
+                    }
+                }
+            }
+            while let Ok(p) = permits.try_acquire() {
+                p.forget();
+                count += 1;
+            }
         }
         if Instant::now() >= next_claim {
             next_claim = Instant::now() + (reader.claim_idle / 2).max(Duration::from_millis(50));
@@ -355,7 +382,14 @@ impl Pump {
             tokio::select! {
                 biased;
                 _ = &mut close => break,
-                Some((token, settlement)) = settlements.recv() => self.settle(token, settlement).await,
+                Some(first) = settlements.recv() => {
+                    // Everything already queued settles together: one `XACK` for all acks.
+                    let mut batch = vec![first];
+                    while let Ok(next) = settlements.try_recv() {
+                        batch.push(next);
+                    }
+                    self.settle_batch(batch).await;
+                }
                 Some(((id, fields), attempt)) = entries.recv() => {
                     if !self.hand_out(id, fields, attempt).await {
                         break;
@@ -429,6 +463,37 @@ impl Pump {
             },
         );
         self.deliveries.send(Ok(delivery)).await.is_ok()
+    }
+
+    /// Settles a batch: other settlements one by one, then every ack in one `XACK`; the
+    /// acked slots are freed after it.
+    async fn settle_batch(&mut self, batch: Vec<(u64, Settlement)>) {
+        let mut acks = Vec::new();
+        for (token, settlement) in batch {
+            match settlement {
+                Settlement::Ack => {
+                    if let Some(held) = self.held.remove(&token) {
+                        acks.push(held.entry_id);
+                    }
+                }
+                other => self.settle(token, other).await,
+            }
+        }
+        if acks.is_empty() {
+            return;
+        }
+        let acked: redis::RedisResult<Value> = redis::cmd("XACK")
+            .arg(&self.key)
+            .arg(&self.group)
+            .arg(&acks)
+            .query_async(&mut self.connection)
+            .await;
+        let n = acks.len();
+        if let Err(e) = acked {
+            tracing::warn!(broker = BROKER, key = %self.key, entries = n, error = %e, "XACK failed; retrying");
+            self.unacked.extend(acks);
+        }
+        self.permits.add_permits(n);
     }
 
     async fn settle(&mut self, token: u64, settlement: Settlement) {
