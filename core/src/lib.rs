@@ -14,6 +14,7 @@
 //! This crate holds no broker code. Adapters live in `polybridge-<broker>` crates; the
 //! `polybridge` crate re-exports this one and picks an adapter from a URL.
 
+pub mod basic_auth;
 pub mod broker;
 pub mod capabilities;
 pub mod deadline;
@@ -28,6 +29,7 @@ pub mod tls;
 pub mod topic;
 pub mod url;
 
+pub use basic_auth::BasicAuth;
 pub use broker::Broker;
 pub use capabilities::{Capabilities, DeliveryGuarantee, HeaderSupport, Ordering, Wildcards};
 pub use deadline::{parse_duration, Deadline};

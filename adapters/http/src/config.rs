@@ -1,9 +1,9 @@
-//! `http://host[:port][/base]?option=value&…`: where publishes go and where the webhook
-//! server listens.
+//! `http[s]://[user:password@]host[:port][/base]?option=value&…`: where publishes go and
+//! where the webhook server listens.
 
 use std::time::Duration;
 
-use polybridge_core::{BrokerUrl, Error, Result};
+use polybridge_core::{BasicAuth, BrokerUrl, Error, Result};
 
 use crate::BROKER;
 
@@ -59,6 +59,9 @@ pub struct HttpConfig {
     pub max_payload: usize,
     /// `publish=queue`: most messages queued or being sent (`queue_size`).
     pub queue_size: usize,
+    /// `user:password@` of the URL: HTTP Basic credentials the publisher sends and the
+    /// webhook server requires (`Debug` redacts the password).
+    pub auth: Option<BasicAuth>,
 }
 
 const OPTIONS: &[&str] = &[
@@ -91,12 +94,6 @@ impl HttpConfig {
             }
         };
         url.check_options(BROKER, OPTIONS)?;
-        if url.username().is_some() || url.password().is_some() {
-            return Err(Error::unsupported(
-                BROKER,
-                format!("credentials in the URL {url}: authentication is not implemented"),
-            ));
-        }
         let host = url
             .host()
             .filter(|h| !h.is_empty())
@@ -146,6 +143,7 @@ impl HttpConfig {
                 .parse_option(BROKER, "max_payload")?
                 .unwrap_or(DEFAULT_MAX_PAYLOAD),
             queue_size: url.parse_option(BROKER, "queue_size")?.unwrap_or(1024),
+            auth: BasicAuth::from_url(url),
         };
         if !tls
             && (config.tls_cert.is_some() || config.tls_key.is_some() || config.ca_file.is_some())
@@ -215,7 +213,15 @@ mod tests {
         assert!(e.to_string().contains("https://"), "{e}");
         let e = HttpConfig::from_url(&"https://h?tls_cert=c.pem".parse().unwrap()).unwrap_err();
         assert!(e.to_string().contains("together"), "{e}");
-        let e = HttpConfig::from_url(&"http://u:secret@h".parse().unwrap()).unwrap_err();
+        let c = HttpConfig::from_url(&"https://u:secret@h/x".parse().unwrap()).unwrap();
+        assert_eq!(c.auth, Some(BasicAuth::new("u", "secret")));
+        assert_eq!(c.base, "https://h:443/x");
+        let debug = format!("{c:?}");
+        assert!(
+            debug.contains("\"u\"") && !debug.contains("secret"),
+            "{debug}"
+        );
+        let e = HttpConfig::from_url(&"http://u:secret@h?x=1".parse().unwrap()).unwrap_err();
         assert!(!e.to_string().contains("secret"), "{e}");
     }
 }

@@ -22,7 +22,7 @@
 //! ```
 //!
 //! # URL
-//! `http[s]://host[:port][/base][?option=value&…]`. Publishing POSTs to
+//! `http[s]://[user:password@]host[:port][/base][?option=value&…]`. Publishing POSTs to
 //! `http[s]://host:port/base/<destination>`; subscribing serves `POST /base/<topic>` on
 //! `host:port` (or `listen`). One URL therefore names both ends of a webhook: two
 //! processes with the same URL, one subscribing and one publishing, talk to each other.
@@ -41,12 +41,20 @@
 //! | `max_payload` | 4 MiB | largest body sent or accepted |
 //! | `ca_file` | — | `https`: PEM certificates trusted besides the Mozilla roots (webpki-roots) |
 //! | `tls_cert`, `tls_key` | — | `https`: PEM certificate chain and private key the webhook server presents (needed to serve `https`) |
+//! | `user:password@` | — | HTTP Basic auth (RFC 7617): publishes send `Authorization: Basic …`; the webhook server answers every request without these credentials `401` with `WWW-Authenticate: Basic realm="polybridge"` |
 //!
 //! `https://host[:443]/base` speaks TLS on both ends (rustls, ring provider): publishes
 //! verify the receiver's certificate against the Mozilla roots and `ca_file`; the webhook
-//! server serves TLS with `tls_cert`/`tls_key`. Credentials in the URL are refused (no
-//! authentication yet: put the webhook behind a proxy that checks them, or use a secret
-//! path as `base`).
+//! server serves TLS with `tls_cert`/`tls_key`.
+//!
+//! Credentials in the URL (`https://user:password@host/base`, percent-encoded) are HTTP
+//! Basic auth on both ends: the publisher sends them with every POST; the webhook server
+//! requires them on every request, compares them in constant time, and answers a request
+//! without them or with others `401` (logged with the peer and counted,
+//! [`HttpBroker::unauthorized_requests`]; never the password). A publisher answered 401
+//! gets [`Error::Auth`] at once, without retries. Basic auth sends the password only
+//! base64-encoded: use it over `https://`. `Debug` of the config and every error show
+//! the user, never the password.
 //!
 //! # Webhook in (subscribe)
 //! The first `subscribe` binds the server; it serves until the [`HttpBroker`] is dropped.
@@ -77,6 +85,7 @@
 //! | no subscription matches the topic | `503`, `retry-after: 1` |
 //! | body over `max_payload` | `413` |
 //! | a path outside `/base/`, another method | `404`, `405` |
+//! | the URL has credentials and the request does not carry them | `401` |
 //!
 //! So delivery is **at least once only through the sender's retries**: a sender that
 //! retries on 5xx (as this adapter's publisher does) gets redelivery on nack, a delay on
@@ -100,7 +109,8 @@
 //! `publish` POSTs to `<base>/<destination>` (percent-encoded) with the message headers of
 //! [`mapping`] and retries with backoff until a 2xx:
 //! 2xx = confirmed (an empty [`Receipt`]); 413 =
-//! [`Error::PayloadTooLarge`]; 4xx other than 408/429 = [`Error::Permanent`]; 408, 429,
+//! [`Error::PayloadTooLarge`]; 401 = [`Error::Auth`]; 4xx other than 408/429 =
+//! [`Error::Permanent`]; 408, 429,
 //! 5xx, network errors and per-request timeouts are retried, honouring `retry-after`.
 //! Past the deadline the call fails with [`Error::Timeout`]. Each retry sends
 //! `x-pb-attempt` one higher.
@@ -145,6 +155,7 @@
 //! [`Capabilities::confirmed_publish`]: polybridge_core::Capabilities::confirmed_publish
 //! [`Error::PayloadTooLarge`]: polybridge_core::Error::PayloadTooLarge
 //! [`Error::Connection`]: polybridge_core::Error::Connection
+//! [`Error::Auth`]: polybridge_core::Error::Auth
 //! [`Error::Permanent`]: polybridge_core::Error::Permanent
 //! [`Error::Timeout`]: polybridge_core::Error::Timeout
 
@@ -221,6 +232,14 @@ impl HttpBroker {
     /// The address the webhook server listens on, binding it now if no subscription has.
     pub async fn local_addr(&self) -> Result<SocketAddr> {
         Ok(self.server().await?.local_addr)
+    }
+
+    /// Requests the webhook server answered `401` (missing or wrong credentials) so far;
+    /// 0 while it is not bound.
+    pub fn unauthorized_requests(&self) -> u64 {
+        self.server
+            .get()
+            .map_or(0, |s| s.state.unauthorized.load(AtomicOrdering::Relaxed))
     }
 
     /// The config read from the URL.

@@ -4,6 +4,7 @@
 //! |---|---|
 //! | 2xx | confirmed |
 //! | 413 | [`Error::PayloadTooLarge`], not retried |
+//! | 401 | [`Error::Auth`] (credentials missing or refused), not retried |
 //! | 408, 429, 5xx, connection error, no answer within `request_timeout` | transient: retried after `x-pb-retry-after-ms` or `retry-after` if the server sent one, else after the backoff |
 //! | other 4xx | [`Error::Permanent`] with the status and the start of the body |
 
@@ -16,7 +17,7 @@ use std::task::{Context, Poll};
 
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, SizeHint};
-use hyper::header::RETRY_AFTER;
+use hyper::header::{HeaderValue, AUTHORIZATION, RETRY_AFTER};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
@@ -207,6 +208,23 @@ impl Sender {
             }
         };
         *request.headers_mut() = mapping::to_headers(message, attempt);
+        if let Some(auth) = &self.config.auth {
+            match HeaderValue::from_str(auth.header_value()) {
+                Ok(mut value) => {
+                    value.set_sensitive(true);
+                    request.headers_mut().insert(AUTHORIZATION, value);
+                }
+                Err(_) => {
+                    return Attempt::Done(Err(Error::config(
+                        BROKER,
+                        format!(
+                            "the credentials of user {:?} do not fit an HTTP header",
+                            auth.user()
+                        ),
+                    )))
+                }
+            }
+        }
         let limit = (Instant::now() + self.config.request_timeout).min(until);
         let response = match tokio::time::timeout_at(limit, self.client.request(request)).await {
             Ok(Ok(r)) => r,
@@ -270,6 +288,20 @@ async fn classify(
             limit: config
                 .max_payload
                 .min(message.payload.len().saturating_sub(1)),
+        }));
+    }
+    if status == StatusCode::UNAUTHORIZED {
+        let reason = match &config.auth {
+            Some(auth) => format!(
+                "POST {uri} answered {status}: the password of user {:?} was refused",
+                auth.user()
+            ),
+            None => format!("POST {uri} answered {status}: the receiver wants credentials (user:password@ in the URL)"),
+        };
+        return Attempt::Done(Err(Error::Auth {
+            broker: BROKER,
+            endpoint: config.base.clone(),
+            reason,
         }));
     }
     if status == StatusCode::REQUEST_TIMEOUT

@@ -11,7 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
-use hyper::header::{HeaderValue as HttpValue, RETRY_AFTER};
+use hyper::header::{HeaderValue as HttpValue, AUTHORIZATION, RETRY_AFTER, WWW_AUTHENTICATE};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use polybridge_core::{well_known, Error, Message, Result, Settlement, TopicPattern};
@@ -54,6 +54,8 @@ pub(crate) struct State {
     pub config: Arc<HttpConfig>,
     groups: RwLock<Vec<Arc<Group>>>,
     next_private: AtomicU64,
+    /// Requests answered 401 (missing or wrong credentials).
+    pub unauthorized: AtomicU64,
 }
 
 /// The bound server; dropping it stops accepting connections.
@@ -116,6 +118,7 @@ impl Server {
             config,
             groups: RwLock::new(Vec::new()),
             next_private: AtomicU64::new(0),
+            unauthorized: AtomicU64::new(0),
         });
         let accept = tokio::spawn(accept_loop(listener, state.clone(), acceptor));
         tracing::info!(listen = %local_addr, "http: webhook server listening");
@@ -145,7 +148,7 @@ async fn accept_loop(
         let acceptor = acceptor.clone();
         tokio::spawn(async move {
             let _ = stream.set_nodelay(true);
-            let service = hyper::service::service_fn(move |req| handle(state.clone(), req));
+            let service = hyper::service::service_fn(move |req| handle(state.clone(), peer, req));
             let http = hyper::server::conn::http1::Builder::new();
             let served = match acceptor {
                 None => http.serve_connection(TokioIo::new(stream), service).await,
@@ -182,10 +185,32 @@ fn retry_later(status: StatusCode, delay: Duration, body: String) -> Response<Fu
     r
 }
 
+/// `401` with the `Basic realm="polybridge"` challenge.
+fn unauthorized() -> Response<Full<Bytes>> {
+    let mut r = answer(
+        StatusCode::UNAUTHORIZED,
+        "polybridge webhook: missing or wrong credentials (HTTP Basic)\n",
+    );
+    r.headers_mut().insert(
+        WWW_AUTHENTICATE,
+        HttpValue::from_static(polybridge_core::basic_auth::CHALLENGE),
+    );
+    r
+}
+
 async fn handle(
     state: Arc<State>,
+    peer: SocketAddr,
     req: Request<Incoming>,
 ) -> std::result::Result<Response<Full<Bytes>>, Infallible> {
+    if let Some(auth) = &state.config.auth {
+        let given = req.headers().get(AUTHORIZATION).map(HttpValue::as_bytes);
+        if !auth.matches(given) {
+            let refused = state.unauthorized.fetch_add(1, Ordering::Relaxed) + 1;
+            tracing::warn!(%peer, path = req.uri().path(), credentials = given.is_some(), refused, "http: request without valid credentials answered 401");
+            return Ok(unauthorized());
+        }
+    }
     if req.method() != Method::POST {
         return Ok(answer(
             StatusCode::METHOD_NOT_ALLOWED,
