@@ -12,7 +12,10 @@ use polybridge_core::{AckHandle, Acknowledger, Delivery, DeliveryInfo, Error, Re
 use serde_json::{json, Map, Value as Json};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, oneshot};
-use tokio_tungstenite::tungstenite::Message as Frame;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::header::{HeaderValue, AUTHORIZATION};
+use tokio_tungstenite::tungstenite::http::StatusCode;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message as Frame};
 use tokio_tungstenite::WebSocketStream;
 
 use crate::config::WsConfig;
@@ -118,9 +121,41 @@ pub(crate) async fn dial(config: &WsConfig, endpoint: &str) -> Result<(Ws, Json)
     } else {
         Box::new(tcp)
     };
-    let (mut ws, _) = tokio_tungstenite::client_async(config.endpoint.as_str(), stream)
-        .await
-        .map_err(|e| connection_error(e.to_string()))?;
+    let mut request = config
+        .endpoint
+        .as_str()
+        .into_client_request()
+        .map_err(|e| Error::config(BROKER, format!("{endpoint}: {e}")))?;
+    if let Some(auth) = &config.auth {
+        let mut value = HeaderValue::from_str(auth.header_value()).map_err(|_| {
+            Error::config(
+                BROKER,
+                format!(
+                    "the credentials of user {:?} do not fit an HTTP header",
+                    auth.user()
+                ),
+            )
+        })?;
+        value.set_sensitive(true);
+        request.headers_mut().insert(AUTHORIZATION, value);
+    }
+    let (mut ws, _) = match tokio_tungstenite::client_async(request, stream).await {
+        Ok(ok) => ok,
+        Err(WsError::Http(response)) if response.status() == StatusCode::UNAUTHORIZED => {
+            return Err(Error::Auth {
+                broker: BROKER,
+                endpoint: endpoint.to_owned(),
+                reason: match &config.auth {
+                    Some(auth) => format!(
+                        "the hub answered the upgrade 401: the password of user {:?} was refused",
+                        auth.user()
+                    ),
+                    None => "the hub answered the upgrade 401: it wants credentials (user:password@ in the URL)".into(),
+                },
+            })
+        }
+        Err(e) => return Err(connection_error(e.to_string())),
+    };
     loop {
         match ws.next().await {
             Some(Ok(Frame::Text(t))) => {
@@ -198,6 +233,13 @@ pub(crate) async fn run(
                 },
                 _ = &mut sleep => match dial(&config, &endpoint).await {
                     Ok((ws, _)) => break ws,
+                    Err(e @ Error::Auth { .. }) => {
+                        // Credentials changed on the hub: keep trying (they may be
+                        // restored) but say so loudly.
+                        tracing::error!(%endpoint, error = %e, "websocket: reconnect refused");
+                        backoff = Duration::from_secs(2);
+                        sleep.as_mut().reset(tokio::time::Instant::now() + backoff);
+                    }
                     Err(e) => {
                         tracing::debug!(%endpoint, error = %e, "websocket: reconnect failed");
                         backoff = (backoff * 2).min(Duration::from_secs(2));

@@ -1,8 +1,8 @@
-//! `ws[s]://host:port[/path][?connect_timeout=5s&serve=true&max_payload=BYTES&ca_file=…&tls_cert=…&tls_key=…]`
+//! `ws[s]://[user:password@]host:port[/path][?connect_timeout=5s&serve=true&max_payload=BYTES&ca_file=…&tls_cert=…&tls_key=…]`
 
 use std::time::Duration;
 
-use polybridge_core::{BrokerUrl, Error, Result};
+use polybridge_core::{BasicAuth, BrokerUrl, Error, Result};
 
 use crate::BROKER;
 
@@ -30,6 +30,9 @@ pub struct WsConfig {
     pub serve: Option<String>,
     /// `serve=true`: the in-memory backend's largest payload (`max_payload`).
     pub max_payload: Option<usize>,
+    /// `user:password@` of the URL: HTTP Basic credentials a client sends with its upgrade
+    /// request and a hub (`serve=true`) requires (`Debug` redacts the password).
+    pub auth: Option<BasicAuth>,
 }
 
 impl WsConfig {
@@ -56,12 +59,6 @@ impl WsConfig {
                 "tls_key",
             ],
         )?;
-        if url.username().is_some() || url.password().is_some() {
-            return Err(Error::unsupported(
-                BROKER,
-                format!("credentials in the URL {url}: the hub has no authentication yet"),
-            ));
-        }
         let host = url
             .host()
             .filter(|h| !h.is_empty())
@@ -109,6 +106,7 @@ impl WsConfig {
             tls_key,
             serve: serve.then(|| format!("{host}:{port}")),
             max_payload,
+            auth: BasicAuth::from_url(url),
             endpoint: format!(
                 "{}://{host}:{port}{}",
                 if tls { "wss" } else { "ws" },
@@ -155,5 +153,15 @@ mod tests {
         );
         let e = WsConfig::from_url(&"wss://h?serve=true".parse().unwrap()).unwrap_err();
         assert!(e.to_string().contains("tls_cert"), "{e}");
+        let c = WsConfig::from_url(&"wss://u:secret@h/x".parse().unwrap()).unwrap();
+        assert_eq!(c.auth, Some(BasicAuth::new("u", "secret")));
+        assert_eq!(c.endpoint, "wss://h:443/x");
+        let debug = format!("{c:?}");
+        assert!(
+            debug.contains("\"u\"") && !debug.contains("secret"),
+            "{debug}"
+        );
+        let e = WsConfig::from_url(&"ws://u:secret@h?x=1".parse().unwrap()).unwrap_err();
+        assert!(!e.to_string().contains("secret"), "{e}");
     }
 }

@@ -9,17 +9,22 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use polybridge_core::{
-    Broker, BrokerUrl, Deadline, Delivery, Error, Result, StartPosition, Subscription, TopicPattern,
+    BasicAuth, Broker, BrokerUrl, Deadline, Delivery, Error, Result, StartPosition, Subscription,
+    TopicPattern,
 };
 use serde_json::{json, Map, Value as Json};
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::http::header::{HeaderValue, AUTHORIZATION, WWW_AUTHENTICATE};
+use tokio_tungstenite::tungstenite::http::StatusCode;
 use tokio_tungstenite::tungstenite::Message as Frame;
 
 use crate::mapping;
@@ -36,6 +41,7 @@ pub struct WsHub {
     accept: JoinHandle<()>,
     shutdown: watch::Sender<bool>,
     tls: bool,
+    unauthorized: Arc<AtomicU64>,
 }
 
 impl Drop for WsHub {
@@ -48,7 +54,22 @@ impl Drop for WsHub {
 impl WsHub {
     /// Serves `backend` on `addr` (`host:port`; port 0 picks a free one).
     pub async fn bind(addr: &str, backend: Arc<dyn Broker>) -> Result<WsHub> {
-        WsHub::bind_with(addr, backend, None).await
+        WsHub::bind_with(addr, backend, None, None).await
+    }
+
+    /// Serves `backend` on `addr` like [`WsHub::bind`] (`tls`: `Some((cert_file,
+    /// key_file))` serves `wss://` like [`WsHub::bind_tls`]), refusing every upgrade
+    /// request that does not carry `auth` as HTTP Basic credentials with `401` and
+    /// `WWW-Authenticate: Basic realm="polybridge"` ([`WsHub::unauthorized_requests`]
+    /// counts them). Serve it over TLS: Basic auth sends the password base64-encoded.
+    pub async fn bind_authenticated(
+        addr: &str,
+        backend: Arc<dyn Broker>,
+        auth: BasicAuth,
+        tls: Option<(&str, &str)>,
+    ) -> Result<WsHub> {
+        let acceptor = tls.map(|(cert, key)| acceptor(cert, key)).transpose()?;
+        WsHub::bind_with(addr, backend, acceptor, Some(auth)).await
     }
 
     /// Serves `backend` over `wss://` on `addr`, presenting the PEM certificate chain
@@ -59,19 +80,15 @@ impl WsHub {
         cert_file: &str,
         key_file: &str,
     ) -> Result<WsHub> {
-        let acceptor =
-            tokio_rustls::TlsAcceptor::from(Arc::new(polybridge_core::tls::server_config(
-                crate::BROKER,
-                ("tls_cert", cert_file.as_ref()),
-                ("tls_key", key_file.as_ref()),
-            )?));
-        WsHub::bind_with(addr, backend, Some(acceptor)).await
+        let acceptor = acceptor(cert_file, key_file)?;
+        WsHub::bind_with(addr, backend, Some(acceptor), None).await
     }
 
     async fn bind_with(
         addr: &str,
         backend: Arc<dyn Broker>,
         acceptor: Option<tokio_rustls::TlsAcceptor>,
+        auth: Option<BasicAuth>,
     ) -> Result<WsHub> {
         let listener = TcpListener::bind(addr)
             .await
@@ -89,11 +106,16 @@ impl WsHub {
         })?;
         let (shutdown, shutdown_rx) = watch::channel(false);
         let tls = acceptor.is_some();
+        let unauthorized = Arc::new(AtomicU64::new(0));
         let accept = tokio::spawn(accept_loop(
             listener,
             backend.clone(),
             shutdown_rx,
             acceptor,
+            Gate {
+                auth: auth.map(Arc::new),
+                unauthorized: unauthorized.clone(),
+            },
         ));
         tracing::info!(listen = %local_addr, backend = backend.name(), "websocket: hub listening");
         Ok(WsHub {
@@ -102,6 +124,7 @@ impl WsHub {
             accept,
             shutdown,
             tls,
+            unauthorized,
         })
     }
 
@@ -124,9 +147,63 @@ impl WsHub {
         format!("{scheme}://{}/", self.local_addr)
     }
 
+    /// Upgrade requests refused with `401` (missing or wrong credentials) so far.
+    pub fn unauthorized_requests(&self) -> u64 {
+        self.unauthorized.load(Ordering::Relaxed)
+    }
+
     /// The broker behind the hub.
     pub fn backend(&self) -> &Arc<dyn Broker> {
         &self.backend
+    }
+}
+
+fn acceptor(cert_file: &str, key_file: &str) -> Result<tokio_rustls::TlsAcceptor> {
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(
+        polybridge_core::tls::server_config(
+            crate::BROKER,
+            ("tls_cert", cert_file.as_ref()),
+            ("tls_key", key_file.as_ref()),
+        )?,
+    )))
+}
+
+/// Who may upgrade: everyone, or the holders of `auth`.
+#[derive(Clone)]
+struct Gate {
+    auth: Option<Arc<BasicAuth>>,
+    unauthorized: Arc<AtomicU64>,
+}
+
+impl Gate {
+    /// The handshake callback's check: the response, or `401` with the challenge.
+    fn check(
+        &self,
+        peer: SocketAddr,
+        request: &Request,
+        response: Response,
+    ) -> std::result::Result<Response, ErrorResponse> {
+        let Some(auth) = &self.auth else {
+            return Ok(response);
+        };
+        let given = request
+            .headers()
+            .get(AUTHORIZATION)
+            .map(HeaderValue::as_bytes);
+        if auth.matches(given) {
+            return Ok(response);
+        }
+        let refused = self.unauthorized.fetch_add(1, Ordering::Relaxed) + 1;
+        tracing::warn!(%peer, path = request.uri().path(), credentials = given.is_some(), refused, "websocket: upgrade without valid credentials refused with 401");
+        let mut refusal = ErrorResponse::new(Some(
+            "polybridge hub: missing or wrong credentials (HTTP Basic)\n".into(),
+        ));
+        *refusal.status_mut() = StatusCode::UNAUTHORIZED;
+        refusal.headers_mut().insert(
+            WWW_AUTHENTICATE,
+            HeaderValue::from_static(polybridge_core::basic_auth::CHALLENGE),
+        );
+        Err(refusal)
     }
 }
 
@@ -135,6 +212,7 @@ async fn accept_loop(
     backend: Arc<dyn Broker>,
     shutdown: watch::Receiver<bool>,
     acceptor: Option<tokio_rustls::TlsAcceptor>,
+    gate: Gate,
 ) {
     loop {
         match listener.accept().await {
@@ -142,12 +220,13 @@ async fn accept_loop(
                 let backend = backend.clone();
                 let shutdown = shutdown.clone();
                 let acceptor = acceptor.clone();
+                let gate = gate.clone();
                 tokio::spawn(async move {
                     let _ = stream.set_nodelay(true);
                     let served = match acceptor {
-                        None => connection(stream, backend, shutdown).await,
+                        None => connection(stream, peer, gate, backend, shutdown).await,
                         Some(acceptor) => match acceptor.accept(stream).await {
-                            Ok(tls) => connection(tls, backend, shutdown).await,
+                            Ok(tls) => connection(tls, peer, gate, backend, shutdown).await,
                             Err(e) => Err(format!("TLS handshake: {e}")),
                         },
                     };
@@ -183,13 +262,16 @@ struct Sub {
 
 async fn connection<S>(
     stream: S,
+    peer: SocketAddr,
+    gate: Gate,
     backend: Arc<dyn Broker>,
     mut shutdown: watch::Receiver<bool>,
 ) -> std::result::Result<(), String>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let ws = tokio_tungstenite::accept_async(stream)
+    let check = move |request: &Request, response: Response| gate.check(peer, request, response);
+    let ws = tokio_tungstenite::accept_hdr_async(stream, check)
         .await
         .map_err(|e| format!("handshake: {e}"))?;
     let (mut sink, mut incoming) = ws.split();

@@ -38,11 +38,23 @@
 //! [`Broker::capabilities`] are the backend's, with `reconnect` true: the client's own).
 //!
 //! # URL
-//! `ws[s]://host[:port][/path][?option=value&…]`: the hub to connect to (default port 80,
-//! 443 for `wss`; the hub serves any path). `wss://` speaks TLS (rustls, ring provider):
-//! the client verifies the hub's certificate against the Mozilla roots (webpki-roots) and
-//! `ca_file`; a hub serves TLS with [`WsHub::bind_tls`] or `serve=true` with
-//! `tls_cert`/`tls_key`. Credentials in the URL are refused (no authentication yet).
+//! `ws[s]://[user:password@]host[:port][/path][?option=value&…]`: the hub to connect to
+//! (default port 80, 443 for `wss`; the hub serves any path). `wss://` speaks TLS (rustls,
+//! ring provider): the client verifies the hub's certificate against the Mozilla roots
+//! (webpki-roots) and `ca_file`; a hub serves TLS with [`WsHub::bind_tls`] or `serve=true`
+//! with `tls_cert`/`tls_key`.
+//!
+//! Credentials in the URL (`user:password@`, percent-encoded) are HTTP Basic auth (RFC
+//! 7617) of the WebSocket upgrade request: a client sends `Authorization: Basic …`; a hub
+//! with `serve=true` (or [`WsHub::bind_authenticated`]) refuses every upgrade without
+//! those credentials with `401` and `WWW-Authenticate: Basic realm="polybridge"` (compared
+//! in constant time; logged with the peer and counted, [`WsHub::unauthorized_requests`],
+//! never the password). A client refused with 401 gets [`Error::Auth`] from `connect`;
+//! if the hub refuses it later, on a reconnect, it logs an error and keeps trying every
+//! 2 s. Basic auth sends the password only base64-encoded: use it over `wss://`. A
+//! browser's `WebSocket` cannot set the header itself; it sends credentials it got from a
+//! 401 challenge of the same origin, or put the hub behind a proxy that authenticates it.
+//! `Debug` of the config and every error show the user, never the password.
 //!
 //! | option | default | meaning |
 //! |---|---|---|
@@ -51,6 +63,7 @@
 //! | `max_payload` | 8 MiB | with `serve=true`: the backend's payload limit |
 //! | `ca_file` | — | `wss`: PEM certificates trusted besides the Mozilla roots |
 //! | `tls_cert`, `tls_key` | — | `wss` with `serve=true`: the hub's PEM certificate chain and private key |
+//! | `user:password@` | — | HTTP Basic auth: sent with the upgrade; with `serve=true`, required of every client |
 //!
 //! # Semantics
 //! - `publish` sends a `publish` frame and resolves on the hub's `ok`, which the hub sends
@@ -81,6 +94,7 @@
 //!   clients reach the same topics through the hub.
 //!
 //! [`Error::Connection`]: polybridge_core::Error::Connection
+//! [`Error::Auth`]: polybridge_core::Error::Auth
 
 mod client;
 mod config;
@@ -194,9 +208,16 @@ impl WsBroker {
         let memory_url: BrokerUrl = memory.parse()?;
         let hub_backend: Arc<dyn Broker> =
             Arc::new(polybridge_memory::MemoryBroker::connect(&memory_url)?);
-        let hub = match (&config.tls_cert, &config.tls_key) {
-            (Some(cert), Some(key)) => WsHub::bind_tls(listen, hub_backend, cert, key).await?,
-            _ => WsHub::bind(listen, hub_backend).await?,
+        let tls = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => Some((cert.as_str(), key.as_str())),
+            _ => None,
+        };
+        let hub = match (&config.auth, tls) {
+            (Some(auth), tls) => {
+                WsHub::bind_authenticated(listen, hub_backend, auth.clone(), tls).await?
+            }
+            (None, Some((cert, key))) => WsHub::bind_tls(listen, hub_backend, cert, key).await?,
+            (None, None) => WsHub::bind(listen, hub_backend).await?,
         };
         // A connection of its own, so closing this broker's publisher leaves the hub's.
         let backend: Arc<dyn Broker> =

@@ -64,3 +64,60 @@ async fn a_hub_over_wss() {
     assert!(matches!(e, Error::Connection { .. }), "{e}");
     assert!(e.to_string().to_lowercase().contains("certificate"), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn basic_auth_over_wss() {
+    let (files, _dir) = polybridge_testkit::test_certificates().unwrap();
+    let (cert, key, ca) = (&files.server_cert, &files.server_key, &files.ca);
+    let port = common::free_port();
+    let served = WsBroker::connect(
+        &format!(
+            "wss://app:tls-s3cret@127.0.0.1:{port}/?serve=true&tls_cert={}&tls_key={}",
+            cert.display(),
+            key.display()
+        )
+        .parse()
+        .unwrap(),
+    )
+    .await
+    .unwrap();
+    let client = |user_info: &str| {
+        format!(
+            "wss://{user_info}127.0.0.1:{port}/?ca_file={}",
+            ca.display()
+        )
+        .parse()
+        .unwrap()
+    };
+    let good = WsBroker::connect(&client("app:tls-s3cret@"))
+        .await
+        .expect("the right password over wss");
+    let mut sub = good
+        .subscribe(Subscription::new(TopicPattern::parse("secure").unwrap()))
+        .await
+        .unwrap();
+    served
+        .publish(
+            "secure",
+            Message::new("authenticated"),
+            Deadline::after(Duration::from_secs(10)),
+        )
+        .await
+        .unwrap();
+    let d = tokio::time::timeout(Duration::from_secs(10), sub.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(&d.message.payload[..], b"authenticated");
+    d.ack().unwrap();
+    for user_info in ["app:wrong-s3cret@", ""] {
+        let e = WsBroker::connect(&client(user_info))
+            .await
+            .err()
+            .expect("refused");
+        assert!(matches!(e, Error::Auth { .. }), "{user_info:?}: {e:?}");
+        assert!(!format!("{e} {e:?}").contains("s3cret"), "{e:?}");
+    }
+    assert_eq!(served.hub().unwrap().unauthorized_requests(), 2);
+}
