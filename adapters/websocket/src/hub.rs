@@ -177,6 +177,8 @@ struct Gate {
 
 impl Gate {
     /// The handshake callback's check: the response, or `401` with the challenge.
+    // The result type is tungstenite's `Callback` signature; it runs once per connection.
+    #[allow(clippy::result_large_err)]
     fn check(
         &self,
         peer: SocketAddr,
@@ -260,6 +262,8 @@ struct Sub {
     auto_ack: bool,
 }
 
+// The handshake callback's result type is tungstenite's `Callback` signature.
+#[allow(clippy::result_large_err)]
 async fn connection<S>(
     stream: S,
     peer: SocketAddr,
