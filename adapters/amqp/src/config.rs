@@ -14,6 +14,14 @@ pub const DEFAULT_PORT: u16 = 5672;
 /// The AMQP-over-TLS port when an `amqps://` URL names none.
 pub const DEFAULT_TLS_PORT: u16 = 5671;
 
+/// The default `frame_max` proposed to the broker (32 KiB). lapin keeps two I/O buffers of
+/// 32 frames each per connection, so this bounds them to 2 MiB instead of 8 MiB with
+/// RabbitMQ's default of 128 KiB.
+pub const DEFAULT_FRAME_MAX: u32 = 32 * 1024;
+
+/// The smallest `frame_max` AMQP 0-9-1 allows (`frame-min-size`).
+pub const MIN_FRAME_MAX: u32 = 4096;
+
 /// RabbitMQ's default `max_message_size` (128 MiB).
 pub const DEFAULT_MAX_PAYLOAD: usize = 128 * 1024 * 1024;
 
@@ -54,6 +62,9 @@ pub struct AmqpConfig {
     pub dead_letter: Option<String>,
     /// `max_payload` (default 128 MiB, RabbitMQ's default `max_message_size`).
     pub max_payload: usize,
+    /// `frame_max` (default 32 KiB, at least 4096): the largest frame proposed to the broker;
+    /// the connection uses the smaller of this and the broker's limit.
+    pub frame_max: u32,
     /// `reconnect_max` (default 5s): the longest pause between two reconnection attempts.
     pub reconnect_max: Duration,
     /// `dead_letter_exchange=X`: `x-dead-letter-exchange` of group queues and declared
@@ -147,6 +158,7 @@ const OPTIONS: &[&str] = &[
     "queue_type",
     "dead_letter",
     "max_payload",
+    "frame_max",
     "reconnect_max",
     "dead_letter_exchange",
     "declare_exchanges",
@@ -195,6 +207,15 @@ impl AmqpConfig {
         } else {
             DEFAULT_PORT
         };
+        let frame_max = url
+            .parse_option(BROKER, "frame_max")?
+            .unwrap_or(DEFAULT_FRAME_MAX);
+        if frame_max < MIN_FRAME_MAX {
+            return Err(Error::config(
+                BROKER,
+                format!("option frame_max={frame_max} in {url}: AMQP requires at least {MIN_FRAME_MAX} bytes"),
+            ));
+        }
         Ok(AmqpConfig {
             host,
             port: url.port().unwrap_or(default_port),
@@ -218,6 +239,7 @@ impl AmqpConfig {
             max_payload: url
                 .parse_option(BROKER, "max_payload")?
                 .unwrap_or(DEFAULT_MAX_PAYLOAD),
+            frame_max,
             reconnect_max: url
                 .duration_option(BROKER, "reconnect_max")?
                 .unwrap_or(Duration::from_secs(5)),
@@ -308,5 +330,20 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("go together") && !e.contains("secret"), "{e}");
+    }
+
+    #[test]
+    fn frame_max_option() {
+        let c = AmqpConfig::from_url(&"amqp://h".parse().unwrap()).unwrap();
+        assert_eq!(c.frame_max, DEFAULT_FRAME_MAX);
+        let c = AmqpConfig::from_url(&"amqp://h/?frame_max=131072".parse().unwrap()).unwrap();
+        assert_eq!(c.frame_max, 131_072);
+        let c = AmqpConfig::from_url(&"amqp://h/?frame_max=4096".parse().unwrap()).unwrap();
+        assert_eq!(c.frame_max, MIN_FRAME_MAX);
+        let e = AmqpConfig::from_url(&"amqp://u:secret@h/?frame_max=4095".parse().unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("frame_max=4095") && !e.contains("secret"), "{e}");
+        assert!(AmqpConfig::from_url(&"amqp://h/?frame_max=big".parse().unwrap()).is_err());
     }
 }

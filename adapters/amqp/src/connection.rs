@@ -94,6 +94,7 @@ impl Link {
                 connection_timeout: Some(
                     u64::try_from(c.connect_timeout.as_millis()).unwrap_or(u64::MAX),
                 ),
+                frame_max: Some(c.frame_max),
                 ..AMQPQueryString::default()
             },
         }

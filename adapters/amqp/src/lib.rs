@@ -44,6 +44,7 @@
 //! | `queue_type` | broker default | `classic` or `quorum`: `x-queue-type` of group and declared queues |
 //! | `dead_letter` | none | dead-letter destination of subscriptions that name none |
 //! | `max_payload` | 128 MiB | largest payload published (RabbitMQ's default `max_message_size`) |
+//! | `frame_max` | `32768` | largest AMQP frame proposed (≥ 4096; the broker's smaller limit wins, RabbitMQ's is 131072). lapin holds 2 × 32 frames of I/O buffer per connection: 2 MiB at 32 KiB, 8 MiB at 128 KiB. A message body larger than `frame_max` − 8 is split into several body frames (a 4 KiB message still fits one frame; a 1 MiB message takes 33 frames instead of 9, each with 8 bytes of framing) |
 //! | `reconnect_max` | `5s` | longest pause between reconnection attempts |
 //! | `dead_letter_exchange` | none | `x-dead-letter-exchange` of group and declared queues (native dead-lettering, see below) |
 //! | `declare_exchanges` | none | `NAME:TYPE,…` durable exchanges to declare (TYPE `topic`, `direct`, `fanout`, `headers`) |
