@@ -566,40 +566,41 @@ async fn bridged(
     reset_peak_rss();
     let cpu0 = cpu_time();
     let t = Instant::now();
-    let bridge = Bridge::start(config, &brokers, Duration::from_secs(5))?;
+    let bridge = Bridge::start_with_acked_mark(config, &brokers, Duration::from_secs(5), n)?;
     let route = bridge
         .routes()
         .first()
         .cloned()
         .ok_or_else(|| anyhow!("no route"))?;
+    // The clock runs from the route's first delivery to the acknowledgement of the n-th,
+    // both instants recorded by the bridge itself (once each, see `RouteMetrics`):
+    // subscribing (a Kafka group join takes seconds) is not throughput, and polling the
+    // counters would add up to a poll interval to a run of a few milliseconds.
     let deadline = Instant::now() + Duration::from_secs(30).max(Duration::from_millis(n * 10));
-    // The clock starts at the first delivery: subscribing (a Kafka group join takes
-    // seconds) is not throughput.
-    let mut first: Option<Instant> = None;
-    loop {
-        if first.is_none()
-            && route
-                .metrics
-                .received
-                .load(std::sync::atomic::Ordering::Relaxed)
-                > 0
-        {
-            first = Some(Instant::now());
-        }
+    let polled_end = loop {
         let acked = route
             .metrics
             .acked
             .load(std::sync::atomic::Ordering::Relaxed);
         if acked >= n {
-            break;
+            break Instant::now();
         }
         if Instant::now() > deadline {
             bridge.stop().await;
             bail!("the bridge acknowledged {acked} of {n} messages before the deadline");
         }
         tokio::time::sleep(Duration::from_micros(500)).await;
-    }
-    let elapsed = first.map(|f| f.elapsed()).unwrap_or_else(|| t.elapsed());
+    };
+    let first = route.metrics.first_received_at.get().copied().unwrap_or(t);
+    // The mark is set before the route runs; a missing one would be a bridge bug.
+    let end = match route.metrics.acked_mark_at.get() {
+        Some(end) => *end,
+        None => {
+            eprintln!("  note: the bridge recorded no end instant; polled end used");
+            polled_end
+        }
+    };
+    let elapsed = end.saturating_duration_since(first).max(Duration::from_nanos(1));
     let cpu = cpu_time().saturating_sub(cpu0);
     let rss = peak_rss_mib();
     bridge.stop().await;

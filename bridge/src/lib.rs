@@ -96,6 +96,7 @@ pub struct Bridge {
     brokers: BTreeMap<String, ConnectedBroker>,
     table: RouteTable,
     drain: Duration,
+    acked_mark: u64,
 }
 
 /// What identifies a route's behaviour: its rules (not its line in the file) and the URLs
@@ -126,6 +127,18 @@ impl Bridge {
         brokers: &BTreeMap<String, Arc<dyn Broker>>,
         drain: Duration,
     ) -> anyhow::Result<Bridge> {
+        Self::start_with_acked_mark(config, brokers, drain, 0)
+    }
+
+    /// Like [`Bridge::start`], and each route records when its acknowledged count reaches
+    /// `acked_mark` (in `RouteMetrics::acked_mark_at`; 0: no mark). Set before any route
+    /// runs, so no acknowledgement can come before the mark (used by the benchmark).
+    pub fn start_with_acked_mark(
+        config: Config,
+        brokers: &BTreeMap<String, Arc<dyn Broker>>,
+        drain: Duration,
+        acked_mark: u64,
+    ) -> anyhow::Result<Bridge> {
         let connected = config
             .brokers
             .iter()
@@ -147,6 +160,7 @@ impl Bridge {
             brokers: connected,
             table: Arc::new(RwLock::new(Snapshot::default())),
             drain,
+            acked_mark,
         };
         for rc in config.routes {
             let r = bridge.spawn(rc)?;
@@ -163,6 +177,7 @@ impl Bridge {
             brokers: BTreeMap::new(),
             table: Arc::new(RwLock::new(Snapshot::default())),
             drain,
+            acked_mark: 0,
         };
         for (name, b) in &config.brokers {
             let broker = connect_broker(name, b).await?;
@@ -209,7 +224,7 @@ impl Bridge {
             sinks: sinks.iter().map(|s| s.broker.clone()).collect(),
             sink_metrics: sinks.into_iter().map(|s| s.metrics).collect(),
             dead_letter: dead_letter.map(|d| d.broker),
-            metrics: Arc::new(RouteMetrics::default()),
+            metrics: Arc::new(RouteMetrics::with_acked_mark(self.acked_mark)),
             instance: route::next_instance(),
         });
         let (shutdown, watcher) = watch::channel(false);

@@ -3,7 +3,8 @@
 
 use std::fmt::Write;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 /// Error kinds counted separately (from `polybridge::Error::kind`, plus the bridge's own).
 pub const ERROR_KINDS: &[&str] = &[
@@ -50,12 +51,35 @@ pub struct RouteMetrics {
     pub in_flight: AtomicI64,
     /// Whether the route's subscription is active.
     pub subscribed: AtomicBool,
+    /// When the route took its first delivery from the source (set once, by the first one).
+    pub first_received_at: OnceLock<Instant>,
+    /// An acknowledged count to timestamp (0: none), see [`RouteMetrics::acked_mark_at`].
+    pub acked_mark: AtomicU64,
+    /// When `acked` reached `acked_mark` (set once, by the delivery that reached it).
+    pub acked_mark_at: OnceLock<Instant>,
     latency_buckets: [AtomicU64; 14],
     latency_count: AtomicU64,
     latency_sum_micros: AtomicU64,
 }
 
 impl RouteMetrics {
+    /// Zeroed counters that record when `acked` reaches `mark` (0: never).
+    pub fn with_acked_mark(mark: u64) -> RouteMetrics {
+        RouteMetrics {
+            acked_mark: AtomicU64::new(mark),
+            ..RouteMetrics::default()
+        }
+    }
+
+    /// Counts one acknowledged delivery; the one that brings the count to `acked_mark`
+    /// records the instant in `acked_mark_at` (one load per delivery, one clock read once).
+    pub fn count_acked(&self) {
+        let acked = self.acked.fetch_add(1, Ordering::Relaxed) + 1;
+        if acked == self.acked_mark.load(Ordering::Relaxed) {
+            let _ = self.acked_mark_at.set(Instant::now());
+        }
+    }
+
     /// Counts an error of `kind`.
     pub fn error(&self, kind: &str) {
         let i = ERROR_KINDS

@@ -229,7 +229,9 @@ impl Route {
             handle,
         } = delivery;
         let m = &self.metrics;
-        m.received.fetch_add(1, AtomicOrdering::Relaxed);
+        if m.received.fetch_add(1, AtomicOrdering::Relaxed) == 0 {
+            let _ = m.first_received_at.set(started.into_std());
+        }
         m.in_flight.fetch_add(1, AtomicOrdering::Relaxed);
 
         // Rule match: captures, filter, and which sinks.
@@ -293,7 +295,7 @@ impl Route {
         match failed {
             None => {
                 settle(&self.config.name, handle.ack());
-                m.acked.fetch_add(1, AtomicOrdering::Relaxed);
+                m.count_acked();
                 m.observe_latency(started.elapsed());
             }
             Some(failure) => self.fail(handle, &message, &info, failure).await,
