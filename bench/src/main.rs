@@ -600,7 +600,9 @@ async fn bridged(
             polled_end
         }
     };
-    let elapsed = end.saturating_duration_since(first).max(Duration::from_nanos(1));
+    let elapsed = end
+        .saturating_duration_since(first)
+        .max(Duration::from_nanos(1));
     let cpu = cpu_time().saturating_sub(cpu0);
     let rss = peak_rss_mib();
     bridge.stop().await;
