@@ -13,6 +13,22 @@
 //! (the broker still holds it unacknowledged, and redelivers it to the session after a
 //! restart); `reject` publishes it to the dead-letter topic and acks it once that publish is
 //! confirmed.
+//!
+//! **Bounded backlog.** The session announces `max_in_flight` as its Receive Maximum (MQTT 5)
+//! or in-flight window, so a broker that keeps to it never has more than that many
+//! unacknowledged messages out. Mosquitto 2.0.11 does not keep to it while it drains a
+//! queued backlog (seen: 948 unacknowledged with a Receive Maximum of 10, ~10 000 with 256
+//! after a sink outage). The session therefore stops reading the connection while it holds
+//! [`BACKLOG_FACTOR`] × `max_in_flight` received and not yet acknowledged messages: the
+//! bounded event channel fills, the client stops reading the socket and TCP holds the rest
+//! back on the broker. Only deliveries handed to the route settle while it is paused, and
+//! those do not need the connection, so the backlog drains and reading resumes; it does not
+//! pause while a dead-letter publish waits for its confirmation (which needs the connection).
+//! Nothing the session hands the client may wait while the client is not polled, or both
+//! would wait for each other: acknowledgements are queued with `try_ack` and kept in order
+//! in `unsent_acks` until the client takes them (retried every [`ACK_RETRY`]), and a
+//! dead-letter publish the client cannot take now fails and is retried like any failed
+//! dead-letter publish.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -83,6 +99,13 @@ impl Acknowledger for SessionAcker {
     }
 }
 
+/// The session stops reading its connection while it holds this many times `max_in_flight`
+/// received, unacknowledged messages (only a broker exceeding the Receive Maximum gets there).
+pub(crate) const BACKLOG_FACTOR: usize = 2;
+
+/// How often acknowledgements the client could not take yet are offered again.
+const ACK_RETRY: Duration = Duration::from_millis(2);
+
 /// Starts a session; returns once it is connected (and subscribed, for a subscription).
 pub(crate) async fn start(
     config: &MqttConfig,
@@ -117,6 +140,9 @@ pub(crate) async fn start(
             waiting: VecDeque::new(),
             handed: 0,
             delayed: Vec::new(),
+            unsent_acks: VecDeque::new(),
+            paused: false,
+            pauses: 0,
         }),
         ready: Some(ready_tx),
         connected_before: false,
@@ -165,6 +191,23 @@ struct Subscribed {
     handed: usize,
     /// Nacked with a delay: when to hand out again.
     delayed: Vec<(Instant, u64)>,
+    /// Acknowledgements (PUBACK/PUBREC) due, in order, that the client has not taken yet
+    /// (packet ids only). Not part of the backlog bound: they leave once the client is
+    /// polled, which needs the session to go on reading.
+    unsent_acks: VecDeque<RawPublish>,
+    /// Whether reading is paused for the backlog.
+    paused: bool,
+    /// How many times reading was paused (the first pause is a warning, later ones debug).
+    pauses: u64,
+}
+
+impl Subscribed {
+    /// Whether the session holds so many received, unacknowledged messages that it should
+    /// stop reading the connection (see "Bounded backlog" above).
+    fn backlogged(&self) -> bool {
+        let limit = self.spec.max_in_flight.saturating_mul(BACKLOG_FACTOR);
+        self.arrived.len() >= limit || self.messages.len() >= limit
+    }
 }
 
 struct Session {
@@ -191,6 +234,33 @@ struct Session {
 type DeadLetterResult = (u64, Result<()>);
 
 impl Session {
+    /// Whether to stop reading the connection for now; logs when a pause starts and ends.
+    fn backlogged(&mut self) -> bool {
+        let Some(sub) = &mut self.subscription else {
+            return false;
+        };
+        let backlogged = sub.backlogged();
+        if backlogged != sub.paused {
+            sub.paused = backlogged;
+            if backlogged && sub.pauses == 0 {
+                sub.pauses += 1;
+                tracing::warn!(
+                    broker = BROKER,
+                    client_id = %self.client_id,
+                    unacknowledged = sub.arrived.len().max(sub.messages.len()),
+                    receive_maximum = sub.spec.max_in_flight,
+                    "the broker sent more unacknowledged messages than the receive maximum; not reading until the backlog drains (logged once per session)"
+                );
+            } else if backlogged {
+                sub.pauses += 1;
+                tracing::debug!(broker = BROKER, client_id = %self.client_id, pauses = sub.pauses, "backlog full again; not reading");
+            } else {
+                tracing::debug!(broker = BROKER, client_id = %self.client_id, "backlog drained; reading again");
+            }
+        }
+        backlogged
+    }
+
     async fn run(
         mut self,
         mut events: mpsc::Receiver<WireEvent>,
@@ -205,8 +275,13 @@ impl Session {
                 .subscription
                 .as_ref()
                 .and_then(|s| s.delayed.iter().map(|(at, _)| *at).min());
+            let read = !self.backlogged() || !dead_letters.is_empty();
+            let acks_unsent = self
+                .subscription
+                .as_ref()
+                .is_some_and(|s| !s.unsent_acks.is_empty());
             tokio::select! {
-                event = events.recv() => match event {
+                event = events.recv(), if read => match event {
                     Some(event) => {
                         if let Err(fatal) = self.on_event(event).await {
                             self.fail(fatal);
@@ -237,18 +312,41 @@ impl Session {
                     self.dead_lettered(token, result).await;
                 }
                 _ = sleep_until_opt(next_due) => self.hand_out_due().await,
+                _ = tokio::time::sleep(ACK_RETRY), if acks_unsent => self.flush_acks(),
             }
         }
         if let Some(sub) = &self.subscription {
             sub.spec.closed.store(true, Ordering::Release);
         }
         // DISCONNECT goes out after every ack queued before it; wait until it is written so
-        // the broker has those acks, and the connection is not reopened.
-        self.client.disconnect().await;
+        // the broker has those acks, and the connection is not reopened. Events are read
+        // (and dropped: the broker redelivers what was not acknowledged) meanwhile, so the
+        // client keeps polling and takes the acks and the DISCONNECT.
         let _ = tokio::time::timeout(wire::CLOSE_TIMEOUT + Duration::from_secs(1), async {
-            while let Some(event) = events.recv().await {
-                if matches!(event, WireEvent::DisconnectSent) {
+            loop {
+                self.flush_acks();
+                if self
+                    .subscription
+                    .as_ref()
+                    .is_none_or(|s| s.unsent_acks.is_empty())
+                {
                     break;
+                }
+                tokio::select! {
+                    event = events.recv() => if event.is_none() { break },
+                    _ = tokio::time::sleep(ACK_RETRY) => {}
+                }
+            }
+            let disconnect = self.client.disconnect();
+            tokio::pin!(disconnect);
+            let mut sent = false;
+            loop {
+                tokio::select! {
+                    _ = &mut disconnect, if !sent => sent = true,
+                    event = events.recv() => match event {
+                        Some(WireEvent::DisconnectSent) | None => break,
+                        Some(_) => {}
+                    },
                 }
             }
         })
@@ -371,6 +469,7 @@ impl Session {
                     // from the broker.
                     sub.epoch += 1;
                     sub.arrived.clear();
+                    sub.unsent_acks.clear();
                     sub.messages.clear();
                     sub.waiting.clear();
                     sub.delayed.clear();
@@ -460,6 +559,28 @@ impl Session {
             .client
             .publish(topic.clone(), qos, retain, payload, properties)
             .await
+        {
+            if let Some((_, reply, _)) = self.unassigned.pop_back() {
+                let _ = reply.send(Err(Error::transient(BROKER, topic, e)));
+            }
+        }
+    }
+
+    /// Like [`Session::publish`] without waiting for room in the client's queue: used by the
+    /// subscription's own dead-letter publishes (see the module docs); a full queue fails the
+    /// publish at once.
+    fn publish_now(
+        &mut self,
+        topic: String,
+        payload: Bytes,
+        properties: Properties,
+        qos: u8,
+        reply: oneshot::Sender<Result<()>>,
+    ) {
+        self.unassigned.push_back((qos, reply, topic.clone()));
+        if let Err(e) = self
+            .client
+            .try_publish(topic.clone(), qos, false, payload, properties)
         {
             if let Some((_, reply, _)) = self.unassigned.pop_back() {
                 let _ = reply.send(Err(Error::transient(BROKER, topic, e)));
@@ -568,7 +689,7 @@ impl Session {
         );
         match settlement {
             Settlement::Ack => {
-                self.acknowledge(token).await;
+                self.acknowledge(token);
                 self.hand_out().await;
                 None
             }
@@ -600,8 +721,7 @@ impl Session {
                 let (payload, properties) = mapping::to_mqtt(&self.config, &message);
                 let (reply_tx, reply_rx) = oneshot::channel();
                 let qos = self.qos.max(1);
-                self.publish(dead_letter, payload, properties, qos, false, reply_tx)
-                    .await;
+                self.publish_now(dead_letter, payload, properties, qos, reply_tx);
                 Some(Box::pin(async move {
                     (
                         token,
@@ -622,7 +742,7 @@ impl Session {
             return;
         }
         match result {
-            Ok(()) => self.acknowledge(token).await,
+            Ok(()) => self.acknowledge(token),
             Err(e) => {
                 tracing::warn!(broker = BROKER, error = %e, "cannot dead-letter a rejected message; handing it out again in 1s");
                 sub.delayed
@@ -631,8 +751,8 @@ impl Session {
         }
     }
 
-    /// Marks `token` settled and sends the PUBACKs that are now in order.
-    async fn acknowledge(&mut self, token: u64) {
+    /// Marks `token` settled and queues the PUBACKs that are now in order.
+    fn acknowledge(&mut self, token: u64) {
         let Some(sub) = &mut self.subscription else {
             return;
         };
@@ -643,10 +763,22 @@ impl Session {
         while sub.arrived.front().is_some_and(|(_, _, settled)| *settled) {
             if let Some((token, raw, _)) = sub.arrived.pop_front() {
                 tracing::trace!(broker = BROKER, token, "puback");
-                if let Err(e) = self.client.ack(&raw).await {
-                    tracing::warn!(broker = BROKER, error = %e, "cannot send a PUBACK; the broker redelivers the message");
-                }
+                sub.unsent_acks.push_back(raw.into_ack_only());
             }
+        }
+        self.flush_acks();
+    }
+
+    /// Hands the client the acknowledgements it will take now, in order.
+    fn flush_acks(&mut self) {
+        let Some(sub) = &mut self.subscription else {
+            return;
+        };
+        while let Some(raw) = sub.unsent_acks.front() {
+            if !self.client.try_ack(raw) {
+                break;
+            }
+            sub.unsent_acks.pop_front();
         }
     }
 }

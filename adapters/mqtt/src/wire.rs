@@ -39,6 +39,26 @@ pub enum RawPublish {
     V5(p5::Publish),
 }
 
+impl RawPublish {
+    /// What acknowledging it needs (packet id and QoS), without the topic, payload and
+    /// properties, for acknowledgements that wait for the client.
+    pub fn into_ack_only(self) -> RawPublish {
+        match self {
+            RawPublish::V4(mut p) => {
+                p.topic = String::new();
+                p.payload = Bytes::new();
+                RawPublish::V4(p)
+            }
+            RawPublish::V5(mut p) => {
+                p.topic = Bytes::new();
+                p.payload = Bytes::new();
+                p.properties = None;
+                RawPublish::V5(p)
+            }
+        }
+    }
+}
+
 /// What the connection reports.
 #[derive(Debug)]
 // `Publish` is the common, large variant; boxing it would allocate once per message.
@@ -104,6 +124,18 @@ fn qos5(q: u8) -> QoS5 {
     }
 }
 
+/// The MQTT 5 properties of an outgoing publish.
+fn publish_properties(properties: Properties) -> p5::PublishProperties {
+    p5::PublishProperties {
+        message_expiry_interval: properties.expiry,
+        response_topic: properties.response_topic,
+        correlation_data: properties.correlation,
+        user_properties: properties.user,
+        content_type: properties.content_type,
+        ..Default::default()
+    }
+}
+
 impl Client {
     /// Queues a publish; its packet id comes back as [`WireEvent::Sent`].
     pub async fn publish(
@@ -119,28 +151,55 @@ impl Client {
                 .publish_bytes(topic, qos4(qos), retain, payload)
                 .await
                 .map_err(|e| e.to_string()),
-            Client::V5(c) => {
-                let props = p5::PublishProperties {
-                    message_expiry_interval: properties.expiry,
-                    response_topic: properties.response_topic,
-                    correlation_data: properties.correlation,
-                    user_properties: properties.user,
-                    content_type: properties.content_type,
-                    ..Default::default()
-                };
-                c.publish_with_properties(topic, qos5(qos), retain, payload, props)
-                    .await
-                    .map_err(|e| e.to_string())
-            }
+            Client::V5(c) => c
+                .publish_with_properties(
+                    topic,
+                    qos5(qos),
+                    retain,
+                    payload,
+                    publish_properties(properties),
+                )
+                .await
+                .map_err(|e| e.to_string()),
         }
     }
 
-    /// Acknowledges an incoming publish (PUBACK, or PUBREC for QoS 2).
-    pub async fn ack(&self, raw: &RawPublish) -> Result<(), String> {
+    /// Queues the acknowledgement of an incoming publish (PUBACK, or PUBREC for QoS 2)
+    /// without waiting: false when the client's request queue is full (or closed), so the
+    /// caller keeps it and tries again. Never waiting matters: the client only takes
+    /// requests while its connection is polled, and the poll task waits for the session.
+    pub fn try_ack(&self, raw: &RawPublish) -> bool {
         match (self, raw) {
-            (Client::V4(c), RawPublish::V4(p)) => c.ack(p).await.map_err(|e| e.to_string()),
-            (Client::V5(c), RawPublish::V5(p)) => c.ack(p).await.map_err(|e| e.to_string()),
-            _ => Err("a publish of the other protocol version".into()),
+            (Client::V4(c), RawPublish::V4(p)) => c.try_ack(p).is_ok(),
+            (Client::V5(c), RawPublish::V5(p)) => c.try_ack(p).is_ok(),
+            // Not possible: a session's client and its publishes have one version.
+            _ => true,
+        }
+    }
+
+    /// Queues a publish without waiting (see [`Client::try_ack`]); an error when the
+    /// client's request queue is full or closed.
+    pub fn try_publish(
+        &self,
+        topic: String,
+        qos: u8,
+        retain: bool,
+        payload: Bytes,
+        properties: Properties,
+    ) -> Result<(), String> {
+        match self {
+            Client::V4(c) => c
+                .try_publish(topic, qos4(qos), retain, payload.to_vec())
+                .map_err(|e| e.to_string()),
+            Client::V5(c) => c
+                .try_publish_with_properties(
+                    topic,
+                    qos5(qos),
+                    retain,
+                    payload,
+                    publish_properties(properties),
+                )
+                .map_err(|e| e.to_string()),
         }
     }
 
@@ -182,8 +241,10 @@ pub fn connect(
         None => None,
     };
     let (tx, rx) = mpsc::channel(1024);
-    // Room for every in-flight publish plus acks, so sends rarely wait.
-    let capacity = 4096;
+    // Room for every in-flight publish plus the acks a paused session may queue (up to its
+    // backlog bound, see `session::BACKLOG_FACTOR`), so sends rarely wait.
+    let capacity =
+        4096.max(usize::from(receive_maximum) * (crate::session::BACKLOG_FACTOR + 1) + 1024);
     let packet_limit = config.max_packet_size();
 
     match config.version {

@@ -312,3 +312,43 @@ async fn wrong_credentials_are_an_auth_error() {
         "the password leaks: {error}"
     );
 }
+
+/// Mosquitto 2.0.11 sends more unacknowledged messages than the Receive Maximum while it
+/// drains a queued backlog; the session then stops reading until its own backlog drains
+/// (bounded memory). Whatever the broker does, every message arrives once, in order, and the
+/// acknowledgements keep flowing (they must never wait on a client that is not polled).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queued_backlog_arrives_whole_and_in_order_with_a_small_window() {
+    let Some(server) = Server::start() else {
+        return;
+    };
+    let topic = topic("backlog");
+    let subscriber = server
+        .connect(&format!("version=5&client_id={}", client_id("backlog-sub")))
+        .await;
+    let mut stream = subscriber
+        .subscribe(on(&topic).group("backlog").max_in_flight(8))
+        .await
+        .unwrap();
+    let publisher = server
+        .connect(&format!("version=5&client_id={}", client_id("backlog-pub")))
+        .await;
+    // Queued on the broker while the subscriber holds its first 8 unacknowledged.
+    let n = 3000;
+    ready_publish(&publisher, &topic, n).await;
+    for i in 0..n {
+        let d = next(&mut stream, &format!("message {i} of {n}")).await;
+        assert_eq!(d.message.id, format!("m{i}"), "arrival order");
+        d.ack().unwrap();
+    }
+    // Nothing is left over or sent twice.
+    publisher
+        .publish(&topic, Message::new("end").with_id("end"), deadline())
+        .await
+        .unwrap();
+    let end = next(&mut stream, "the end marker").await;
+    assert_eq!(end.message.id, "end");
+    end.ack().unwrap();
+    stream.close().await;
+    subscriber.close(deadline()).await.unwrap();
+}
