@@ -66,7 +66,10 @@
 //! can express); topic levels are `/`-separated. A QoS 1/2 message is acknowledged to the
 //! broker **only when its delivery is acked**, and PUBACKs go out in the order the messages
 //! arrived (an early ack waits for the earlier messages). At most `max_in_flight`
-//! deliveries are unsettled (MQTT 5 also tells the broker, as Receive Maximum).
+//! deliveries are unsettled (MQTT 5 also tells the broker, as Receive Maximum). A broker
+//! that sends more than that (Mosquitto 2.0.11 does, draining a queued backlog) is read no
+//! further while the subscription holds 2 × `max_in_flight` unacknowledged messages, so
+//! memory stays bounded; a warning says so once.
 //! - **nack**: MQTT has no negative acknowledgement. The adapter hands the message out again
 //!   itself (after the delay for `nack_after`), counting the attempt; the broker still holds
 //!   it unacknowledged, so if the process dies first, the broker redelivers it to the
