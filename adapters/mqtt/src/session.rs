@@ -555,15 +555,11 @@ impl Session {
     ) {
         // Queue the reply first: the packet id event cannot come before it.
         self.unassigned.push_back((qos, reply, topic.clone()));
-        if let Err(e) = self
+        let queued = self
             .client
             .publish(topic.clone(), qos, retain, payload, properties)
-            .await
-        {
-            if let Some((_, reply, _)) = self.unassigned.pop_back() {
-                let _ = reply.send(Err(Error::transient(BROKER, topic, e)));
-            }
-        }
+            .await;
+        self.fail_unqueued(topic, queued);
     }
 
     /// Like [`Session::publish`] without waiting for room in the client's queue: used by the
@@ -578,10 +574,16 @@ impl Session {
         reply: oneshot::Sender<Result<()>>,
     ) {
         self.unassigned.push_back((qos, reply, topic.clone()));
-        if let Err(e) = self
+        let queued = self
             .client
-            .try_publish(topic.clone(), qos, false, payload, properties)
-        {
+            .try_publish(topic.clone(), qos, false, payload, properties);
+        self.fail_unqueued(topic, queued);
+    }
+
+    /// When the client did not take the publish whose reply was queued last, answers that
+    /// reply with the error.
+    fn fail_unqueued(&mut self, topic: String, queued: std::result::Result<(), String>) {
+        if let Err(e) = queued {
             if let Some((_, reply, _)) = self.unassigned.pop_back() {
                 let _ = reply.send(Err(Error::transient(BROKER, topic, e)));
             }
