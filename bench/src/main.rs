@@ -18,6 +18,7 @@
 //! Allocations per message in the bridge's hot path are counted by the separate binary
 //! `polybridge-allocs` (`src/allocs.rs`).
 
+mod machine;
 mod memory;
 mod raw;
 
@@ -37,9 +38,16 @@ use serde_json::json;
 #[derive(Parser, Debug)]
 #[command(version)]
 struct Args {
-    /// Messages per throughput run.
+    /// Messages per throughput run (at least; see `--min-run-secs`).
     #[arg(long, default_value_t = 20_000)]
     messages: u64,
+    /// Fast routes get more messages, so that their slower raw run lasts about this long
+    /// (a run of a few milliseconds measures the scheduler, not the route).
+    #[arg(long, default_value_t = 1.0)]
+    min_run_secs: f64,
+    /// The most messages per throughput run (the memory broker keeps 100 000 per topic).
+    #[arg(long, default_value_t = 90_000)]
+    max_messages: u64,
     /// Rounds of (raw consume, raw publish, bridged), alternating.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
@@ -58,6 +66,9 @@ struct Args {
     /// Tiny counts, one round, no result files; exit 0 if everything ran.
     #[arg(long)]
     smoke: bool,
+    /// The route's `max_in_flight` (default: the bridge's default, 256).
+    #[arg(long)]
+    max_in_flight: Option<usize>,
     /// Where results go.
     #[arg(long, default_value = "docs/benchmarks")]
     out: std::path::PathBuf,
@@ -100,6 +111,36 @@ struct Round {
     bridged: f64,
     rss_mib: f64,
     cpu_us_per_msg: f64,
+    /// Machine CPU (all processes, brokers included) per message, µs: raw consume run.
+    machine_consume_us: f64,
+    /// … raw publish run.
+    machine_publish_us: f64,
+    /// … bridged run.
+    machine_bridged_us: f64,
+    /// Average cores busy during the bridged run.
+    bridged_busy_cores: f64,
+    /// Average cores idle waiting for the disk during the bridged run.
+    bridged_iowait_cores: f64,
+}
+
+impl Round {
+    /// min(raw consume, raw publish): the physical limit.
+    fn raw_limit(&self) -> f64 {
+        self.raw_consume.min(self.raw_publish)
+    }
+
+    /// The rate at which the machine's cores would be saturated by the two halves of a
+    /// route's work (consuming at the source, publishing to the sink: brokers and clients),
+    /// with no bridge work at all: cores / (CPU per consumed + CPU per published message).
+    fn cpu_limit(&self, cores: f64) -> f64 {
+        cores * 1e6 / (self.machine_consume_us + self.machine_publish_us)
+    }
+
+    /// Machine CPU per message of the bridged run beyond the two raw halves: the bridge's
+    /// own work (and any extra broker work the bridged run causes).
+    fn bridge_own_us(&self) -> f64 {
+        self.machine_bridged_us - self.machine_consume_us - self.machine_publish_us
+    }
 }
 
 fn main() -> Result<()> {
@@ -204,8 +245,8 @@ async fn run(args: Args) -> Result<()> {
 }
 
 /// Idle RSS of the bridge binary on the benchmark's routes, then RSS under a sink outage
-/// on Redis streams→NATS(JetStream) and MQTT(QoS1)→RabbitMQ (the sink a private broker,
-/// frozen with SIGSTOP). Routes with a skipped broker are left out.
+/// on Redis streams→NATS(JetStream), MQTT(QoS1)→RabbitMQ and Kafka→Redis streams (the sink
+/// a private broker, frozen with SIGSTOP). Routes with a skipped broker are left out.
 async fn memory_runs(
     args: &Args,
     endpoints: &mut BTreeMap<&'static str, Endpoint>,
@@ -241,6 +282,7 @@ async fn memory_runs(
     for (src, dst, bk) in [
         (Kind::Redis, Kind::JetStream, BrokerKind::Nats),
         (Kind::Mqtt, Kind::Amqp, BrokerKind::RabbitMq),
+        (Kind::Kafka, Kind::Redis, BrokerKind::Redis),
     ] {
         if !selected(src, dst) || args.outage_secs == 0 {
             continue;
@@ -355,31 +397,66 @@ async fn bench_route(
     sink: &Endpoint,
     size: usize,
 ) -> Result<serde_json::Value> {
-    let n = args.messages;
     let body = payload(size);
+    let cores = machine::cores();
+    let mut n = args.messages;
     let mut rounds = Vec::new();
-    for round in 0..args.rounds {
-        let mut r = Round {
-            raw_consume: raw_consume(source, n, &body).await.context("raw consume")?,
-            raw_publish: raw_publish(sink, n, &body).await.context("raw publish")?,
-            ..Default::default()
-        };
-        let (rate, rss, cpu) = bridged(source, sink, n, &body).await.context("bridged")?;
-        r.bridged = rate;
-        r.rss_mib = rss;
-        r.cpu_us_per_msg = cpu;
+    let mut calibrating = !args.smoke;
+    while rounds.len() < args.rounds {
+        let mut r = Round::default();
+        (r.raw_consume, r.machine_consume_us) =
+            raw_consume(source, n, &body).await.context("raw consume")?;
+        (r.raw_publish, r.machine_publish_us) =
+            raw_publish(sink, n, &body).await.context("raw publish")?;
+        if calibrating {
+            // A fast route gets more messages so its slower raw run lasts `--min-run-secs`;
+            // this round is then run again with them.
+            calibrating = false;
+            let wanted = (r.raw_limit() * args.min_run_secs).ceil() as u64;
+            let better = wanted.clamp(args.messages, args.max_messages.max(args.messages));
+            if better > n {
+                eprintln!(
+                    "  {name} {size} B: {n} messages take under {} s; using {better}",
+                    args.min_run_secs
+                );
+                n = better;
+                continue;
+            }
+        }
+        let b = bridged(source, sink, n, &body, args.max_in_flight)
+            .await
+            .context("bridged")?;
+        r.bridged = b.rate;
+        r.rss_mib = b.rss_mib;
+        r.cpu_us_per_msg = b.process_cpu_us;
+        r.machine_bridged_us = b.machine_cpu_us;
+        r.bridged_busy_cores = b.busy_cores;
+        r.bridged_iowait_cores = b.iowait_cores;
         eprintln!(
-            "  {name} {size} B round {}: raw consume {:.0}/s, raw publish {:.0}/s, bridged {:.0}/s",
-            round + 1,
+            "  {name} {size} B round {}: raw consume {:.0}/s ({:.1} µs CPU/msg), raw publish {:.0}/s ({:.1} µs), bridged {:.0}/s ({:.1} µs, {:.2} cores busy, {:.2} in iowait; CPU-bound limit {:.0}/s)",
+            rounds.len() + 1,
             r.raw_consume,
+            r.machine_consume_us,
             r.raw_publish,
-            r.bridged
+            r.machine_publish_us,
+            r.bridged,
+            r.machine_bridged_us,
+            r.bridged_busy_cores,
+            r.bridged_iowait_cores,
+            r.cpu_limit(cores),
         );
         rounds.push(r);
     }
-    let hist = latency(source, sink, size, args.latency_messages, args.rate)
-        .await
-        .context("latency")?;
+    let hist = latency(
+        source,
+        sink,
+        size,
+        args.latency_messages,
+        args.rate,
+        args.max_in_flight,
+    )
+    .await
+    .context("latency")?;
     // One-hop baselines at the same rate: raw publisher → raw subscriber on the source
     // broker, and on the sink broker.
     let hop_src = raw_latency(source, size, args.latency_messages, args.rate)
@@ -389,16 +466,14 @@ async fn bench_route(
         .await
         .context("raw latency at the sink")?;
 
-    let limits: Vec<f64> = rounds
-        .iter()
-        .map(|r| r.raw_consume.min(r.raw_publish))
-        .collect();
-    let bridged: Vec<f64> = rounds.iter().map(|r| r.bridged).collect();
-    let ratios: Vec<f64> = rounds
-        .iter()
-        .map(|r| r.bridged / r.raw_consume.min(r.raw_publish))
-        .collect();
-    let pick = |f: fn(&Round) -> f64| rounds.iter().map(f).collect::<Vec<f64>>();
+    let pick = |f: &dyn Fn(&Round) -> f64| rounds.iter().map(f).collect::<Vec<f64>>();
+    let limits = pick(&Round::raw_limit);
+    let bridged = pick(&|r| r.bridged);
+    let ratios = pick(&|r| r.bridged / r.raw_limit());
+    let cpu_limits = pick(&|r| r.cpu_limit(cores));
+    // The bridged rate against the lower of the two limits: what the route can reach on
+    // this machine, where the brokers and the bridge share the cores.
+    let ratios_reachable = pick(&|r| r.bridged / r.raw_limit().min(r.cpu_limit(cores)));
     let us = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
     let src_us = |q: f64| hop_src.value_at_quantile(q) as f64 / 1000.0;
     let dst_us = |q: f64| hop_dst.value_at_quantile(q) as f64 / 1000.0;
@@ -432,14 +507,27 @@ async fn bench_route(
         "added_lower_p50_us": added_lower(0.5),
         "added_lower_p99_us": added_lower(0.99),
         "added_lower_p999_us": added_lower(0.999),
-        "peak_rss_mib": round1(median(&pick(|r| r.rss_mib))),
-        "cpu_us_per_msg": round1(median(&pick(|r| r.cpu_us_per_msg))),
+        "peak_rss_mib": round1(median(&pick(&|r| r.rss_mib))),
+        "cpu_us_per_msg": round1(median(&pick(&|r| r.cpu_us_per_msg))),
+        "cores": cores,
+        "machine_cpu_us_per_msg": {
+            "raw_consume": round1(median(&pick(&|r| r.machine_consume_us))),
+            "raw_publish": round1(median(&pick(&|r| r.machine_publish_us))),
+            "bridged": round1(median(&pick(&|r| r.machine_bridged_us))),
+            "bridge_own": round1(median(&pick(&Round::bridge_own_us))),
+        },
+        "bridged_busy_cores": round3(median(&pick(&|r| r.bridged_busy_cores))),
+        "bridged_iowait_cores": round3(median(&pick(&|r| r.bridged_iowait_cores))),
+        "cpu_limit_msgs_per_s": median(&cpu_limits).round(),
+        "ratio_reachable": round3(median(&ratios_reachable)),
         "spread": {
-            "raw_consume_msgs_per_s": spread(&pick(|r| r.raw_consume)),
-            "raw_publish_msgs_per_s": spread(&pick(|r| r.raw_publish)),
+            "raw_consume_msgs_per_s": spread(&pick(&|r| r.raw_consume)),
+            "raw_publish_msgs_per_s": spread(&pick(&|r| r.raw_publish)),
             "raw_limit_msgs_per_s": spread(&limits),
             "bridged_msgs_per_s": spread(&bridged),
+            "cpu_limit_msgs_per_s": spread(&cpu_limits),
             "ratio": ratios.iter().map(|r| round3(*r)).collect::<Vec<_>>(),
+            "ratio_reachable": ratios_reachable.iter().map(|r| round3(*r)).collect::<Vec<_>>(),
         },
         "latency_messages": hist.len(),
     }))
@@ -469,9 +557,18 @@ fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }
 
+/// Machine CPU µs per message of `n` messages from a reading taken at the start.
+fn machine_us_per_msg(start: Option<machine::MachineCpu>, n: u64) -> f64 {
+    start
+        .and_then(|s| s.used_since(machine::cores()))
+        .map(|u| u.busy_secs * 1e6 / n as f64)
+        .unwrap_or(f64::NAN)
+}
+
 /// Raw consume rate: a subscriber is opened, the destination pre-filled with `n`
-/// messages, then the time to receive and acknowledge all `n`.
-async fn raw_consume(ep: &Endpoint, n: u64, body: &Bytes) -> Result<f64> {
+/// messages, then the time to receive and acknowledge all `n`. Returns (msg/s, machine
+/// CPU µs per message).
+async fn raw_consume(ep: &Endpoint, n: u64, body: &Bytes) -> Result<(f64, f64)> {
     let name = unique_name("rc");
     raw::prepare(ep, &name).await?;
     let mut sub = raw::subscriber(ep, &name).await?;
@@ -481,6 +578,7 @@ async fn raw_consume(ep: &Endpoint, n: u64, body: &Bytes) -> Result<f64> {
     }
     publisher.flush().await?;
     drop(publisher);
+    let cpu = machine::MachineCpu::now();
     let t = Instant::now();
     for _ in 0..n {
         tokio::time::timeout(Duration::from_secs(30), sub.next())
@@ -488,31 +586,42 @@ async fn raw_consume(ep: &Endpoint, n: u64, body: &Bytes) -> Result<f64> {
             .context("no message for 30 s")??;
     }
     let rate = n as f64 / t.elapsed().as_secs_f64();
+    let cpu_us = machine_us_per_msg(cpu, n);
     drop(sub);
     raw::cleanup(ep, &name).await;
-    Ok(rate)
+    Ok((rate, cpu_us))
 }
 
-/// Raw publish rate: `n` confirmed publishes, pipelined.
-async fn raw_publish(ep: &Endpoint, n: u64, body: &Bytes) -> Result<f64> {
+/// Raw publish rate: `n` confirmed publishes, pipelined. Returns (msg/s, machine CPU µs
+/// per message).
+async fn raw_publish(ep: &Endpoint, n: u64, body: &Bytes) -> Result<(f64, f64)> {
     let name = unique_name("rp");
     raw::prepare(ep, &name).await?;
     let mut publisher = raw::publisher(ep, &name).await?;
+    let cpu = machine::MachineCpu::now();
     let t = Instant::now();
     for _ in 0..n {
         publisher.publish(body.clone()).await?;
     }
     publisher.flush().await?;
     let rate = n as f64 / t.elapsed().as_secs_f64();
+    let cpu_us = machine_us_per_msg(cpu, n);
     drop(publisher);
     raw::cleanup(ep, &name).await;
-    Ok(rate)
+    Ok((rate, cpu_us))
 }
 
 /// The rule file of one benchmark route.
-fn rule_file(source: &Endpoint, sink: &Endpoint, src: &str, dst: &str) -> String {
+fn rule_file(
+    source: &Endpoint,
+    sink: &Endpoint,
+    src: &str,
+    dst: &str,
+    max_in_flight: Option<usize>,
+) -> String {
+    let window = max_in_flight.map_or(String::new(), |n| format!("    max_in_flight: {n}\n"));
     format!(
-        "brokers:\n  src: {{ url: \"{}\" }}\n  dst: {{ url: \"{}\" }}\nroutes:\n  - name: bench\n    from: {}\n    to:\n      - {{ broker: dst, destination: \"{}\" }}\nadmin: {{ enabled: false }}\n",
+        "brokers:\n  src: {{ url: \"{}\" }}\n  dst: {{ url: \"{}\" }}\nroutes:\n  - name: bench\n{window}    from: {}\n    to:\n      - {{ broker: dst, destination: \"{}\" }}\nadmin: {{ enabled: false }}\n",
         source.url,
         sink.url,
         source.source_yaml(src),
@@ -541,20 +650,36 @@ async fn prepare_bridge(
     Ok((config, brokers))
 }
 
+/// What one bridged run measured.
+struct BridgedRun {
+    /// Messages per second.
+    rate: f64,
+    /// Peak RSS of this process, MiB.
+    rss_mib: f64,
+    /// CPU of this process (the bridge) per message, µs.
+    process_cpu_us: f64,
+    /// CPU of the whole machine (brokers too) per message, µs.
+    machine_cpu_us: f64,
+    /// Average cores busy while the route ran.
+    busy_cores: f64,
+    /// Average cores idle waiting for the disk while the route ran.
+    iowait_cores: f64,
+}
+
 /// Bridged rate: pre-fill the source, start the bridge, time until every message was
-/// acknowledged at the source after its sink publish was confirmed. Returns (msg/s, peak
-/// RSS MiB, CPU µs per message).
+/// acknowledged at the source after its sink publish was confirmed.
 async fn bridged(
     source: &Endpoint,
     sink: &Endpoint,
     n: u64,
     body: &Bytes,
-) -> Result<(f64, f64, f64)> {
+    max_in_flight: Option<usize>,
+) -> Result<BridgedRun> {
     let src = unique_name("bs");
     let dst = unique_name("bd");
     raw::prepare(source, &src).await?;
     raw::prepare(sink, &dst).await?;
-    let yaml = rule_file(source, sink, &src, &dst);
+    let yaml = rule_file(source, sink, &src, &dst, max_in_flight);
     let (config, brokers) = prepare_bridge(&yaml).await?;
     {
         let mut publisher = raw::publisher(source, &src).await?;
@@ -577,13 +702,20 @@ async fn bridged(
     // subscribing (a Kafka group join takes seconds) is not throughput, and polling the
     // counters would add up to a poll interval to a run of a few milliseconds.
     let deadline = Instant::now() + Duration::from_secs(30).max(Duration::from_millis(n * 10));
-    let polled_end = loop {
-        let acked = route
-            .metrics
-            .acked
-            .load(std::sync::atomic::Ordering::Relaxed);
+    // The machine's CPU is read from the first poll that sees a delivery (the route's
+    // subscribe, seconds for a Kafka group join, is left out) to the one that sees the n-th
+    // acknowledgement.
+    let mut machine_start = None;
+    let (polled_end, machine_use) = loop {
+        let m = &route.metrics;
+        let acked = m.acked.load(std::sync::atomic::Ordering::Relaxed);
         if acked >= n {
-            break Instant::now();
+            let used =
+                machine_start.and_then(|s: machine::MachineCpu| s.used_since(machine::cores()));
+            break (Instant::now(), used);
+        }
+        if machine_start.is_none() && m.received.load(std::sync::atomic::Ordering::Relaxed) > 0 {
+            machine_start = machine::MachineCpu::now();
         }
         if Instant::now() > deadline {
             bridge.stop().await;
@@ -614,11 +746,14 @@ async fn bridged(
     drop(brokers);
     raw::cleanup(source, &src).await;
     raw::cleanup(sink, &dst).await;
-    Ok((
-        n as f64 / elapsed.as_secs_f64(),
-        rss,
-        cpu.as_secs_f64() * 1e6 / n as f64,
-    ))
+    Ok(BridgedRun {
+        rate: n as f64 / elapsed.as_secs_f64(),
+        rss_mib: rss,
+        process_cpu_us: cpu.as_secs_f64() * 1e6 / n as f64,
+        machine_cpu_us: machine_use.map_or(f64::NAN, |u| u.busy_secs * 1e6 / n as f64),
+        busy_cores: machine_use.map_or(f64::NAN, |u| u.busy_cores),
+        iowait_cores: machine_use.map_or(f64::NAN, |u| u.iowait_cores),
+    })
 }
 
 /// End-to-end latency through the bridge at a fixed rate: raw source publisher → bridge →
@@ -629,14 +764,15 @@ async fn latency(
     size: usize,
     count: u64,
     rate: u64,
+    max_in_flight: Option<usize>,
 ) -> Result<hdrhistogram::Histogram<u64>> {
     let src = unique_name("ls");
     let dst = unique_name("ld");
     raw::prepare(source, &src).await?;
     raw::prepare(sink, &dst).await?;
-    let yaml = rule_file(source, sink, &src, &dst);
+    let yaml = rule_file(source, sink, &src, &dst, max_in_flight);
     let (config, brokers) = prepare_bridge(&yaml).await?;
-    let mut sub = raw::subscriber(sink, &dst).await?;
+    let sub = raw::subscriber(sink, &dst).await?;
     let bridge = Bridge::start(config, &brokers, Duration::from_secs(5))?;
     let route = bridge
         .routes()
@@ -654,30 +790,9 @@ async fn latency(
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let receiver = tokio::spawn(async move {
-        let mut hist = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)
-            .map_err(|e| anyhow!("{e}"))?;
-        for _ in 0..count {
-            let p = tokio::time::timeout(Duration::from_secs(30), sub.next())
-                .await
-                .context("no message at the sink for 30 s")??;
-            let now = epoch().elapsed();
-            if let Some(sent) = sent_at(&p) {
-                let ns = u64::try_from(now.saturating_sub(sent).as_nanos()).unwrap_or(u64::MAX);
-                hist.saturating_record(ns.max(1));
-            }
-        }
-        anyhow::Ok(hist)
-    });
+    let receiver = record_latencies(sub, count, "no message at the sink for 30 s");
     let mut publisher = raw::publisher(source, &src).await?;
-    let mut tick = tokio::time::interval(Duration::from_nanos(1_000_000_000 / rate.max(1)));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    for _ in 0..count {
-        tick.tick().await;
-        publisher.publish(payload(size)).await?;
-        // At a fixed rate, confirm each message before the next tick (no batching effect).
-        publisher.flush().await?;
-    }
+    publish_at_rate(publisher.as_mut(), size, count, rate).await?;
     let hist = receiver.await??;
     bridge.stop().await;
     for b in brokers.values() {
@@ -700,14 +815,30 @@ async fn raw_latency(
 ) -> Result<hdrhistogram::Histogram<u64>> {
     let name = unique_name("rl");
     raw::prepare(ep, &name).await?;
-    let mut sub = raw::subscriber(ep, &name).await?;
-    let receiver = tokio::spawn(async move {
+    let sub = raw::subscriber(ep, &name).await?;
+    let receiver = record_latencies(sub, count, "no message for 30 s");
+    let mut publisher = raw::publisher(ep, &name).await?;
+    publish_at_rate(publisher.as_mut(), size, count, rate).await?;
+    let hist = receiver.await??;
+    drop(publisher);
+    raw::cleanup(ep, &name).await;
+    Ok(hist)
+}
+
+/// Receives `count` messages on `sub` (in a task) and records receive time − send time
+/// (carried in the payload) of each in an HDR histogram.
+fn record_latencies(
+    mut sub: Box<dyn raw::RawSub>,
+    count: u64,
+    silence: &'static str,
+) -> tokio::task::JoinHandle<Result<hdrhistogram::Histogram<u64>>> {
+    tokio::spawn(async move {
         let mut hist = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)
             .map_err(|e| anyhow!("{e}"))?;
         for _ in 0..count {
             let p = tokio::time::timeout(Duration::from_secs(30), sub.next())
                 .await
-                .context("no message for 30 s")??;
+                .context(silence)??;
             let now = epoch().elapsed();
             if let Some(sent) = sent_at(&p) {
                 let ns = u64::try_from(now.saturating_sub(sent).as_nanos()).unwrap_or(u64::MAX);
@@ -715,8 +846,17 @@ async fn raw_latency(
             }
         }
         anyhow::Ok(hist)
-    });
-    let mut publisher = raw::publisher(ep, &name).await?;
+    })
+}
+
+/// Publishes `count` messages of `size` bytes, each carrying its send time, at `rate` per
+/// second; each is confirmed before the next tick (no batching effect).
+async fn publish_at_rate(
+    publisher: &mut dyn raw::RawPub,
+    size: usize,
+    count: u64,
+    rate: u64,
+) -> Result<()> {
     let mut tick = tokio::time::interval(Duration::from_nanos(1_000_000_000 / rate.max(1)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     for _ in 0..count {
@@ -724,10 +864,7 @@ async fn raw_latency(
         publisher.publish(payload(size)).await?;
         publisher.flush().await?;
     }
-    let hist = receiver.await??;
-    drop(publisher);
-    raw::cleanup(ep, &name).await;
-    Ok(hist)
+    Ok(())
 }
 
 /// User plus system CPU time of this process (all threads).
@@ -753,16 +890,7 @@ fn reset_peak_rss() {
 
 /// `VmHWM` of this process in MiB.
 fn peak_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(f64::NAN)
+    memory::status_fields("/proc/self/status", ["VmHWM:"]).map_or(f64::NAN, |[kb]| kb / 1024.0)
 }
 
 fn write_results(args: &Args, results: &[serde_json::Value]) -> Result<()> {
@@ -790,7 +918,7 @@ fn write_results(args: &Args, results: &[serde_json::Value]) -> Result<()> {
     std::fs::write(&path, serde_json::to_string_pretty(results)? + "\n")?;
     println!("wrote {}", path.display());
     let mut table = String::from(
-        "| route | payload | raw limit msg/s | bridged msg/s | ratio | ratio per round | p50 µs | p99 µs | p99.9 µs | added p50 µs | added p99 µs | added p99.9 µs | peak RSS MiB | CPU µs/msg |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| route | payload | raw limit msg/s | bridged msg/s | ratio | ratio per round | p50 µs | p99 µs | p99.9 µs | added p50 µs | added p99 µs | added p99.9 µs | peak RSS MiB | CPU µs/msg |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in results {
         let f = |k: &str| match &r[k] {
@@ -822,6 +950,29 @@ fn write_results(args: &Args, results: &[serde_json::Value]) -> Result<()> {
             f("added_p999_us"),
             f("peak_rss_mib"),
             f("cpu_us_per_msg"),
+        ));
+    }
+    table.push_str(&format!(
+        "\nWhere the CPU goes: the whole machine's busy CPU time (brokers, bridge, clients) per message in each run, the cores busy during the bridged run, the rate at which the raw halves alone would saturate the cores, and the bridged rate against the lower of that and the raw limit.\n\n| route | payload | consume µs/msg | publish µs/msg | bridged µs/msg | bridge's own µs/msg | cores busy (of {cores}) | cores in iowait | CPU-bound limit msg/s | ratio to min(raw, CPU-bound) |\n|---|---|---|---|---|---|---|---|---|---|\n",
+        cores = machine::cores()
+    ));
+    for r in results {
+        if r["status"] != "ok" {
+            continue;
+        }
+        let m = &r["machine_cpu_us_per_msg"];
+        table.push_str(&format!(
+            "| {} | {} B | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            r["route"].as_str().unwrap_or(""),
+            r["payload_bytes"],
+            m["raw_consume"],
+            m["raw_publish"],
+            m["bridged"],
+            m["bridge_own"],
+            r["bridged_busy_cores"],
+            r["bridged_iowait_cores"],
+            r["cpu_limit_msgs_per_s"],
+            r["ratio_reachable"],
         ));
     }
     let tpath = args.out.join("table.md");

@@ -101,33 +101,17 @@ impl BridgeProcess {
 
     /// `VmRSS` and `VmHWM` in MiB, and the thread count.
     pub fn rss(&self) -> Result<(f64, f64, u64)> {
-        let s = std::fs::read_to_string(format!("/proc/{}/status", self.pid))?;
-        let field = |name: &str| {
-            s.lines()
-                .find(|l| l.starts_with(name))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse::<f64>().ok())
-                .ok_or_else(|| anyhow!("no {name} in /proc/{}/status", self.pid))
-        };
-        Ok((
-            field("VmRSS:")? / 1024.0,
-            field("VmHWM:")? / 1024.0,
-            field("Threads:")? as u64,
-        ))
+        let status = format!("/proc/{}/status", self.pid);
+        let [rss, hwm, threads] = status_fields(&status, ["VmRSS:", "VmHWM:", "Threads:"])?;
+        Ok((rss / 1024.0, hwm / 1024.0, threads as u64))
     }
 
     /// `RssAnon` (heap, stacks) and `RssFile` (mapped pages of the binary and shared
     /// libraries) in MiB.
     pub fn rss_split(&self) -> Result<(f64, f64)> {
-        let s = std::fs::read_to_string(format!("/proc/{}/status", self.pid))?;
-        let field = |name: &str| {
-            s.lines()
-                .find(|l| l.starts_with(name))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse::<f64>().ok())
-                .ok_or_else(|| anyhow!("no {name} in /proc/{}/status", self.pid))
-        };
-        Ok((field("RssAnon:")? / 1024.0, field("RssFile:")? / 1024.0))
+        let status = format!("/proc/{}/status", self.pid);
+        let [anon, file] = status_fields(&status, ["RssAnon:", "RssFile:"])?;
+        Ok((anon / 1024.0, file / 1024.0))
     }
 
     /// Stops the bridge (SIGKILL: its state does not matter after a measurement).
@@ -405,4 +389,19 @@ pub async fn outage(
 
 fn round1(x: f64) -> f64 {
     (x * 10.0).round() / 10.0
+}
+
+/// The numbers of the lines named `names` of a `/proc/<pid>/status` file (kB for sizes).
+pub fn status_fields<const N: usize>(path: &str, names: [&str; N]) -> Result<[f64; N]> {
+    let s = std::fs::read_to_string(path)?;
+    let mut out = [0.0; N];
+    for (slot, name) in out.iter_mut().zip(names) {
+        *slot = s
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<f64>().ok())
+            .ok_or_else(|| anyhow!("no {name} in {path}"))?;
+    }
+    Ok(out)
 }

@@ -1,6 +1,7 @@
 //! The message every adapter carries: payload, headers, key and request/reply metadata.
 
 use std::fmt;
+use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -96,7 +97,13 @@ pub fn new_message_id() -> String {
         .map(|d| d.as_millis())
         .unwrap_or(0);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    format!("{millis:x}-{:x}-{n:x}", std::process::id())
+    // `std::process::id()` is a system call each time and ids are made per message, so the
+    // pid is read once (a child forked without exec would keep it; nothing here forks).
+    static PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    let pid = *PID.get_or_init(std::process::id);
+    let mut id = String::with_capacity(40);
+    let _ = write!(id, "{millis:x}-{pid:x}-{n:x}");
+    id
 }
 
 /// A header value: text, or bytes for protocols whose headers are binary (Kafka, AMQP).

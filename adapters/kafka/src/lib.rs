@@ -114,6 +114,11 @@
 //!   and acked by one subscription with `max_in_flight` 1000.
 //! - At most `max_in_flight` deliveries are unsettled; at the limit the consumer's
 //!   partitions are paused (the thread keeps polling, so heartbeats and rebalances go on).
+//! - Memory: librdkafka prefetches up to `queued.max.messages.kbytes` (64 MB, its default)
+//!   per consumer, so a subscription whose sink is down may hold that much. A smaller
+//!   queue lowers throughput with large records (Kafka→Redis streams, 4 KiB: 9k msg/s with
+//!   16 MB, 31.7k with 64 MB in `docs/benchmarks`); lower it with
+//!   `rdkafka.queued.max.messages.kbytes=N` where memory matters more.
 //!
 //! # Offsets: at least once, commit after ack
 //! Auto-commit and automatic offset storing are off (the librdkafka default,
