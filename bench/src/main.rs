@@ -918,7 +918,7 @@ fn write_results(args: &Args, results: &[serde_json::Value]) -> Result<()> {
     std::fs::write(&path, serde_json::to_string_pretty(results)? + "\n")?;
     println!("wrote {}", path.display());
     let mut table = String::from(
-        "| route | payload | raw limit msg/s | bridged msg/s | ratio | ratio per round | p50 µs | p99 µs | p99.9 µs | added p50 µs | added p99 µs | added p99.9 µs | peak RSS MiB | CPU µs/msg |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| route | payload | raw limit msg/s | bridged msg/s | ratio | ratio per round | p50 µs | p99 µs | p99.9 µs | added p50 µs | added p99 µs | added p99.9 µs | peak RSS MiB | CPU µs/msg |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in results {
         let f = |k: &str| match &r[k] {
