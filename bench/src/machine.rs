@@ -55,7 +55,8 @@ impl MachineCpu {
     }
 
     /// The CPU used since `self` (needs no tick rate: busy share × cores × wall time).
-    pub fn used_since(self, cores: f64) -> Option<CpuUse> {
+    pub fn used_since(self) -> Option<CpuUse> {
+        let cores = cores();
         let now = Self::now()?;
         let ticks = now.total.saturating_sub(self.total);
         if ticks == 0 {

@@ -560,7 +560,7 @@ fn round3(x: f64) -> f64 {
 /// Machine CPU µs per message of `n` messages from a reading taken at the start.
 fn machine_us_per_msg(start: Option<machine::MachineCpu>, n: u64) -> f64 {
     start
-        .and_then(|s| s.used_since(machine::cores()))
+        .and_then(machine::MachineCpu::used_since)
         .map(|u| u.busy_secs * 1e6 / n as f64)
         .unwrap_or(f64::NAN)
 }
@@ -710,8 +710,7 @@ async fn bridged(
         let m = &route.metrics;
         let acked = m.acked.load(std::sync::atomic::Ordering::Relaxed);
         if acked >= n {
-            let used =
-                machine_start.and_then(|s: machine::MachineCpu| s.used_since(machine::cores()));
+            let used = machine_start.and_then(machine::MachineCpu::used_since);
             break (Instant::now(), used);
         }
         if machine_start.is_none() && m.received.load(std::sync::atomic::Ordering::Relaxed) > 0 {

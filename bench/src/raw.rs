@@ -362,7 +362,7 @@ impl RawPub for JsPub {
             let mut headers = async_nats::HeaderMap::new();
             // Unique in the stream (its duplicate window spans every benchmark subject).
             headers.insert(
-                "Nats-Msg-Id",
+                async_nats::header::NATS_MESSAGE_ID,
                 format!("{}-{}", self.subject, self.sent).as_str(),
             );
             self.sent += 1;
