@@ -18,6 +18,7 @@ pub mod mapping;
 pub mod metrics;
 pub mod route;
 pub mod ruletest;
+pub mod slots;
 pub mod template;
 pub mod yaml;
 

@@ -27,6 +27,7 @@ use tokio::time::Instant;
 use crate::config::{Dispatch, RouteConfig, RouteOrdering};
 use crate::mapping;
 use crate::metrics::{BrokerMetrics, RouteMetrics};
+use crate::slots::Slots;
 use crate::template::TemplateInput;
 
 /// How long one publish may take before it counts as a failed attempt.
@@ -131,15 +132,19 @@ impl Route {
         shutdown: &mut watch::Receiver<bool>,
         drain: Duration,
     ) -> bool {
-        let mut in_flight = FuturesUnordered::new();
-        let limit = self.config.max_in_flight;
+        let limit = self.config.max_in_flight.max(1);
+        let mut in_flight = Slots::new(limit);
         let by_shutdown = loop {
             tokio::select! {
                 biased;
                 _ = shutdown.changed() => break true,
-                Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
+                Some(_) = in_flight.next(), if !in_flight.is_empty() => {}
                 next = stream.next(), if in_flight.len() < limit => match next {
-                    Some(Ok(delivery)) => in_flight.push(self.clone().process(delivery)),
+                    Some(Ok(delivery)) => {
+                        // A slot is free (the guard above): `push` cannot give it back. If
+                        // it did, dropping the delivery would nack it.
+                        let _ = in_flight.push(self.clone().process(delivery));
+                    }
                     Some(Err(e)) => {
                         self.metrics.error(e.kind());
                         tracing::error!(route = %self.config.name, error = %e, "source error");

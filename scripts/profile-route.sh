@@ -1,0 +1,140 @@
+#!/usr/bin/env bash
+# Profiles the bridge process on one of the benchmark's routes and prints where its CPU
+# goes, by component.
+#
+#   [ROUTE=redis-nats|kafka-redis] scripts/profile-route.sh [BRIDGE_BINARY] [MESSAGES] [PAYLOAD_BYTES]
+#
+# Starts the two brokers as local processes on free loopback ports in a temporary
+# directory (redis-server and nats-server -js for ROUTE=redis-nats, the default; Tansu and
+# redis-server for ROUTE=kafka-redis), fills the source (a Redis stream, or a Kafka topic
+# by kafka-python from /opt/polybridge-py, see scripts/install-brokers.sh) with MESSAGES
+# messages (default 400000) of PAYLOAD_BYTES (default 256), runs `BRIDGE_BINARY run`
+# (default target-fp/release/polybridge) with one route from the source to the sink, and
+# while it works measures for 4 s: the rate, the CPU of the bridge process and of the whole
+# machine per message, and a `perf record -g` call-graph profile of the bridge
+# (cpu-clock), folded by scripts/profile-fold.py.
+#
+# Call graphs need frame pointers; build the binary with them in a separate target dir:
+#   CARGO_TARGET_DIR=target-fp RUSTFLAGS="-C force-frame-pointers=yes" \
+#     CARGO_PROFILE_RELEASE_DEBUG=line-tables-only \
+#     cargo build --release --locked -p polybridge-bridge --bin polybridge
+# (librdkafka, built by its own C build, has none: its frames are counted by their leaf.)
+# PERF=0 skips perf (rate and CPU only, e.g. to compare two binaries); PERF_OUT=FILE keeps
+# the perf.data (e.g. for `perf script -i FILE` or `perf report -i FILE`).
+# PERF_CALL_GRAPH=dwarf (with PERF_FREQ=500: the samples are large) unwinds through code
+# without frame pointers (glibc's malloc, librdkafka), to find who calls them.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+bin=$(realpath "${1:-$here/../target-fp/release/polybridge}")
+messages=${2:-400000}
+size=${3:-256}
+route=${ROUTE:-redis-nats}
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+redis_port=$(free_port)
+mkdir -p "$work/redis"
+redis-server --port "$redis_port" --bind 127.0.0.1 --dir "$work/redis" --save '' --appendonly yes \
+  --protected-mode no --daemonize no >"$work/redis.log" 2>&1 &
+pids+=($!)
+rcli() { redis-cli -p "$redis_port" "$@"; }
+for _ in $(seq 1 100); do rcli PING >/dev/null 2>&1 && break; sleep 0.05; done
+
+case "$route" in
+redis-nats)
+  nats_port=$(free_port)
+  mkdir -p "$work/js"
+  nats-server -js -a 127.0.0.1 -p "$nats_port" -sd "$work/js" >"$work/nats.log" 2>&1 &
+  pids+=($!)
+  # XADD bs * payload <size bytes>, pipelined.
+  python3 - "$messages" "$size" <<'PY' | rcli --pipe >/dev/null
+import sys
+n, size = int(sys.argv[1]), int(sys.argv[2])
+def resp(*args):
+    out = b"*%d\r\n" % len(args)
+    for a in args:
+        out += b"$%d\r\n%s\r\n" % (len(a), a)
+    return out
+one = resp(b"XADD", b"bs", b"*", b"payload", b"x" * size)
+w = sys.stdout.buffer
+for _ in range(n):
+    w.write(one)
+PY
+  source_url="redis://127.0.0.1:$redis_port"
+  sink_url="nats://127.0.0.1:$nats_port?mode=jetstream&stream=PROFILE&create_stream=true&stream_subjects=profile.>"
+  destination="profile.out"
+  # Entries the group has read (0 until the bridge created it).
+  done_count() { { rcli XINFO GROUPS bs 2>/dev/null || true; } | awk 'f { print; exit } /entries-read/ { f = 1 }'; }
+  ;;
+kafka-redis)
+  kafka_port=$(free_port)
+  "${POLYBRIDGE_TANSU_BIN:-tansu}" broker --listener-url "tcp://127.0.0.1:$kafka_port" \
+    --advertised-listener-url "tcp://127.0.0.1:$kafka_port" --storage-engine memory://tansu/ \
+    >"$work/tansu.log" 2>&1 &
+  pids+=($!)
+  for _ in $(seq 1 200); do (exec 3<>"/dev/tcp/127.0.0.1/$kafka_port") 2>/dev/null && break; sleep 0.05; done
+  /opt/polybridge-py/bin/python - "$messages" "$size" "$kafka_port" <<'PY'
+import sys
+from kafka import KafkaProducer
+n, size, port = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+producer = KafkaProducer(bootstrap_servers=f"127.0.0.1:{port}", acks=1, linger_ms=5,
+                         batch_size=1 << 20, max_request_size=8 << 20)
+body = b"x" * size
+for _ in range(n):
+    producer.send("bs", body)
+producer.flush()
+PY
+  source_url="kafka://127.0.0.1:$kafka_port"
+  sink_url="redis://127.0.0.1:$redis_port"
+  destination="bd"
+  # Entries the bridge has written to the sink stream.
+  done_count() { rcli XLEN bd 2>/dev/null || echo 0; }
+  ;;
+*)
+  echo "ROUTE must be redis-nats or kafka-redis" >&2
+  exit 2
+  ;;
+esac
+cat >"$work/bridge.yaml" <<YAML
+brokers:
+  src: { url: "$source_url" }
+  dst: { url: "$sink_url" }
+routes:
+  - name: profile
+    from: { broker: src, topic: "bs", group: "profile", start: earliest }
+    to:
+      - { broker: dst, destination: "$destination" }
+admin: { enabled: false }
+YAML
+"$bin" run --config "$work/bridge.yaml" >"$work/bridge.log" 2>&1 &
+bridge=$!
+pids+=("$bridge")
+# Measure from the first 1000 messages on (connecting and subscribing are not work).
+for _ in $(seq 1 500); do
+  r=$(done_count); [ "${r:-0}" -gt 1000 ] 2>/dev/null && break; sleep 0.02
+done
+machine_busy() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 }' /proc/stat; }
+process_cpu() { awk '{ print $14 + $15 }' "/proc/$bridge/stat"; }
+r0=$(done_count); t0=$(date +%s.%N); p0=$(process_cpu); m0=$(machine_busy)
+if [ "${PERF:-1}" = 1 ]; then
+  perf record -F "${PERF_FREQ:-4000}" -e cpu-clock --call-graph "${PERF_CALL_GRAPH:-fp}" -p "$bridge" -o "$work/perf.data" -- sleep 4 >/dev/null 2>&1
+else
+  sleep 4
+fi
+r1=$(done_count); t1=$(date +%s.%N); p1=$(process_cpu); m1=$(machine_busy)
+tick=$(getconf CLK_TCK)
+python3 - "$r0" "$r1" "$t0" "$t1" "$p0" "$p1" "$m0" "$m1" "$tick" <<'PY'
+import sys
+r0, r1, t0, t1, p0, p1, m0, m1, tick = map(float, sys.argv[1:])
+n = r1 - r0
+if n <= 0:
+    sys.exit("the bridge moved nothing while measured: see its log")
+print(f"rate {n / (t1 - t0):.0f} msg/s over {t1 - t0:.1f} s ({n:.0f} messages)")
+print(f"bridge process CPU {(p1 - p0) / tick * 1e6 / n:.2f} us/msg; whole machine {(m1 - m0) / tick * 1e6 / n:.2f} us/msg")
+PY
+if [ "${PERF:-1}" = 1 ]; then
+  perf script -i "$work/perf.data" -F ip,sym 2>/dev/null | python3 "$here/profile-fold.py"
+  if [ -n "${PERF_OUT:-}" ]; then cp "$work/perf.data" "$PERF_OUT"; fi
+fi
