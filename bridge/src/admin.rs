@@ -196,6 +196,7 @@ async fn routes(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
                 "in_flight": m.in_flight.load(Ordering::Relaxed),
                 "ordering": format!("{:?}", r.config.ordering),
                 "max_in_flight": r.config.max_in_flight,
+                "prefetch": r.config.prefetch,
             })
         })
         .collect();
@@ -249,6 +250,7 @@ async fn status(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
                 "errors_total": errors_total,
                 "in_flight": flight,
                 "max_in_flight": r.config.max_in_flight,
+                "prefetch": r.config.prefetch,
                 "latency": { "count": count, "sum_seconds": sum },
             })
         })

@@ -176,8 +176,12 @@ pub struct RouteConfig {
     pub on_error: ErrorPolicy,
     /// Ordering.
     pub ordering: RouteOrdering,
-    /// Unsettled source deliveries at most.
+    /// Deliveries processed at once (the route's in-flight window).
     pub max_in_flight: usize,
+    /// Deliveries the source may hold beyond `max_in_flight`, ready for a slot as soon as
+    /// one frees, so a freed slot does not wait for a broker round trip. The source holds
+    /// at most `max_in_flight + prefetch` unsettled deliveries. Default: `max_in_flight`.
+    pub prefetch: usize,
     /// Line of the route in the file, for logs.
     pub line: usize,
 }
@@ -586,16 +590,17 @@ impl Loader<'_> {
         let to = m.node("to");
         let on_error = m.node("on_error");
         let ordering = m.optional_str("ordering", self.diags);
-        let max_in_flight = m.optional_usize("max_in_flight", self.diags);
+        let max_in_flight = m
+            .optional_usize("max_in_flight", self.diags)
+            .unwrap_or(polybridge::DEFAULT_MAX_IN_FLIGHT);
+        let prefetch = m
+            .optional_count("prefetch", self.diags)
+            .unwrap_or(max_in_flight);
         let route_span = *m.span();
         m.finish(self.diags);
 
         let source = match from {
-            Some(f) => self.source(
-                f,
-                brokers,
-                max_in_flight.unwrap_or(polybridge::DEFAULT_MAX_IN_FLIGHT),
-            ),
+            Some(f) => self.source(f, brokers, max_in_flight.saturating_add(prefetch)),
             None => {
                 self.diags
                     .error(&route_span, "a route needs `from:` (broker and topic)");
@@ -695,16 +700,19 @@ impl Loader<'_> {
             sinks,
             on_error,
             ordering,
-            max_in_flight: max_in_flight.unwrap_or(polybridge::DEFAULT_MAX_IN_FLIGHT),
+            max_in_flight,
+            prefetch,
             line: position(&route_span).0,
         })
     }
 
+    /// The route's source; `unsettled` is the most deliveries its subscription may hold
+    /// (the route's window plus its prefetch).
     fn source(
         &mut self,
         node: &Node,
         brokers: &BTreeMap<String, BrokerConfig>,
-        max_in_flight: usize,
+        unsettled: usize,
     ) -> Option<SourceConfig> {
         let mut m = MapReader::new(node, "`from`", self.diags)?;
         let broker = m.required_str("broker", self.diags);
@@ -765,7 +773,7 @@ impl Loader<'_> {
         let captures = pattern.capture_count();
         let mut subscription = Subscription::new(pattern)
             .start(start)
-            .max_in_flight(max_in_flight);
+            .max_in_flight(unsettled);
         subscription.group = group;
         subscription.options = options_map;
         Some(SourceConfig {

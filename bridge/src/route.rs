@@ -7,8 +7,9 @@
 //! - A failed publish is retried with exponential backoff and jitter; after the last
 //!   attempt the message is dead-lettered, or, without a dead-letter destination, the
 //!   source delivery is nacked and the broker redelivers it later. Nothing is dropped.
-//! - Memory is bounded: at most `max_in_flight` source deliveries are in the route, so a
-//!   slow or dead sink holds the source back instead of growing a queue.
+//! - Memory is bounded: at most `max_in_flight` source deliveries are in the route, and the
+//!   source holds at most `prefetch` more ready for it, so a slow or dead sink holds the
+//!   source back instead of growing a queue.
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};

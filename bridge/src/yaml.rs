@@ -149,6 +149,24 @@ impl<'a> MapReader<'a> {
         }
     }
 
+    /// An optional integer, 0 or more.
+    pub fn optional_count(&mut self, key: &'static str, diags: &mut Diagnostics) -> Option<usize> {
+        let s = self.optional_str(key, diags)?;
+        match s.as_str().parse::<usize>() {
+            Ok(n) => Some(n),
+            Err(_) => {
+                diags.error(
+                    s.span(),
+                    format!(
+                        "`{key}` must be an integer, 0 or more, got {:?}",
+                        s.as_str()
+                    ),
+                );
+                None
+            }
+        }
+    }
+
     /// An optional boolean.
     pub fn optional_bool(&mut self, key: &'static str, diags: &mut Diagnostics) -> Option<bool> {
         let s = self.optional_str(key, diags)?;

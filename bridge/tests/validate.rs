@@ -55,6 +55,7 @@ fn cases() -> Vec<(&'static str, String, &'static str)> {
         ("bad dispatch", with_routes("  - name: r\n    from: { broker: a, topic: t }\n    dispatch: any\n    to: [ { broker: b, destination: t } ]\n"), "7:15: `dispatch` must be `all` (fan-out) or `first`"),
         ("bad ordering", with_routes("  - name: r\n    from: { broker: a, topic: t }\n    ordering: strict\n    to: [ { broker: b, destination: t } ]\n"), "`ordering` must be `none` or `per_key`"),
         ("bad max_in_flight", with_routes("  - name: r\n    from: { broker: a, topic: t }\n    max_in_flight: 0\n    to: [ { broker: b, destination: t } ]\n"), "7:20: `max_in_flight` must be a positive integer"),
+        ("bad prefetch", with_routes("  - name: r\n    from: { broker: a, topic: t }\n    prefetch: -1\n    to: [ { broker: b, destination: t } ]\n"), "7:15: `prefetch` must be an integer, 0 or more"),
         ("bad backoff", with_routes("  - name: r\n    from: { broker: a, topic: t }\n    to: [ { broker: b, destination: t } ]\n    on_error: { initial_backoff: soon }\n"), "invalid duration \"soon\""),
         ("bad max_attempts", with_routes("  - name: r\n    from: { broker: a, topic: t }\n    to: [ { broker: b, destination: t } ]\n    on_error: { max_attempts: -1 }\n"), "`max_attempts` must be a positive integer"),
         ("dead letter unknown broker", with_routes("  - name: r\n    from: { broker: a, topic: t }\n    to: [ { broker: b, destination: t } ]\n    on_error: { dead_letter: { broker: q, destination: d } }\n"), "unknown broker \"q\""),
@@ -230,4 +231,30 @@ fn env_defaults_and_secrets_from_files() {
     })
     .unwrap();
     assert_eq!(c.brokers["a"].url.to_string(), "memory://from-env");
+}
+
+#[test]
+fn the_source_holds_the_window_plus_the_prefetch() {
+    let route = |extra: &str| {
+        let text = format!(
+            "{BROKERS}routes:\n  - name: r\n    from: {{ broker: a, topic: t }}\n{extra}    to: [ {{ broker: b, destination: t }} ]\n"
+        );
+        let c = load(&text, "ok.yaml", &|_| None).unwrap();
+        let r = &c.routes[0];
+        (
+            r.max_in_flight,
+            r.prefetch,
+            r.source.subscription.max_in_flight,
+        )
+    };
+    // Default: one window of prefetch on top of the default window.
+    let w = polybridge::DEFAULT_MAX_IN_FLIGHT;
+    assert_eq!(route(""), (w, w, 2 * w));
+    assert_eq!(route("    max_in_flight: 64\n"), (64, 64, 128));
+    assert_eq!(
+        route("    max_in_flight: 64\n    prefetch: 16\n"),
+        (64, 16, 80)
+    );
+    // 0 turns it off: the source holds only what the route works on.
+    assert_eq!(route("    max_in_flight: 1\n    prefetch: 0\n"), (1, 0, 1));
 }
