@@ -43,10 +43,16 @@ struct Ready {
 }
 
 impl Ready {
-    fn mark(&self, index: usize) {
+    /// Slot `index` is to be polled by the next [`Slots::poll_next`].
+    fn set(&self, index: usize) {
         if let Some(word) = self.bits.get(index / 64) {
             word.fetch_or(1 << (index % 64), Ordering::AcqRel);
         }
+    }
+
+    /// Slot `index` was woken: set its bit and wake the task polling the pool.
+    fn mark(&self, index: usize) {
+        self.set(index);
         self.poller.wake();
     }
 }
@@ -116,7 +122,9 @@ impl<F: Future<Output = ()>> Slots<F> {
             }
             None => return Err(future),
         };
-        self.ready.mark(index);
+        // Only the bit: whoever pushed holds the pool and polls it next, so waking the
+        // polling task here would only schedule it once more.
+        self.ready.set(index);
         Ok(())
     }
 

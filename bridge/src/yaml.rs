@@ -136,31 +136,29 @@ impl<'a> MapReader<'a> {
 
     /// An optional positive integer.
     pub fn optional_usize(&mut self, key: &'static str, diags: &mut Diagnostics) -> Option<usize> {
-        let s = self.optional_str(key, diags)?;
-        match s.as_str().parse::<usize>() {
-            Ok(n) if n > 0 => Some(n),
-            _ => {
-                diags.error(
-                    s.span(),
-                    format!("`{key}` must be a positive integer, got {:?}", s.as_str()),
-                );
-                None
-            }
-        }
+        self.optional_integer(key, 1, "a positive integer", diags)
     }
 
     /// An optional integer, 0 or more.
     pub fn optional_count(&mut self, key: &'static str, diags: &mut Diagnostics) -> Option<usize> {
+        self.optional_integer(key, 0, "an integer, 0 or more", diags)
+    }
+
+    /// An optional integer of at least `min`; `what` names the allowed values in the error.
+    fn optional_integer(
+        &mut self,
+        key: &'static str,
+        min: usize,
+        what: &str,
+        diags: &mut Diagnostics,
+    ) -> Option<usize> {
         let s = self.optional_str(key, diags)?;
         match s.as_str().parse::<usize>() {
-            Ok(n) => Some(n),
-            Err(_) => {
+            Ok(n) if n >= min => Some(n),
+            _ => {
                 diags.error(
                     s.span(),
-                    format!(
-                        "`{key}` must be an integer, 0 or more, got {:?}",
-                        s.as_str()
-                    ),
+                    format!("`{key}` must be {what}, got {:?}", s.as_str()),
                 );
                 None
             }
