@@ -57,7 +57,7 @@ async fn main() -> polybridge::Result<()> {
         broker
             .publish(
                 &topic,
-                Message::new(text).with_header("lang", lang),
+                &Message::new(text).with_header("lang", lang),
                 deadline(),
             )
             .await?; // resolves once the broker confirmed it

@@ -55,7 +55,7 @@ async fn main() -> polybridge::Result<()> {
         let receipt = broker
             .publish(
                 topic,
-                Message::new(body)
+                &Message::new(body)
                     .with_content_type("application/json")
                     .with_header("source", "quickstart"),
                 deadline(),

@@ -73,7 +73,7 @@ async fn service(amqp: Arc<dyn Broker>, mut requests: DeliveryStream) -> polybri
         println!("service    {request:?} → {answer:?}");
         let mut reply = Message::new(answer);
         reply.correlation_id = delivery.message.correlation_id.clone();
-        amqp.publish(&format!("queue:{reply_to}"), reply, deadline())
+        amqp.publish(&format!("queue:{reply_to}"), &reply, deadline())
             .await?;
         delivery.ack()?;
     }
@@ -94,7 +94,7 @@ async fn gateway_requests(
         let forward = Message::new(delivery.message.payload.clone())
             .with_reply_to(REPLIES)
             .with_correlation_id(inbox);
-        amqp.publish(&format!("queue:{REQUESTS}"), forward, deadline())
+        amqp.publish(&format!("queue:{REQUESTS}"), &forward, deadline())
             .await?;
         delivery.ack()?;
     }
@@ -114,7 +114,7 @@ async fn gateway_replies(
         };
         nats.publish(
             &inbox,
-            Message::new(delivery.message.payload.clone()),
+            &Message::new(delivery.message.payload.clone()),
             deadline(),
         )
         .await?;
@@ -156,7 +156,7 @@ async fn main() -> polybridge::Result<()> {
     for word in ["hello", "xin chào", "polyglot"] {
         nats.publish(
             SUBJECT,
-            Message::new(word).with_reply_to(&inbox),
+            &Message::new(word).with_reply_to(&inbox),
             deadline(),
         )
         .await?;

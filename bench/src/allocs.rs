@@ -128,7 +128,7 @@ async fn bridged(n: u64, payload: &Bytes) -> Result<(u64, u64)> {
         .ok_or_else(|| anyhow!("no source broker"))?;
     for _ in 0..n {
         source
-            .publish(&src, Message::new(payload.clone()), deadline())
+            .publish(&src, &Message::new(payload.clone()), deadline())
             .await?;
     }
     let mut bridge = None;
@@ -170,7 +170,7 @@ async fn raw(n: u64, payload: &Bytes) -> Result<(u64, u64)> {
     let sub_topic = unique("rs");
     for _ in 0..n {
         broker
-            .publish(&sub_topic, Message::new(payload.clone()), deadline())
+            .publish(&sub_topic, &Message::new(payload.clone()), deadline())
             .await?;
     }
     let mut sub = Subscription::new(sub_topic.parse()?);
@@ -180,7 +180,7 @@ async fn raw(n: u64, payload: &Bytes) -> Result<(u64, u64)> {
     let messages: Vec<Message> = (0..n).map(|_| Message::new(payload.clone())).collect();
     let counts = counted(async {
         for m in messages {
-            broker.publish(&pub_topic, m, deadline()).await?;
+            broker.publish(&pub_topic, &m, deadline()).await?;
         }
         for _ in 0..n {
             let d = tokio::time::timeout(Duration::from_secs(30), stream.next())

@@ -900,7 +900,7 @@ impl RawPub for AdapterPub {
                 broker
                     .publish(
                         &destination,
-                        Message::new(payload),
+                        &Message::new(payload),
                         Deadline::after(Duration::from_secs(30)),
                     )
                     .await?;

@@ -132,7 +132,7 @@ impl Acknowledger for IgnoreSettlement {
 
 #[async_trait]
 impl Publisher for GenerateBroker {
-    async fn publish(&self, destination: &str, _m: Message, _d: Deadline) -> Result<Receipt> {
+    async fn publish(&self, destination: &str, _m: &Message, _d: Deadline) -> Result<Receipt> {
         Err(Error::unsupported(
             "generate",
             format!("publishing to {destination:?}: generate:// is a source only"),
@@ -266,8 +266,8 @@ impl StdoutBroker {
 
 #[async_trait]
 impl Publisher for StdoutBroker {
-    async fn publish(&self, destination: &str, message: Message, _d: Deadline) -> Result<Receipt> {
-        let mut line = self.line(destination, &message);
+    async fn publish(&self, destination: &str, message: &Message, _d: Deadline) -> Result<Receipt> {
+        let mut line = self.line(destination, message);
         line.push('\n');
         let mut out = std::io::stdout().lock();
         out.write_all(line.as_bytes())

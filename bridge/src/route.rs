@@ -346,9 +346,7 @@ impl Route {
             let result = broker
                 .publish(
                     &prepared.destination,
-                    // `publish` takes the message by value; the route keeps its own for a
-                    // retry or the dead-letter envelope: one clone per attempt.
-                    Message::clone(&prepared.message),
+                    &prepared.message,
                     Deadline::after(PUBLISH_TIMEOUT),
                 )
                 .await;
@@ -413,11 +411,7 @@ impl Route {
                     loop {
                         attempt += 1;
                         match broker
-                            .publish(
-                                &destination,
-                                envelope.clone(),
-                                Deadline::after(PUBLISH_TIMEOUT),
-                            )
+                            .publish(&destination, &envelope, Deadline::after(PUBLISH_TIMEOUT))
                             .await
                         {
                             Ok(_) => {

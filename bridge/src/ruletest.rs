@@ -338,7 +338,7 @@ pub async fn run_case(config: Config, case: &TestCase, index: usize) -> CaseResu
         let topic = memory_topic(input, &mqtt_like);
         input_ids.push((input.broker.clone(), topic.clone(), m.id.clone()));
         if let Err(e) = brokers[&input.broker]
-            .publish(&topic, m, Deadline::after(Duration::from_secs(5)))
+            .publish(&topic, &m, Deadline::after(Duration::from_secs(5)))
             .await
         {
             problems.push(format!("cannot publish input {n}: {e}"));
@@ -411,7 +411,7 @@ impl polybridge::Publisher for SlashTopics {
     async fn publish(
         &self,
         destination: &str,
-        message: Message,
+        message: &Message,
         deadline: Deadline,
     ) -> polybridge::Result<polybridge::Receipt> {
         self.inner

@@ -235,7 +235,7 @@ routes:
     /// Publishes `messages` to the source and waits for the outcome of each.
     async fn run(&mut self, messages: &[Message]) -> Outcomes {
         for m in messages {
-            self.src.publish("in", m.clone(), deadline()).await.unwrap();
+            self.src.publish("in", m, deadline()).await.unwrap();
         }
         let ids: Vec<String> = messages.iter().map(|m| m.id.clone()).collect();
         outcomes(&self.bridge, &mut self.out, &mut self.dead, &ids).await
@@ -362,7 +362,7 @@ routes:
     let binary = vec![0xffu8, 0xfe, 0x00, b'{'];
     let publish = |topic: &'static str, m: Message| {
         let b = brokers["src"].clone();
-        async move { b.publish(topic, m, deadline()).await.unwrap() }
+        async move { b.publish(topic, &m, deadline()).await.unwrap() }
     };
     // The filter reads `payload` as JSON: a binary payload cannot be judged, so it is
     // dead-lettered with the reason, not dropped as "did not match".

@@ -347,7 +347,7 @@ async fn publish_range(
                     .with_key(format!("k{}", i % KEYS));
                 loop {
                     match broker
-                        .publish(&topic, m.clone(), Deadline::after(Duration::from_secs(10)))
+                        .publish(&topic, &m, Deadline::after(Duration::from_secs(10)))
                         .await
                     {
                         Ok(_) => break,

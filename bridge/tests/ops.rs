@@ -64,7 +64,7 @@ async fn publish_many(
         broker
             .publish(
                 &topic,
-                Message::new(format!("{prefix}-{i}")).with_id(format!("{prefix}-{i}")),
+                &Message::new(format!("{prefix}-{i}")).with_id(format!("{prefix}-{i}")),
                 Deadline::after(Duration::from_secs(10)),
             )
             .await

@@ -409,7 +409,7 @@ admin: {{ enabled: false }}
             .with_header("bin", binary_header(i));
         m.timestamp = Some(timestamp(i));
         src_client
-            .publish(&src_topic, m, Deadline::after(Duration::from_secs(20)))
+            .publish(&src_topic, &m, Deadline::after(Duration::from_secs(20)))
             .await
             .unwrap_or_else(|e| panic!("{pair}: publish #{i} on the source: {e}"));
         sent.insert(id);

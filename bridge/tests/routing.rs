@@ -99,7 +99,7 @@ routes:
             .with_header("secret", "s3")
             .with_header("bin", vec![0xffu8, 0x00]);
         brokers["src"]
-            .publish(&format!("sensors.{room}.temp"), m, deadline())
+            .publish(&format!("sensors.{room}.temp"), &m, deadline())
             .await
             .unwrap();
     }
@@ -148,7 +148,7 @@ impl Publisher for FlakySink {
     async fn publish(
         &self,
         destination: &str,
-        message: Message,
+        message: &Message,
         deadline: Deadline,
     ) -> polybridge::Result<Receipt> {
         self.attempts.fetch_add(1, Ordering::SeqCst);
@@ -233,7 +233,7 @@ routes:
     })
     .await;
     brokers["src"]
-        .publish("in", Message::new("x").with_id("f1"), deadline())
+        .publish("in", &Message::new("x").with_id("f1"), deadline())
         .await
         .unwrap();
     // The good sink confirms at once; the bad one keeps failing: the source must stay unacked.
@@ -299,7 +299,7 @@ routes:
     brokers["src"]
         .publish(
             "orders.eu",
-            Message::new("payload").with_id("d1").with_key("k"),
+            &Message::new("payload").with_id("d1").with_key("k"),
             deadline(),
         )
         .await
@@ -337,7 +337,7 @@ routes:
     brokers["src"]
         .publish(
             "orders.eu",
-            Message::new("marker").with_id("d2"),
+            &Message::new("marker").with_id("d2"),
             deadline(),
         )
         .await
@@ -372,7 +372,7 @@ routes:
     })
     .await;
     brokers["src"]
-        .publish("in", Message::new("x"), deadline())
+        .publish("in", &Message::new("x"), deadline())
         .await
         .unwrap();
     let m = bridge.routes()[0].metrics.clone();
@@ -424,7 +424,7 @@ routes:
         brokers["src"]
             .publish(
                 "readings",
-                Message::new(format!(r#"{{"celsius": {c}}}"#)).with_id(id),
+                &Message::new(format!(r#"{{"celsius": {c}}}"#)).with_id(id),
                 deadline(),
             )
             .await
@@ -456,7 +456,7 @@ impl Publisher for SlowKeySink {
     async fn publish(
         &self,
         destination: &str,
-        message: Message,
+        message: &Message,
         deadline: Deadline,
     ) -> polybridge::Result<Receipt> {
         if message.key.as_deref() == Some(&b"slow"[..]) {
@@ -524,7 +524,7 @@ routes:
             brokers["src"]
                 .publish(
                     "in",
-                    Message::new(i.to_string())
+                    &Message::new(i.to_string())
                         .with_key(k)
                         .with_id(format!("{k}-{i}")),
                     deadline(),

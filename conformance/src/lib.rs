@@ -222,7 +222,7 @@ pub async fn publish_n<F: Fixture + ?Sized>(
         broker
             .publish(
                 topic,
-                Message::new(i.to_string()).with_id(id.clone()),
+                &Message::new(i.to_string()).with_id(id.clone()),
                 deadline(fixture),
             )
             .await

@@ -38,7 +38,7 @@ pub async fn publish_subscribe<F: Fixture>(f: &F) {
                 .with_correlation_id(format!("c{i}"));
         }
         broker
-            .publish(&topic, m.clone(), deadline(f))
+            .publish(&topic, &m, deadline(f))
             .await
             .expect("publish");
         sent.insert(m.id.clone(), m);
@@ -267,7 +267,7 @@ pub async fn concurrent_close<F: Fixture>(f: &F) {
         tokio::spawn(async move {
             for i in 0..100 {
                 let _ = broker
-                    .publish(&topic, Message::new(format!("{i}")), d)
+                    .publish(&topic, &Message::new(format!("{i}")), d)
                     .await;
             }
         })
@@ -330,7 +330,7 @@ pub async fn order_per_key<F: Fixture>(f: &F) {
             m = m.with_key(format!("k{}", i % 5));
         }
         broker
-            .publish(&topic, m, deadline(f))
+            .publish(&topic, &m, deadline(f))
             .await
             .expect("publish");
     }
@@ -366,14 +366,14 @@ pub async fn publisher_close_flushes<F: Fixture>(f: &F) {
         })
         .collect();
     let ids: HashSet<String> = batch.iter().map(|o| o.message.id.clone()).collect();
-    let results = publisher.publish_batch(batch, deadline(f)).await;
+    let results = publisher.publish_batch(&batch, deadline(f)).await;
     assert_eq!(results.len(), n, "one result per message");
     for r in results {
         r.expect("every publish of the batch confirmed");
     }
     publisher.close(deadline(f)).await.expect("close");
     let after = publisher
-        .publish(&topic, Message::new("late"), deadline(f))
+        .publish(&topic, &Message::new("late"), deadline(f))
         .await;
     assert!(
         matches!(after, Err(Error::Closed { .. })),
@@ -520,7 +520,7 @@ pub async fn reconnect<F: Fixture>(f: &F) {
                 loop {
                     let m = Message::new(i.to_string()).with_id(format!("rc-{i}"));
                     match broker
-                        .publish(&topic, m, polybridge_core::Deadline::after(timeout))
+                        .publish(&topic, &m, polybridge_core::Deadline::after(timeout))
                         .await
                     {
                         Ok(_) => {
@@ -665,13 +665,13 @@ pub async fn header_round_trip<F: Fixture>(f: &F) {
         .with_header("multi", "two")
         .with_header("spaces and:colons", "a: b\\c");
     broker
-        .publish(&topic, text, deadline(f))
+        .publish(&topic, &text, deadline(f))
         .await
         .expect("publish text headers");
     let with_binary = Message::new("binary")
         .with_id("hdr-bin")
         .with_header("bin", binary.clone());
-    let binary_result = broker.publish(&topic, with_binary, deadline(f)).await;
+    let binary_result = broker.publish(&topic, &with_binary, deadline(f)).await;
     let expected = match binary_result {
         Ok(_) => 2,
         Err(e) if support != HeaderSupport::Binary => {
@@ -795,13 +795,13 @@ pub async fn payload_limits<F: Fixture>(f: &F) {
         .expect("subscribe");
     let at_limit = Message::new(vec![7u8; limit]).with_id("pl-max");
     broker
-        .publish(&topic, at_limit, deadline(f))
+        .publish(&topic, &at_limit, deadline(f))
         .await
         .expect("a payload at the limit");
     let over = broker
         .publish(
             &topic,
-            Message::new(vec![7u8; limit + 1]).with_id("pl-over"),
+            &Message::new(vec![7u8; limit + 1]).with_id("pl-over"),
             deadline(f),
         )
         .await;
@@ -817,7 +817,7 @@ pub async fn payload_limits<F: Fixture>(f: &F) {
     broker
         .publish(
             &topic,
-            Message::new("after").with_id("pl-after"),
+            &Message::new("after").with_id("pl-after"),
             deadline(f),
         )
         .await

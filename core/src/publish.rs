@@ -37,24 +37,24 @@ pub trait Publisher: Send + Sync {
     ///
     /// Past `deadline` the call fails with [`crate::Error::Timeout`]; the message may or may
     /// not have been stored.
+    ///
+    /// The message is borrowed: adapters encode it into their client's format (a copy the
+    /// client needs anyway), so a caller that keeps the message for a retry or a dead-letter
+    /// envelope does not have to clone it per attempt.
     async fn publish(
         &self,
         destination: &str,
-        message: Message,
+        message: &Message,
         deadline: Deadline,
     ) -> Result<Receipt>;
 
     /// Publishes a batch with one result per message, in order. Adapters pipeline the batch
     /// (all messages sent, then all confirmations awaited); the default publishes them
     /// concurrently through [`Publisher::publish`].
-    async fn publish_batch(
-        &self,
-        batch: Vec<Outgoing>,
-        deadline: Deadline,
-    ) -> Vec<Result<Receipt>> {
+    async fn publish_batch(&self, batch: &[Outgoing], deadline: Deadline) -> Vec<Result<Receipt>> {
         let publishes = batch
-            .into_iter()
-            .map(|o| async move { self.publish(&o.destination, o.message, deadline).await });
+            .iter()
+            .map(|o| async move { self.publish(&o.destination, &o.message, deadline).await });
         futures::future::join_all(publishes).await
     }
 

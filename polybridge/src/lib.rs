@@ -11,7 +11,7 @@
 //! let broker = polybridge::connect("memory://demo").await?;
 //! let mut greetings = broker.subscribe(Subscription::new("greetings.*".parse()?)).await?;
 //! broker
-//!     .publish("greetings.en", Message::new("Hello, World!"), Deadline::after(Duration::from_secs(5)))
+//!     .publish("greetings.en", &Message::new("Hello, World!"), Deadline::after(Duration::from_secs(5)))
 //!     .await?;
 //! let delivery = greetings.next().await.expect("subscribed")?;
 //! println!("{}: {:?}", delivery.info.topic, delivery.message.payload);

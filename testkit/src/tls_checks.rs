@@ -92,7 +92,7 @@ pub async fn round_trip<B: Publisher + Subscriber>(
         Err(e) => panic!("subscribing over TLS: {e}"),
     };
     if let Err(e) = broker
-        .publish(topic, Message::new("over tls"), Deadline::after(TLS_WAIT))
+        .publish(topic, &Message::new("over tls"), Deadline::after(TLS_WAIT))
         .await
     {
         panic!("publishing to {topic} over TLS: {e}");

@@ -14,7 +14,7 @@
 //!     .subscribe(Subscription::new("orders.*".parse()?).group("billing"))
 //!     .await?;
 //! rabbit
-//!     .publish("orders.created", Message::new("{}"), Deadline::after(Duration::from_secs(5)))
+//!     .publish("orders.created", &Message::new("{}"), Deadline::after(Duration::from_secs(5)))
 //!     .await?; // resolves on the broker's basic.ack
 //! if let Some(delivery) = orders.next().await {
 //!     delivery?.ack()?; // basic.ack goes to the broker only now

@@ -73,7 +73,7 @@ impl Publisher for AmqpBroker {
     async fn publish(
         &self,
         destination: &str,
-        message: Message,
+        message: &Message,
         deadline: Deadline,
     ) -> Result<Receipt> {
         self.publishing.fetch_add(1, Ordering::AcqRel);
@@ -92,7 +92,7 @@ impl Publisher for AmqpBroker {
                 limit,
             });
         }
-        let properties = mapping::properties(&message, destination)?;
+        let properties = mapping::properties(message, destination)?;
         let cap = Deadline::after(link.config.confirm_timeout);
         let deadline = if cap.instant() < deadline.instant() {
             cap

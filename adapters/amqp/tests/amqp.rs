@@ -96,7 +96,7 @@ async fn unroutable_publishes_and_unknown_exchanges_are_errors() {
     let broker = server.connect("").await;
     let topic = unique("nobody");
     let e = broker
-        .publish(&topic, Message::new("lost?"), deadline())
+        .publish(&topic, &Message::new("lost?"), deadline())
         .await
         .expect_err("a message no queue receives is an error");
     let text = e.to_string();
@@ -107,7 +107,11 @@ async fn unroutable_publishes_and_unknown_exchanges_are_errors() {
         "{text}"
     );
     let e = broker
-        .publish("exchange:no-such-exchange/x", Message::new("x"), deadline())
+        .publish(
+            "exchange:no-such-exchange/x",
+            &Message::new("x"),
+            deadline(),
+        )
         .await
         .expect_err("an unknown exchange is an error");
     assert!(matches!(e, Error::Permanent { .. }), "{e:?}");
@@ -117,7 +121,7 @@ async fn unroutable_publishes_and_unknown_exchanges_are_errors() {
     let topic = unique("after");
     let mut sub = broker.subscribe(on(&topic)).await.unwrap();
     broker
-        .publish(&topic, Message::new("ok").with_id("after"), deadline())
+        .publish(&topic, &Message::new("ok").with_id("after"), deadline())
         .await
         .expect("a publish after the refused ones");
     next(&mut sub, "after the refused ones")
@@ -151,7 +155,7 @@ async fn rejected_messages_reach_the_dead_letter_queue_with_their_reason() {
     broker
         .publish(
             &topic,
-            Message::new("poison")
+            &Message::new("poison")
                 .with_id("p-1")
                 .with_header("bin", bin.clone()),
             deadline(),
@@ -204,7 +208,7 @@ async fn prefetch_bounds_unacknowledged_deliveries() {
         broker
             .publish(
                 &topic,
-                Message::new(i.to_string()).with_id(format!("pf-{i}")),
+                &Message::new(i.to_string()).with_id(format!("pf-{i}")),
                 deadline(),
             )
             .await
@@ -242,7 +246,7 @@ async fn prefetch_bounds_unacknowledged_deliveries() {
         .unwrap();
     for i in 0..5 {
         broker
-            .publish(&topic, Message::new(i.to_string()), deadline())
+            .publish(&topic, &Message::new(i.to_string()), deadline())
             .await
             .unwrap();
     }
@@ -263,7 +267,7 @@ async fn prefetch_bounds_unacknowledged_deliveries() {
     let mut sub = broker.subscribe(on(&topic).max_in_flight(2)).await.unwrap();
     for i in 0..5 {
         broker
-            .publish(&topic, Message::new(i.to_string()), deadline())
+            .publish(&topic, &Message::new(i.to_string()), deadline())
             .await
             .unwrap();
     }
@@ -339,7 +343,7 @@ async fn the_pika_tutorial_queue_hello_works_both_ways() {
     broker
         .publish(
             "queue:hello",
-            Message::new("Hello from polybridge")
+            &Message::new("Hello from polybridge")
                 .with_id("pb-1")
                 .with_header("lang", "rust")
                 .with_header("raw", vec![0u8, 0xfe]),
@@ -447,7 +451,7 @@ async fn broker_restarts_and_freezes_lose_nothing_confirmed_and_stale_acks_are_d
     let topic = unique("stale");
     let mut sub = broker.subscribe(on(&topic).group("stale")).await.unwrap();
     broker
-        .publish(&topic, Message::new("held").with_id("held-1"), deadline())
+        .publish(&topic, &Message::new("held").with_id("held-1"), deadline())
         .await
         .unwrap();
     let held = next(&mut sub, "before the restart").await;
@@ -476,7 +480,7 @@ async fn broker_restarts_and_freezes_lose_nothing_confirmed_and_stale_acks_are_d
         let r = frozen
             .publish(
                 &topic,
-                Message::new("thawed").with_id("thawed-1"),
+                &Message::new("thawed").with_id("thawed-1"),
                 Deadline::after(Duration::from_secs(5)),
             )
             .await;
@@ -522,7 +526,7 @@ async fn declared_topology_and_native_dead_lettering() {
         .await
         .unwrap();
     broker
-        .publish(&topic, Message::new("bad").with_id("n-1"), deadline())
+        .publish(&topic, &Message::new("bad").with_id("n-1"), deadline())
         .await
         .unwrap();
     next(&mut work, "the message").await.reject("bad").unwrap();
@@ -567,7 +571,7 @@ async fn quorum_queues_count_attempts() {
         .await
         .unwrap();
     broker
-        .publish(&topic, Message::new("x").with_id("q-1"), deadline())
+        .publish(&topic, &Message::new("x").with_id("q-1"), deadline())
         .await
         .unwrap();
     for attempt in 1..=2 {
@@ -594,7 +598,7 @@ async fn shutdown_ends_subscriptions_and_refuses_publishes() {
     let mut sub = broker.subscribe(on(&topic)).await.unwrap();
     broker.shutdown().await;
     let e = broker
-        .publish(&topic, Message::new("late"), deadline())
+        .publish(&topic, &Message::new("late"), deadline())
         .await
         .expect_err("publish after shutdown");
     assert!(matches!(e, Error::Closed { .. }), "{e:?}");
@@ -644,7 +648,7 @@ async fn wildcard_subscriptions_fan_out_through_the_topic_exchange() {
         ("m-0", root.clone()),
     ] {
         broker
-            .publish(&topic, Message::new(id).with_id(id), deadline())
+            .publish(&topic, &Message::new(id).with_id(id), deadline())
             .await
             .unwrap();
     }
@@ -729,7 +733,7 @@ async fn a_pika_rpc_client_gets_its_reply_from_a_polybridge_responder() {
     broker
         .publish(
             &format!("queue:{reply_to}"),
-            Message::new("55").with_correlation_id(correlation_id),
+            &Message::new("55").with_correlation_id(correlation_id),
             deadline(),
         )
         .await
@@ -796,7 +800,7 @@ async fn deleted_queues_are_redeclared_or_reported() {
     loop {
         // Unroutable until the subscription has declared its queue again.
         match broker
-            .publish(&topic, Message::new("back").with_id("back-1"), deadline())
+            .publish(&topic, &Message::new("back").with_id("back-1"), deadline())
             .await
         {
             Ok(_) => break,
@@ -850,10 +854,7 @@ async fn amqp_properties_travel() {
         .with_correlation_id("corr-1")
         .with_header(polybridge_amqp::mapping::EXPIRATION_HEADER, "60000")
         .with_header(polybridge_amqp::mapping::PRIORITY_HEADER, "5");
-    broker
-        .publish(&topic, sent.clone(), deadline())
-        .await
-        .unwrap();
+    broker.publish(&topic, &sent, deadline()).await.unwrap();
     let d = next(&mut sub, "the message").await;
     let m = &d.message;
     assert_eq!(m.id, "props-1");

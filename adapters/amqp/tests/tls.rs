@@ -62,7 +62,7 @@ async fn mutual_tls_connects_with_the_right_certificates_only() {
         let r = broker
             .publish(
                 "tls.r",
-                Message::new("after the restart"),
+                &Message::new("after the restart"),
                 Deadline::after(Duration::from_secs(5)),
             )
             .await;

@@ -16,7 +16,7 @@
 //! // Webhook out (https:// works the same way).
 //! let outbound = polybridge_http::HttpBroker::connect(&"http://127.0.0.1:9000/in".parse()?)?;
 //! outbound
-//!     .publish("orders.created", Message::new("{}"), Deadline::after(Duration::from_secs(30)))
+//!     .publish("orders.created", &Message::new("{}"), Deadline::after(Duration::from_secs(30)))
 //!     .await?; // resolved on a 2xx answer from http://127.0.0.1:9000/in/orders.created
 //! # Ok(()) }
 //! ```
@@ -295,7 +295,7 @@ impl Publisher for HttpBroker {
     async fn publish(
         &self,
         destination: &str,
-        message: Message,
+        message: &Message,
         deadline: Deadline,
     ) -> Result<Receipt> {
         if self.closed.load(AtomicOrdering::Acquire) {
@@ -333,7 +333,7 @@ impl Publisher for HttpBroker {
                         "publish",
                         destination,
                         self.sender
-                            .send(destination, &message, deadline.instant(), None),
+                            .send(destination, message, deadline.instant(), None),
                     )
                     .await;
                 drop(permit);
@@ -349,7 +349,7 @@ impl Publisher for HttpBroker {
                 queue
                     .send(publisher::Queued {
                         destination: destination.to_owned(),
-                        message,
+                        message: message.clone(),
                         permit,
                     })
                     .await

@@ -37,7 +37,7 @@ async fn basic_auth_lets_the_right_password_through_and_refuses_others() {
     let publish = tokio::spawn(async move {
         good.publish(
             "orders.created",
-            Message::new("paid").with_id("a1"),
+            &Message::new("paid").with_id("a1"),
             Deadline::after(WAIT),
         )
         .await
@@ -62,7 +62,7 @@ async fn basic_auth_lets_the_right_password_through_and_refuses_others() {
     // run into the deadline and be a Timeout) and without the password.
     let wrong = connect(&format!("http://app:wrong-s3cret@127.0.0.1:{port}/hooks"));
     let e = wrong
-        .publish("orders.created", Message::new("x"), Deadline::after(WAIT))
+        .publish("orders.created", &Message::new("x"), Deadline::after(WAIT))
         .await
         .unwrap_err();
     assert!(matches!(e, Error::Auth { .. }), "{e:?}");
@@ -77,7 +77,7 @@ async fn basic_auth_lets_the_right_password_through_and_refuses_others() {
     // No credentials: refused too.
     let anonymous = connect(&format!("http://127.0.0.1:{port}/hooks"));
     let e = anonymous
-        .publish("orders.created", Message::new("x"), Deadline::after(WAIT))
+        .publish("orders.created", &Message::new("x"), Deadline::after(WAIT))
         .await
         .unwrap_err();
     assert!(matches!(e, Error::Auth { .. }), "{e:?}");

@@ -264,7 +264,7 @@ async fn the_publisher_retries_5xx_408_and_429_until_a_2xx() {
     let publisher = server.publisher("retry_initial=10ms");
     let m = Message::new("hello").with_id("r-1").with_header("h", "v");
     publisher
-        .publish("orders/eu created", m, Deadline::after(WAIT))
+        .publish("orders/eu created", &m, Deadline::after(WAIT))
         .await
         .expect("confirmed after the retries");
     for attempt in 1..=5 {
@@ -282,7 +282,7 @@ async fn the_publisher_stops_on_other_4xx_and_on_max_attempts() {
     let mut server = ScriptedServer::start(vec![(400, vec![])]).await;
     let publisher = server.publisher("");
     let e = publisher
-        .publish("t", Message::new("x"), Deadline::after(WAIT))
+        .publish("t", &Message::new("x"), Deadline::after(WAIT))
         .await
         .unwrap_err();
     assert!(matches!(e, Error::Permanent { .. }), "{e}");
@@ -293,7 +293,7 @@ async fn the_publisher_stops_on_other_4xx_and_on_max_attempts() {
     let mut server = ScriptedServer::start(vec![(502, vec![])]).await;
     let publisher = server.publisher("max_attempts=3&retry_initial=10ms");
     let e = publisher
-        .publish("t", Message::new("x"), Deadline::after(WAIT))
+        .publish("t", &Message::new("x"), Deadline::after(WAIT))
         .await
         .unwrap_err();
     assert!(e.is_retryable(), "{e}");
@@ -308,7 +308,7 @@ async fn the_publisher_stops_on_other_4xx_and_on_max_attempts() {
     let e = publisher
         .publish(
             "t",
-            Message::new("x"),
+            &Message::new("x"),
             Deadline::after(Duration::from_millis(300)),
         )
         .await
@@ -329,7 +329,7 @@ async fn with_publish_wait_a_publish_resolves_once_the_subscriber_acked() {
         publisher
             .publish(
                 "pay",
-                Message::new("1").with_id("p1"),
+                &Message::new("1").with_id("p1"),
                 Deadline::after(WAIT),
             )
             .await
@@ -381,7 +381,7 @@ async fn a_receiver_that_never_answers_hits_the_per_request_timeout() {
     .unwrap();
     let started = tokio::time::Instant::now();
     let e = publisher
-        .publish("t", Message::new("x"), Deadline::after(WAIT))
+        .publish("t", &Message::new("x"), Deadline::after(WAIT))
         .await
         .unwrap_err();
     assert!(e.is_retryable(), "{e}");

@@ -36,7 +36,7 @@ async fn webhooks_over_https() {
         trusted
             .publish(
                 "secure",
-                Message::new("over tls").with_id("s1"),
+                &Message::new("over tls").with_id("s1"),
                 Deadline::after(Duration::from_secs(10)),
             )
             .await
@@ -59,7 +59,7 @@ async fn webhooks_over_https() {
     let e = untrusted
         .publish(
             "secure",
-            Message::new("x"),
+            &Message::new("x"),
             Deadline::after(Duration::from_secs(10)),
         )
         .await
@@ -109,7 +109,7 @@ async fn basic_auth_over_https() {
     let publish = tokio::spawn(async move {
         good.publish(
             "secure",
-            Message::new("authenticated").with_id("t1"),
+            &Message::new("authenticated").with_id("t1"),
             Deadline::after(Duration::from_secs(10)),
         )
         .await
@@ -127,7 +127,7 @@ async fn basic_auth_over_https() {
         let e = client(user_info)
             .publish(
                 "secure",
-                Message::new("x"),
+                &Message::new("x"),
                 Deadline::after(Duration::from_secs(10)),
             )
             .await

@@ -14,7 +14,7 @@
 //!     .subscribe(Subscription::new("orders.*".parse()?).group("billing"))
 //!     .await?; // returns once the group gave this member its partitions
 //! let receipt = kafka
-//!     .publish("orders.eu", Message::new("{}").with_key("customer-7"),
+//!     .publish("orders.eu", &Message::new("{}").with_key("customer-7"),
 //!              Deadline::after(Duration::from_secs(5)))
 //!     .await?; // the delivery report: partition and offset in receipt.position
 //! if let Some(delivery) = orders.next().await {
@@ -501,7 +501,7 @@ impl Publisher for KafkaBroker {
     async fn publish(
         &self,
         destination: &str,
-        message: Message,
+        message: &Message,
         deadline: Deadline,
     ) -> Result<Receipt> {
         self.publish_one(destination, message, deadline).await

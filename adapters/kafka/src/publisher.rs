@@ -130,7 +130,7 @@ impl KafkaBroker {
     pub(crate) async fn publish_one(
         &self,
         destination: &str,
-        message: Message,
+        message: &Message,
         deadline: Deadline,
     ) -> Result<Receipt> {
         if self.closed.load(Ordering::Acquire) {
@@ -139,7 +139,7 @@ impl KafkaBroker {
         produce(
             &self.producer,
             destination,
-            &message,
+            message,
             self.config.partition,
             self.config.max_payload(),
             deadline,

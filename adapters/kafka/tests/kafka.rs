@@ -60,7 +60,7 @@ async fn publish_n(broker: &KafkaBroker, topic: &str, prefix: &str, n: usize) ->
         let r = broker
             .publish(
                 topic,
-                Message::new(i.to_string()).with_id(format!("{prefix}-{i}")),
+                &Message::new(i.to_string()).with_id(format!("{prefix}-{i}")),
                 deadline(),
             )
             .await
@@ -222,7 +222,7 @@ async fn a_rebalance_moves_partitions_between_members_without_losing_acked_work(
     let group = format!("rb-{}", std::process::id());
     // Create the topic (4 partitions on Tansu) before the group starts.
     kafka
-        .publish(&t, Message::new("warm-up").with_id("warm"), deadline())
+        .publish(&t, &Message::new("warm-up").with_id("warm"), deadline())
         .await
         .unwrap();
     let mut a = kafka.subscribe(on(&t).group(group.clone())).await.unwrap();
@@ -236,7 +236,7 @@ async fn a_rebalance_moves_partitions_between_members_without_losing_acked_work(
                 kafka
                     .publish(
                         &t,
-                        Message::new(i.to_string())
+                        &Message::new(i.to_string())
                             .with_id(id.clone())
                             .with_key(format!("k{}", i % 8)),
                         deadline(),
@@ -325,7 +325,7 @@ async fn reject_dead_letters_to_the_default_topic_with_reason_headers() {
     let dlq = format!("{t}.dlq");
     let group = format!("rj-{}", std::process::id());
     kafka
-        .publish(&dlq, Message::new("warm-up"), deadline())
+        .publish(&dlq, &Message::new("warm-up"), deadline())
         .await
         .unwrap();
     let mut dead = kafka
@@ -340,10 +340,7 @@ async fn reject_dead_letters_to_the_default_topic_with_reason_headers() {
         .with_key("k1")
         .with_header("trace", "abc")
         .with_header("bin", vec![0xffu8, 0]);
-    let receipt = kafka
-        .publish(&t, original.clone(), deadline())
-        .await
-        .unwrap();
+    let receipt = kafka.publish(&t, &original, deadline()).await.unwrap();
     let d = next(&mut sub, "delivery").await;
     assert_eq!(d.info.position, receipt.position);
     d.reject("schema violation").unwrap();
@@ -459,7 +456,7 @@ async fn a_broker_outage_mid_stream_loses_nothing_acked() {
             for i in 0..n {
                 loop {
                     match kafka
-                        .publish(&t, Message::new("x").with_id(format!("o-{i}")), deadline())
+                        .publish(&t, &Message::new("x").with_id(format!("o-{i}")), deadline())
                         .await
                     {
                         Ok(_) => break,
@@ -536,7 +533,7 @@ async fn regex_subscriptions_follow_the_core_pattern() {
     );
     for t in [&one, &two, &other] {
         kafka
-            .publish(t, Message::new("warm-up"), deadline())
+            .publish(t, &Message::new("warm-up"), deadline())
             .await
             .unwrap();
     }
@@ -549,7 +546,7 @@ async fn regex_subscriptions_follow_the_core_pattern() {
         kafka
             .publish(
                 t,
-                Message::new(t.clone()).with_id(format!("m-{t}")),
+                &Message::new(t.clone()).with_id(format!("m-{t}")),
                 deadline(),
             )
             .await
@@ -576,11 +573,11 @@ async fn receipts_keys_partitions_and_payload_limits() {
     let t = topic("receipt");
     let mut sub = kafka.subscribe(on(&t)).await.unwrap();
     let r1 = kafka
-        .publish(&t, Message::new("a").with_key("same"), deadline())
+        .publish(&t, &Message::new("a").with_key("same"), deadline())
         .await
         .unwrap();
     let r2 = kafka
-        .publish(&t, Message::new("b").with_key("same"), deadline())
+        .publish(&t, &Message::new("b").with_key("same"), deadline())
         .await
         .unwrap();
     match (&r1.position, &r2.position) {
@@ -605,7 +602,7 @@ async fn receipts_keys_partitions_and_payload_limits() {
     }
     let limit = kafka.config().max_payload();
     let e = kafka
-        .publish(&t, Message::new(vec![0u8; limit + 1]), deadline())
+        .publish(&t, &Message::new(vec![0u8; limit + 1]), deadline())
         .await
         .unwrap_err();
     assert!(
@@ -613,7 +610,7 @@ async fn receipts_keys_partitions_and_payload_limits() {
         "{e}"
     );
     let e = kafka
-        .publish("bad topic!", Message::new("x"), deadline())
+        .publish("bad topic!", &Message::new("x"), deadline())
         .await
         .unwrap_err();
     assert!(e.to_string().contains("not a Kafka topic name"), "{e}");
@@ -671,7 +668,7 @@ async fn a_missing_topic_without_auto_create_is_a_clear_error() {
     let kafka = server.connect("").await;
     let mut sub = kafka.subscribe(on(&t)).await.unwrap();
     kafka
-        .publish(&t, Message::new("now it exists").with_id("m"), deadline())
+        .publish(&t, &Message::new("now it exists").with_id("m"), deadline())
         .await
         .unwrap();
     next(&mut sub, "after auto-create").await.ack().unwrap();
@@ -786,7 +783,7 @@ async fn native_kafka_clients_read_and_write_the_same_records() {
     let receipt = kafka
         .publish(
             &t,
-            Message::new("hello")
+            &Message::new("hello")
                 .with_id("m-1")
                 .with_key("k-1")
                 .with_header("trace", "abc")
@@ -825,7 +822,7 @@ for m in c:
     // kafka-python → polybridge: foreign headers come back as text or binary by content.
     let t = topic("interop-in");
     kafka
-        .publish(&t, Message::new("create the topic"), deadline())
+        .publish(&t, &Message::new("create the topic"), deadline())
         .await
         .unwrap();
     let mut sub = kafka.subscribe(on(&t)).await.unwrap();

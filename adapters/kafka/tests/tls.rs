@@ -63,7 +63,7 @@ async fn mutual_tls_publishes_and_consumes_with_the_right_certificates_only() {
     broker
         .publish(
             "tls-orders",
-            Message::new("over tls"),
+            &Message::new("over tls"),
             Deadline::after(WAIT),
         )
         .await

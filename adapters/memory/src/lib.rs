@@ -14,7 +14,7 @@
 //!     .subscribe(Subscription::new("orders.*".parse()?))
 //!     .await?;
 //! broker
-//!     .publish("orders.created", Message::new("{\"id\":1}"), Deadline::after(Duration::from_secs(1)))
+//!     .publish("orders.created", &Message::new("{\"id\":1}"), Deadline::after(Duration::from_secs(1)))
 //!     .await?;
 //! if let Some(delivery) = orders.next().await {
 //!     let delivery = delivery?;

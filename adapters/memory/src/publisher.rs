@@ -13,13 +13,13 @@ impl Publisher for MemoryBroker {
     async fn publish(
         &self,
         destination: &str,
-        message: Message,
+        message: &Message,
         _deadline: Deadline,
     ) -> Result<Receipt> {
         if self.closed.load(Ordering::Acquire) {
             return Err(Error::closed("memory", "the publisher"));
         }
-        let offset = self.shared.append(destination, message)?;
+        let offset = self.shared.append(destination, message.clone())?;
         Ok(Receipt {
             position: Some(Position::Sequence(offset)),
             duplicate: false,

@@ -33,7 +33,7 @@ async fn connections_to_one_name_share_a_broker() {
         .subscribe(Subscription::new("t.x".parse().unwrap()))
         .await
         .unwrap();
-    a.publish("t.x", Message::new("hi"), deadline())
+    a.publish("t.x", &Message::new("hi"), deadline())
         .await
         .unwrap();
     let d = next(&mut sub).await;
@@ -53,7 +53,7 @@ async fn wildcards_match_levels() {
         .await
         .unwrap();
     for topic in ["s.a.t", "s.a.b.t", "s.b.t"] {
-        b.publish(topic, Message::new(topic), deadline())
+        b.publish(topic, &Message::new(topic), deadline())
             .await
             .unwrap();
     }
@@ -77,7 +77,7 @@ async fn wildcards_match_levels() {
 async fn start_positions_for_a_new_group() {
     let b = broker("start-positions");
     for i in 0..5 {
-        b.publish("sp", Message::new(format!("{i}")), deadline())
+        b.publish("sp", &Message::new(format!("{i}")), deadline())
             .await
             .unwrap();
     }
@@ -114,7 +114,7 @@ async fn reject_goes_to_the_default_dead_letter_topic_with_reason() {
         .subscribe(Subscription::new("orders.dlq".parse().unwrap()))
         .await
         .unwrap();
-    b.publish("orders", Message::new("x").with_id("m1"), deadline())
+    b.publish("orders", &Message::new("x").with_id("m1"), deadline())
         .await
         .unwrap();
     next(&mut sub).await.reject("cannot parse").unwrap();
@@ -151,7 +151,7 @@ async fn invalid_destinations_and_options_are_refused() {
     let b = broker("invalid");
     for bad in ["", "a..b", "a.*", "a.>"] {
         let e = b
-            .publish(bad, Message::new("x"), deadline())
+            .publish(bad, &Message::new("x"), deadline())
             .await
             .unwrap_err();
         assert!(e.to_string().contains("invalid topic"), "{bad}: {e}");
@@ -167,7 +167,7 @@ async fn invalid_destinations_and_options_are_refused() {
 async fn retention_drops_the_oldest_messages() {
     let b = MemoryBroker::connect(&"memory://retention?retention=3".parse().unwrap()).unwrap();
     for i in 0..5 {
-        b.publish("r", Message::new(format!("{i}")), deadline())
+        b.publish("r", &Message::new(format!("{i}")), deadline())
             .await
             .unwrap();
     }

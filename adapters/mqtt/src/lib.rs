@@ -13,7 +13,7 @@
 //! let mut temps = mqtt
 //!     .subscribe(Subscription::new(TopicPattern::from_mqtt("sensors/+/temp")?))
 //!     .await?;
-//! mqtt.publish("sensors/1/temp", Message::new("21.5"), Deadline::after(Duration::from_secs(5)))
+//! mqtt.publish("sensors/1/temp", &Message::new("21.5"), Deadline::after(Duration::from_secs(5)))
 //!     .await?; // resolves on the broker's PUBACK
 //! if let Some(delivery) = temps.next().await {
 //!     delivery?.ack()?; // only now does the broker get our PUBACK

@@ -18,7 +18,7 @@ impl Publisher for MqttBroker {
     async fn publish(
         &self,
         destination: &str,
-        message: Message,
+        message: &Message,
         deadline: Deadline,
     ) -> Result<Receipt> {
         if self.closed.load(Ordering::Acquire) {
@@ -34,7 +34,7 @@ impl Publisher for MqttBroker {
                 limit: self.config.max_payload,
             });
         }
-        let (payload, properties) = mapping::to_mqtt(&self.config, &message);
+        let (payload, properties) = mapping::to_mqtt(&self.config, message);
         // Values with control characters are escaped by the mapping; names cannot be.
         if let Some(name) = properties
             .user

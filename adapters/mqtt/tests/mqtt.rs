@@ -86,7 +86,7 @@ async fn ready_publish(broker: &polybridge_mqtt::MqttBroker, topic: &str, n: usi
         broker
             .publish(
                 topic,
-                Message::new(format!("m{i}")).with_id(format!("m{i}")),
+                &Message::new(format!("m{i}")).with_id(format!("m{i}")),
                 deadline(),
             )
             .await
@@ -116,7 +116,7 @@ async fn a_publish_stays_pending_while_the_broker_is_frozen() {
             broker
                 .publish(
                     &topic,
-                    Message::new("held").with_id("held"),
+                    &Message::new("held").with_id("held"),
                     Deadline::after(Duration::from_secs(60)),
                 )
                 .await
@@ -209,7 +209,11 @@ async fn out_of_order_acks_never_acknowledge_an_earlier_message() {
         assert_eq!(again.len(), 3, "all three come back: {again:?}");
         // Now all acked in order: a new session sees only what is published next.
         broker
-            .publish(&topic, Message::new("marker").with_id("marker"), deadline())
+            .publish(
+                &topic,
+                &Message::new("marker").with_id("marker"),
+                deadline(),
+            )
             .await
             .unwrap();
         let marker = receive_ids(&mut stream, &["marker"], "the marker").await;
@@ -220,7 +224,7 @@ async fn out_of_order_acks_never_acknowledge_an_earlier_message() {
     let broker = server.connect(&options).await;
     let mut stream = broker.subscribe(on(&topic).group("ordered")).await.unwrap();
     broker
-        .publish(&topic, Message::new("last").with_id("last"), deadline())
+        .publish(&topic, &Message::new("last").with_id("last"), deadline())
         .await
         .unwrap();
     let rest = receive_ids(&mut stream, &["last"], "after in-order acks").await;
@@ -256,7 +260,7 @@ async fn a_shared_group_receives_again_after_a_broker_restart() {
         match broker
             .publish(
                 &topic,
-                Message::new("probe").with_id(format!("probe-{i}")),
+                &Message::new("probe").with_id(format!("probe-{i}")),
                 deadline(),
             )
             .await
@@ -286,7 +290,7 @@ async fn two_connections_with_one_client_id_in_a_process_do_not_clash() {
     let mut first = one.subscribe(on(&topic).group("same")).await.unwrap();
     let mut second = two.subscribe(on(&topic)).await.unwrap();
     ready_publish(&one, &topic, 1).await;
-    two.publish(&topic, Message::new("x").with_id("m1"), deadline())
+    two.publish(&topic, &Message::new("x").with_id("m1"), deadline())
         .await
         .unwrap();
     let a = receive_ids(&mut first, &["m0", "m1"], "the group member").await;
@@ -343,7 +347,7 @@ async fn a_queued_backlog_arrives_whole_and_in_order_with_a_small_window() {
     }
     // Nothing is left over or sent twice.
     publisher
-        .publish(&topic, Message::new("end").with_id("end"), deadline())
+        .publish(&topic, &Message::new("end").with_id("end"), deadline())
         .await
         .unwrap();
     let end = next(&mut stream, "the end marker").await;

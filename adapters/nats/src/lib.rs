@@ -13,7 +13,7 @@
 //! let mut orders = nats
 //!     .subscribe(Subscription::new("ORDERS.*".parse()?).group("billing"))
 //!     .await?;
-//! nats.publish("ORDERS.created", Message::new("{}"), Deadline::after(Duration::from_secs(5)))
+//! nats.publish("ORDERS.created", &Message::new("{}"), Deadline::after(Duration::from_secs(5)))
 //!     .await?; // resolves on JetStream's PubAck
 //! if let Some(delivery) = orders.next().await {
 //!     delivery?.ack()?; // the ack goes to JetStream only now

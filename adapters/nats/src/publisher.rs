@@ -15,7 +15,7 @@ impl Publisher for NatsBroker {
     async fn publish(
         &self,
         destination: &str,
-        message: Message,
+        message: &Message,
         deadline: Deadline,
     ) -> Result<Receipt> {
         self.check_open()?;
@@ -40,11 +40,7 @@ impl Publisher for NatsBroker {
         }
     }
 
-    async fn publish_batch(
-        &self,
-        batch: Vec<Outgoing>,
-        deadline: Deadline,
-    ) -> Vec<Result<Receipt>> {
+    async fn publish_batch(&self, batch: &[Outgoing], deadline: Deadline) -> Vec<Result<Receipt>> {
         if self.check_open().is_err() {
             return batch
                 .iter()
@@ -61,16 +57,15 @@ impl Publisher for NatsBroker {
                             BROKER,
                             "publish",
                             &o.destination,
-                            self.send_core(&o.destination, o.message),
+                            self.send_core(&o.destination, &o.message),
                         )
                         .await;
-                    results.push((o.destination, sent));
+                    results.push((o.destination.as_str(), sent));
                 }
                 let flushed = match results.iter().find(|(_, r)| r.is_ok()) {
                     Some((destination, _)) => {
-                        let destination = destination.clone();
                         deadline
-                            .run(BROKER, "flush", &destination, self.flush(&destination))
+                            .run(BROKER, "flush", destination, self.flush(destination))
                             .await
                     }
                     None => Ok(()),
@@ -97,10 +92,10 @@ impl Publisher for NatsBroker {
                             BROKER,
                             "publish",
                             &o.destination,
-                            self.send_jetstream(&o.destination, o.message),
+                            self.send_jetstream(&o.destination, &o.message),
                         )
                         .await;
-                    pending.push((o.destination, sent));
+                    pending.push((o.destination.as_str(), sent));
                 }
                 join_all(pending.into_iter().map(|(destination, sent)| async move {
                     let ack = sent?;
@@ -108,8 +103,8 @@ impl Publisher for NatsBroker {
                         .run(
                             BROKER,
                             "publish",
-                            &destination,
-                            self.await_puback(&destination, ack),
+                            destination,
+                            self.await_puback(destination, ack),
                         )
                         .await
                 }))
@@ -172,18 +167,19 @@ impl NatsBroker {
         Ok(headers)
     }
 
-    async fn send_core(&self, destination: &str, message: Message) -> Result<()> {
-        let headers = self.prepare(destination, &message, false)?;
+    async fn send_core(&self, destination: &str, message: &Message) -> Result<()> {
+        let headers = self.prepare(destination, message, false)?;
         let subject = destination.to_owned();
-        let result = match message.reply_to {
+        let payload = message.payload.clone();
+        let result = match &message.reply_to {
             Some(reply) => {
                 self.client
-                    .publish_with_reply_and_headers(subject, reply, headers, message.payload)
+                    .publish_with_reply_and_headers(subject, reply.clone(), headers, payload)
                     .await
             }
             None => {
                 self.client
-                    .publish_with_headers(subject, headers, message.payload)
+                    .publish_with_headers(subject, headers, payload)
                     .await
             }
         };
@@ -207,16 +203,16 @@ impl NatsBroker {
     async fn send_jetstream(
         &self,
         destination: &str,
-        message: Message,
+        message: &Message,
     ) -> Result<async_nats::jetstream::context::PublishAckFuture> {
-        let headers = self.prepare(destination, &message, true)?;
+        let headers = self.prepare(destination, message, true)?;
         let Some(js) = &self.jetstream else {
             return Err(Error::unsupported(
                 BROKER,
                 "JetStream publish on a core connection",
             ));
         };
-        js.publish_with_headers(destination.to_owned(), headers, message.payload)
+        js.publish_with_headers(destination.to_owned(), headers, message.payload.clone())
             .await
             .map_err(|e| self.publish_error(destination, e))
     }

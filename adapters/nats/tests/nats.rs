@@ -60,7 +60,7 @@ async fn a_native_nats_requester_gets_the_reply_of_a_polybridge_responder() {
         ));
         reply.correlation_id = d.message.correlation_id.clone();
         responder
-            .publish(&reply_to, reply, deadline())
+            .publish(&reply_to, &reply, deadline())
             .await
             .unwrap();
         d.ack().unwrap();
@@ -116,13 +116,13 @@ async fn a_polybridge_requester_gets_the_reply_of_a_native_nats_service() {
             .with_correlation_id("corr-1");
         if mode.is_empty() {
             requester
-                .publish("svc.upper", request, deadline())
+                .publish("svc.upper", &request, deadline())
                 .await
                 .unwrap();
         } else {
             // A JetStream connection publishes to streams; a request to a core service
             // goes over core NATS.
-            core.publish("svc.upper", request, deadline())
+            core.publish("svc.upper", &request, deadline())
                 .await
                 .unwrap();
         }
@@ -152,7 +152,7 @@ async fn queue_group_members_share_messages_and_other_subscribers_get_all() {
     for i in 0..n {
         nats.publish(
             "jobs.new",
-            Message::new(i.to_string()).with_id(format!("j{i}")),
+            &Message::new(i.to_string()).with_id(format!("j{i}")),
             deadline(),
         )
         .await
@@ -193,11 +193,11 @@ async fn jetstream_drops_a_retried_publish_with_the_same_message_id() {
     let topic = "pbt.dedup.orders";
     let mut sub = js.subscribe(subject(topic)).await.unwrap();
     let first = js
-        .publish(topic, Message::new("once").with_id("order-42"), deadline())
+        .publish(topic, &Message::new("once").with_id("order-42"), deadline())
         .await
         .unwrap();
     let again = js
-        .publish(topic, Message::new("once").with_id("order-42"), deadline())
+        .publish(topic, &Message::new("once").with_id("order-42"), deadline())
         .await
         .unwrap();
     assert!(!first.duplicate);
@@ -220,7 +220,7 @@ async fn nack_after_redelivers_after_the_delay_with_the_attempt_counted() {
     let js = server.connect(JETSTREAM).await;
     let topic = "pbt.delay.x";
     let mut sub = js.subscribe(subject(topic).group("delayed")).await.unwrap();
-    js.publish(topic, Message::new("later").with_id("d1"), deadline())
+    js.publish(topic, &Message::new("later").with_id("d1"), deadline())
         .await
         .unwrap();
     let d = next(&mut sub, "first delivery").await;
@@ -251,7 +251,7 @@ async fn a_delivery_held_past_ack_wait_is_kept_alive_not_redelivered() {
     let topic = "pbt.slow.job";
     let mut one = js.subscribe(subject(topic).group("slow")).await.unwrap();
     let mut two = js.subscribe(subject(topic).group("slow")).await.unwrap();
-    js.publish(topic, Message::new("work").with_id("slow-1"), deadline())
+    js.publish(topic, &Message::new("work").with_id("slow-1"), deadline())
         .await
         .unwrap();
     let held = tokio::select! {
@@ -292,7 +292,7 @@ async fn core_subscriptions_resume_after_a_server_restart() {
         if nats
             .publish(
                 "live.tick",
-                Message::new(i.to_string()),
+                &Message::new(i.to_string()),
                 Deadline::after(Duration::from_secs(1)),
             )
             .await
@@ -317,7 +317,7 @@ async fn bad_input_gets_clear_errors_before_anything_is_sent() {
     let mut everything = nats.subscribe(subject(">")).await.unwrap();
     for bad in ["", "a..b", "orders.*", "with space"] {
         let e = nats
-            .publish(bad, Message::new("x"), deadline())
+            .publish(bad, &Message::new("x"), deadline())
             .await
             .unwrap_err();
         assert!(
@@ -329,7 +329,7 @@ async fn bad_input_gets_clear_errors_before_anything_is_sent() {
         .max_payload
         .unwrap();
     let e = nats
-        .publish("big", Message::new(vec![0u8; limit + 1]), deadline())
+        .publish("big", &Message::new(vec![0u8; limit + 1]), deadline())
         .await
         .unwrap_err();
     assert!(
@@ -346,7 +346,7 @@ async fn bad_input_gets_clear_errors_before_anything_is_sent() {
 
     let js = server.connect(JETSTREAM).await;
     let e = js
-        .publish("nostream.here", Message::new("x"), deadline())
+        .publish("nostream.here", &Message::new("x"), deadline())
         .await
         .unwrap_err();
     assert!(

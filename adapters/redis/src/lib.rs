@@ -12,7 +12,7 @@
 //!     .subscribe(Subscription::new("orders".parse()?).group("billing"))
 //!     .await?;
 //! redis
-//!     .publish("orders", Message::new("{}"), Deadline::after(Duration::from_secs(5)))
+//!     .publish("orders", &Message::new("{}"), Deadline::after(Duration::from_secs(5)))
 //!     .await?; // XADD answered: the entry id is in the receipt
 //! if let Some(delivery) = orders.next().await {
 //!     delivery?.ack()?; // XACK

@@ -16,11 +16,11 @@ impl Publisher for RedisBroker {
     async fn publish(
         &self,
         destination: &str,
-        message: Message,
+        message: &Message,
         deadline: Deadline,
     ) -> Result<Receipt> {
         self.check_open()?;
-        let command = self.command_for(destination, &message)?;
+        let command = self.command_for(destination, message)?;
         let mut connection = self.connection.clone();
         deadline
             .run(BROKER, "publish", destination, async move {
@@ -33,11 +33,7 @@ impl Publisher for RedisBroker {
             .await
     }
 
-    async fn publish_batch(
-        &self,
-        batch: Vec<Outgoing>,
-        deadline: Deadline,
-    ) -> Vec<Result<Receipt>> {
+    async fn publish_batch(&self, batch: &[Outgoing], deadline: Deadline) -> Vec<Result<Receipt>> {
         if self.check_open().is_err() {
             return batch
                 .iter()

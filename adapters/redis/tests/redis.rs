@@ -83,7 +83,7 @@ async fn a_crashed_stream_consumers_messages_are_claimed_by_the_group() {
         broker
             .publish(
                 "orders",
-                Message::new(i.to_string()).with_id(format!("o{i}")),
+                &Message::new(i.to_string()).with_id(format!("o{i}")),
                 deadline(),
             )
             .await
@@ -124,7 +124,7 @@ async fn a_crashed_list_consumers_processing_list_is_requeued() {
         broker
             .publish(
                 "jobs",
-                Message::new(i.to_string()).with_id(format!("j{i}")),
+                &Message::new(i.to_string()).with_id(format!("j{i}")),
                 deadline(),
             )
             .await
@@ -193,7 +193,7 @@ async fn an_entry_delivered_n_times_goes_to_the_dead_letter_stream() {
         broker
             .publish(
                 key,
-                Message::new("bad")
+                &Message::new("bad")
                     .with_id("p1")
                     .with_header("tenant", "t1"),
                 deadline(),
@@ -257,7 +257,7 @@ async fn pubsub_resubscribes_after_a_server_restart() {
         let _ = broker
             .publish(
                 "ticks.a",
-                Message::new(i.to_string()),
+                &Message::new(i.to_string()),
                 Deadline::after(Duration::from_secs(1)),
             )
             .await;
@@ -292,7 +292,7 @@ async fn a_key_of_another_type_is_a_clear_error_naming_it() {
         .unwrap();
     let streams = server.connect(STREAMS).await;
     let e = streams
-        .publish("a.list", Message::new("x"), deadline())
+        .publish("a.list", &Message::new("x"), deadline())
         .await
         .unwrap_err();
     assert!(matches!(e, Error::Permanent { .. }), "{e:?}");
@@ -310,7 +310,7 @@ async fn a_key_of_another_type_is_a_clear_error_naming_it() {
     let e = lists.subscribe(on("a.stream")).await.unwrap_err();
     assert!(e.to_string().contains("holds a stream, not a list"), "{e}");
     let e = lists
-        .publish("a.stream", Message::new("x"), deadline())
+        .publish("a.stream", &Message::new("x"), deadline())
         .await
         .unwrap_err();
     assert!(e.to_string().contains("a.stream"), "{e}");

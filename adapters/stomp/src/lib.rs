@@ -14,7 +14,7 @@
 //!     .subscribe(Subscription::new("orders.created".parse()?).group("billing"))
 //!     .await?;
 //! stomp
-//!     .publish("orders.created", Message::new("{}"), Deadline::after(Duration::from_secs(5)))
+//!     .publish("orders.created", &Message::new("{}"), Deadline::after(Duration::from_secs(5)))
 //!     .await?; // resolves on the broker's RECEIPT
 //! if let Some(delivery) = orders.next().await {
 //!     delivery?.ack()?; // the ACK frame goes to the broker only now
@@ -265,7 +265,7 @@ impl Publisher for StompBroker {
     async fn publish(
         &self,
         destination: &str,
-        message: Message,
+        message: &Message,
         deadline: Deadline,
     ) -> Result<Receipt> {
         self.publisher.publish(destination, message, deadline).await

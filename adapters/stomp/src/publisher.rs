@@ -85,13 +85,13 @@ impl StompPublisher {
     pub async fn publish(
         &self,
         destination: &str,
-        message: Message,
+        message: &Message,
         deadline: Deadline,
     ) -> Result<Receipt> {
         if self.closed.load(Ordering::Acquire) {
             return Err(Error::closed(BROKER, "the publisher"));
         }
-        let frame = self.frame(destination, &message)?;
+        let frame = self.frame(destination, message)?;
         let (reply, answer) = oneshot::channel();
         deadline
             .run(BROKER, "publish", destination, async {

@@ -46,7 +46,7 @@ async fn nack_redelivers_on_both_brokers() {
         let t = unique("nack");
         let mut sub = broker.subscribe(topic(&t)).await.unwrap();
         broker
-            .publish(&t, Message::new("once").with_id("n1"), deadline())
+            .publish(&t, &Message::new("once").with_id("n1"), deadline())
             .await
             .unwrap();
         let first = next(&mut sub, "first delivery").await;
@@ -77,7 +77,7 @@ async fn binary_bodies_with_nul_survive() {
             ("empty", vec![]),
         ] {
             broker
-                .publish(&t, Message::new(body).with_id(id), deadline())
+                .publish(&t, &Message::new(body).with_id(id), deadline())
                 .await
                 .unwrap();
         }
@@ -110,7 +110,7 @@ async fn header_escaping_round_trips() {
             m = m.with_header(n, v);
         }
         m = m.with_header("bin", vec![0u8, b':', b'\n', 0xff]);
-        broker.publish(&t, m, deadline()).await.unwrap();
+        broker.publish(&t, &m, deadline()).await.unwrap();
         let d = next(&mut sub, "escaped headers").await;
         for (n, v) in headers {
             assert_eq!(
@@ -141,7 +141,7 @@ async fn durable_subscription_survives_a_client_restart() {
                 .await
                 .unwrap();
             client
-                .publish(&t, Message::new("1").with_id("d1"), deadline())
+                .publish(&t, &Message::new("1").with_id("d1"), deadline())
                 .await
                 .unwrap();
             next(&mut sub, "while connected").await.ack().unwrap();
@@ -151,7 +151,7 @@ async fn durable_subscription_survives_a_client_restart() {
         // The client is gone; messages wait for the durable subscription.
         let other = connect(&url).await;
         other
-            .publish(&t, Message::new("2").with_id("d2"), deadline())
+            .publish(&t, &Message::new("2").with_id("d2"), deadline())
             .await
             .unwrap();
         other.close(deadline()).await.unwrap();
@@ -183,7 +183,7 @@ async fn a_consumer_group_queue_keeps_messages_across_a_client_restart() {
         let publisher = connect(&url).await;
         for i in 0..3 {
             publisher
-                .publish(&t, Message::new("x").with_id(format!("gr{i}")), deadline())
+                .publish(&t, &Message::new("x").with_id(format!("gr{i}")), deadline())
                 .await
                 .unwrap();
         }
@@ -223,7 +223,7 @@ async fn an_error_frame_fails_the_publish_with_the_brokers_message() {
     // RabbitMQ answers SEND to an exchange that does not exist with an ERROR frame.
     let missing = format!("/exchange/{}/key", unique("missing"));
     let err = broker
-        .publish(&missing, Message::new("x"), deadline())
+        .publish(&missing, &Message::new("x"), deadline())
         .await
         .unwrap_err();
     eprintln!("{err:?}");
@@ -237,7 +237,7 @@ async fn an_error_frame_fails_the_publish_with_the_brokers_message() {
     let t = unique("afterror");
     let mut sub = broker.subscribe(topic(&t)).await.unwrap();
     broker
-        .publish(&t, Message::new("ok").with_id("after"), deadline())
+        .publish(&t, &Message::new("ok").with_id("after"), deadline())
         .await
         .unwrap();
     assert_eq!(next(&mut sub, "after the error").await.message.id, "after");
@@ -249,7 +249,7 @@ async fn bad_destinations_are_refused_before_sending() {
         let Some(url) = url(kind) else { continue };
         let broker = connect(&url).await;
         let err = broker
-            .publish("/nowhere/x", Message::new("x"), deadline())
+            .publish("/nowhere/x", &Message::new("x"), deadline())
             .await
             .unwrap_err();
         assert!(
@@ -257,7 +257,7 @@ async fn bad_destinations_are_refused_before_sending() {
             "{kind:?}: {err}"
         );
         let err = broker
-            .publish("a.*", Message::new("x"), deadline())
+            .publish("a.*", &Message::new("x"), deadline())
             .await
             .unwrap_err();
         assert!(err.to_string().contains("wildcard"), "{err}");
@@ -293,7 +293,7 @@ async fn activemq_wildcards_match() {
         .enumerate()
     {
         broker
-            .publish(t, Message::new("w").with_id(format!("w{i}")), deadline())
+            .publish(t, &Message::new("w").with_id(format!("w{i}")), deadline())
             .await
             .unwrap();
     }
@@ -438,7 +438,7 @@ async fn stomp_py_and_polybridge_exchange_messages_on_queue_test() {
         broker
             .publish(
                 queue,
-                Message::new("Hello from polybridge").with_id("to-python"),
+                &Message::new("Hello from polybridge").with_id("to-python"),
                 deadline(),
             )
             .await
@@ -468,7 +468,7 @@ async fn publish_waits_for_the_receipt_and_heartbeats_detect_a_dead_broker() {
     let broker = connect(&url).await;
     let t = unique("paused");
     broker
-        .publish(&t, Message::new("before"), deadline())
+        .publish(&t, &Message::new("before"), deadline())
         .await
         .unwrap();
     process.pause().unwrap();
@@ -478,7 +478,7 @@ async fn publish_waits_for_the_receipt_and_heartbeats_detect_a_dead_broker() {
     let result = broker
         .publish(
             &t,
-            Message::new("while paused"),
+            &Message::new("while paused"),
             Deadline::after(Duration::from_secs(15)),
         )
         .await;
@@ -494,7 +494,7 @@ async fn publish_waits_for_the_receipt_and_heartbeats_detect_a_dead_broker() {
     // After resume, the next publishes reconnect and succeed.
     let end = std::time::Instant::now() + WAIT;
     loop {
-        match broker.publish(&t, Message::new("after"), deadline()).await {
+        match broker.publish(&t, &Message::new("after"), deadline()).await {
             Ok(_) => break,
             Err(e) if e.is_retryable() && std::time::Instant::now() < end => {
                 tokio::time::sleep(Duration::from_millis(100)).await
@@ -519,7 +519,7 @@ async fn an_oversize_frame_ends_the_subscription_and_loses_nothing() {
         broker
             .publish(
                 &t,
-                Message::new(vec![7u8; 10_000]).with_id("big"),
+                &Message::new(vec![7u8; 10_000]).with_id("big"),
                 deadline(),
             )
             .await
@@ -586,7 +586,7 @@ async fn activemq_stomp_nack_does_not_redeliver_so_nack_is_emulated() {
     let broker = connect(&url).await;
     let queue = format!("/queue/{}", unique("poison"));
     broker
-        .publish(&queue, Message::new("p").with_id("poison"), deadline())
+        .publish(&queue, &Message::new("p").with_id("poison"), deadline())
         .await
         .unwrap();
     let out = stomp_py(STOMP_PY_NACK, vec!["127.0.0.1".into(), port, queue.clone()]).await;
@@ -627,7 +627,7 @@ async fn an_ack_from_before_a_reconnect_is_dropped_and_the_broker_redelivers() {
     let t = unique("oldack");
     let mut sub = broker.subscribe(topic(&t).group("old")).await.unwrap();
     broker
-        .publish(&t, Message::new("held").with_id("held"), deadline())
+        .publish(&t, &Message::new("held").with_id("held"), deadline())
         .await
         .unwrap();
     let held = next(&mut sub, "before the restart").await;
@@ -670,7 +670,7 @@ async fn rabbitmq_wildcards_match() {
         .enumerate()
     {
         broker
-            .publish(t, Message::new("w").with_id(format!("w{i}")), deadline())
+            .publish(t, &Message::new("w").with_id(format!("w{i}")), deadline())
             .await
             .unwrap();
     }

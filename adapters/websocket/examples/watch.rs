@@ -33,7 +33,7 @@ async fn main() -> Result<()> {
         let tick = format!("{{\"n\":{n},\"price\":{price:.2}}}");
         hub.publish(
             "prices.eu",
-            Message::new(tick).with_content_type("application/json"),
+            &Message::new(tick).with_content_type("application/json"),
             Deadline::after(Duration::from_secs(5)),
         )
         .await?;

@@ -308,7 +308,7 @@ where
                 let reply = match mapping::get_message(&frame) {
                     Err(e) => mapping::error_frame(reference, None, &Error::config(BROKER, e)),
                     Ok(message) => match backend
-                        .publish(&topic, message, Deadline::after(PUBLISH_TIMEOUT))
+                        .publish(&topic, &message, Deadline::after(PUBLISH_TIMEOUT))
                         .await
                     {
                         Ok(_) => json!({"op": "ok", "ref": reference}),

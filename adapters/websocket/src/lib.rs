@@ -13,7 +13,7 @@
 //! // A service connects to it like to any broker…
 //! let ws = WsBroker::connect(&"ws://127.0.0.1:8090/".parse()?).await?;
 //! let mut orders = ws.subscribe(Subscription::new("orders.*".parse()?)).await?;
-//! ws.publish("orders.created", Message::new("{}"), Deadline::after(Duration::from_secs(5)))
+//! ws.publish("orders.created", &Message::new("{}"), Deadline::after(Duration::from_secs(5)))
 //!     .await?; // resolved on the hub's `ok`, sent once its backend confirmed the message
 //! if let Some(delivery) = orders.next().await {
 //!     delivery?.ack()?;
@@ -317,7 +317,7 @@ impl Publisher for WsBroker {
     async fn publish(
         &self,
         destination: &str,
-        message: Message,
+        message: &Message,
         deadline: Deadline,
     ) -> Result<Receipt> {
         if self.closed.load(AtomicOrdering::Acquire) {
@@ -344,7 +344,7 @@ impl Publisher for WsBroker {
         let mut frame = Map::new();
         frame.insert("op".into(), json!("publish"));
         frame.insert("topic".into(), json!(destination));
-        mapping::put_message(&mut frame, &message);
+        mapping::put_message(&mut frame, message);
         let answer = deadline
             .run(
                 BROKER,

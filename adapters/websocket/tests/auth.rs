@@ -52,7 +52,7 @@ async fn a_serving_hub_lets_the_right_password_through_and_refuses_others() {
         .await
         .unwrap();
     served
-        .publish("orders", Message::new("paid"), Deadline::after(WAIT))
+        .publish("orders", &Message::new("paid"), Deadline::after(WAIT))
         .await
         .unwrap();
     let d = tokio::time::timeout(WAIT, sub.next())
@@ -130,7 +130,7 @@ async fn bind_authenticated_guards_a_hub_in_front_of_any_backend() {
         .await
         .expect("the right password");
     client
-        .publish("t", Message::new("x"), Deadline::after(WAIT))
+        .publish("t", &Message::new("x"), Deadline::after(WAIT))
         .await
         .expect("a publish through the authenticated hub");
     let e = connect(&format!("ws://svc:s3cret@127.0.0.1:{port}/"))

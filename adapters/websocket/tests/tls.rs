@@ -44,7 +44,7 @@ async fn a_hub_over_wss() {
     served
         .publish(
             "secure",
-            Message::new("over tls"),
+            &Message::new("over tls"),
             Deadline::after(Duration::from_secs(10)),
         )
         .await
@@ -99,7 +99,7 @@ async fn basic_auth_over_wss() {
     served
         .publish(
             "secure",
-            Message::new("authenticated"),
+            &Message::new("authenticated"),
             Deadline::after(Duration::from_secs(10)),
         )
         .await

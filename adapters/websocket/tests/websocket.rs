@@ -85,7 +85,7 @@ async fn a_browser_subscribes_receives_and_acks() {
     service
         .publish(
             "orders.created",
-            Message::new("{\"id\":7}")
+            &Message::new("{\"id\":7}")
                 .with_id("o7")
                 .with_header("trace", "t1")
                 .with_content_type("application/json"),
@@ -96,7 +96,7 @@ async fn a_browser_subscribes_receives_and_acks() {
     service
         .publish(
             "orders.binary",
-            Message::new(vec![0u8, 0xff]).with_id("o8"),
+            &Message::new(vec![0u8, 0xff]).with_id("o8"),
             deadline(),
         )
         .await
@@ -152,7 +152,7 @@ async fn a_watching_browser_with_auto_ack_gets_everything() {
         service
             .publish(
                 &format!("prices.eu.{i}"),
-                Message::new(i.to_string()),
+                &Message::new(i.to_string()),
                 deadline(),
             )
             .await
@@ -258,7 +258,7 @@ async fn a_disconnected_browser_s_unsettled_deliveries_go_to_the_rest_of_its_gro
     .await;
     assert_eq!(read(&mut ws, "subscribed").await["op"], "ok");
     service
-        .publish("work", Message::new("job").with_id("j1"), deadline())
+        .publish("work", &Message::new("job").with_id("j1"), deadline())
         .await
         .unwrap();
     let m = read(&mut ws, "job").await;
@@ -298,7 +298,7 @@ async fn the_client_reports_what_it_cannot_do() {
         )
     );
     let e = service
-        .publish("t", Message::new(vec![0u8; 65537]), deadline())
+        .publish("t", &Message::new(vec![0u8; 65537]), deadline())
         .await
         .unwrap_err();
     assert!(
@@ -355,7 +355,7 @@ async fn while_the_hub_is_away_publishes_fail_then_the_client_reconnects_and_res
     let mut sub = service.subscribe(subscription("t")).await.unwrap();
     drop(hub);
     let e = service
-        .publish("t", Message::new("lost"), deadline())
+        .publish("t", &Message::new("lost"), deadline())
         .await
         .unwrap_err();
     // `Connection` if the publish met the dead socket, `Transient` if the client had
@@ -378,7 +378,7 @@ async fn while_the_hub_is_away_publishes_fail_then_the_client_reconnects_and_res
     };
     loop {
         match service
-            .publish("t", Message::new("back").with_id("b1"), deadline())
+            .publish("t", &Message::new("back").with_id("b1"), deadline())
             .await
         {
             Ok(_) => break,
@@ -416,7 +416,7 @@ async fn serve_runs_the_hub_in_process_for_browsers() {
     .await;
     assert_eq!(read(&mut ws, "subscribed").await["op"], "ok");
     served
-        .publish("ticks", Message::new("42"), deadline())
+        .publish("ticks", &Message::new("42"), deadline())
         .await
         .unwrap();
     assert_eq!(read(&mut ws, "tick").await["payload"], "42");
