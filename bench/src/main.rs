@@ -69,6 +69,9 @@ struct Args {
     /// The route's `max_in_flight` (default: the bridge's default, 256).
     #[arg(long)]
     max_in_flight: Option<usize>,
+    /// The route's `max_batch` (default: the bridge's default, 64; 1 turns batching off).
+    #[arg(long)]
+    max_batch: Option<usize>,
     /// Where results go.
     #[arg(long, default_value = "docs/benchmarks")]
     out: std::path::PathBuf,
@@ -423,7 +426,7 @@ async fn bench_route(
                 continue;
             }
         }
-        let b = bridged(source, sink, n, &body, args.max_in_flight)
+        let b = bridged(source, sink, n, &body, RouteOptions::from(args))
             .await
             .context("bridged")?;
         r.bridged = b.rate;
@@ -453,7 +456,7 @@ async fn bench_route(
         size,
         args.latency_messages,
         args.rate,
-        args.max_in_flight,
+        RouteOptions::from(args),
     )
     .await
     .context("latency")?;
@@ -611,15 +614,36 @@ async fn raw_publish(ep: &Endpoint, n: u64, body: &Bytes) -> Result<(f64, f64)> 
     Ok((rate, cpu_us))
 }
 
+/// The route options a run sets (`None`: the bridge's default).
+#[derive(Clone, Copy, Debug)]
+struct RouteOptions {
+    max_in_flight: Option<usize>,
+    max_batch: Option<usize>,
+}
+
+impl From<&Args> for RouteOptions {
+    fn from(args: &Args) -> Self {
+        RouteOptions {
+            max_in_flight: args.max_in_flight,
+            max_batch: args.max_batch,
+        }
+    }
+}
+
 /// The rule file of one benchmark route.
 fn rule_file(
     source: &Endpoint,
     sink: &Endpoint,
     src: &str,
     dst: &str,
-    max_in_flight: Option<usize>,
+    options: RouteOptions,
 ) -> String {
-    let window = max_in_flight.map_or(String::new(), |n| format!("    max_in_flight: {n}\n"));
+    let mut window = options
+        .max_in_flight
+        .map_or(String::new(), |n| format!("    max_in_flight: {n}\n"));
+    if let Some(n) = options.max_batch {
+        window.push_str(&format!("    max_batch: {n}\n"));
+    }
     format!(
         "brokers:\n  src: {{ url: \"{}\" }}\n  dst: {{ url: \"{}\" }}\nroutes:\n  - name: bench\n{window}    from: {}\n    to:\n      - {{ broker: dst, destination: \"{}\" }}\nadmin: {{ enabled: false }}\n",
         source.url,
@@ -673,13 +697,13 @@ async fn bridged(
     sink: &Endpoint,
     n: u64,
     body: &Bytes,
-    max_in_flight: Option<usize>,
+    options: RouteOptions,
 ) -> Result<BridgedRun> {
     let src = unique_name("bs");
     let dst = unique_name("bd");
     raw::prepare(source, &src).await?;
     raw::prepare(sink, &dst).await?;
-    let yaml = rule_file(source, sink, &src, &dst, max_in_flight);
+    let yaml = rule_file(source, sink, &src, &dst, options);
     let (config, brokers) = prepare_bridge(&yaml).await?;
     {
         let mut publisher = raw::publisher(source, &src).await?;
@@ -763,13 +787,13 @@ async fn latency(
     size: usize,
     count: u64,
     rate: u64,
-    max_in_flight: Option<usize>,
+    options: RouteOptions,
 ) -> Result<hdrhistogram::Histogram<u64>> {
     let src = unique_name("ls");
     let dst = unique_name("ld");
     raw::prepare(source, &src).await?;
     raw::prepare(sink, &dst).await?;
-    let yaml = rule_file(source, sink, &src, &dst, max_in_flight);
+    let yaml = rule_file(source, sink, &src, &dst, options);
     let (config, brokers) = prepare_bridge(&yaml).await?;
     let sub = raw::subscriber(sink, &dst).await?;
     let bridge = Bridge::start(config, &brokers, Duration::from_secs(5))?;

@@ -197,6 +197,7 @@ async fn routes(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
                 "ordering": format!("{:?}", r.config.ordering),
                 "max_in_flight": r.config.max_in_flight,
                 "prefetch": r.config.prefetch,
+                "max_batch": r.config.max_batch,
             })
         })
         .collect();
@@ -251,6 +252,7 @@ async fn status(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
                 "in_flight": flight,
                 "max_in_flight": r.config.max_in_flight,
                 "prefetch": r.config.prefetch,
+                "max_batch": r.config.max_batch,
                 "latency": { "count": count, "sum_seconds": sum },
             })
         })

@@ -78,6 +78,7 @@ fn capabilities(delivery: DeliveryGuarantee) -> Capabilities {
         },
         request_reply: false,
         reconnect: true,
+        batched_publish: false,
     }
 }
 

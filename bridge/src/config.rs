@@ -35,6 +35,10 @@ use crate::filter::Filter;
 use crate::template::Template;
 use crate::yaml::{position, scalar, start_span, Diagnostic, Diagnostics, MapReader};
 
+/// A route's default `max_batch`: enough to spread a pipeline's fixed cost thin, small
+/// enough that one batch is a fraction of the default window of 256.
+pub const DEFAULT_MAX_BATCH: usize = 64;
+
 /// A loaded, checked rule file.
 #[derive(Debug)]
 pub struct Config {
@@ -182,6 +186,11 @@ pub struct RouteConfig {
     /// one frees, so a freed slot does not wait for a broker round trip. The source holds
     /// at most `max_in_flight + prefetch` unsettled deliveries. Default: `max_in_flight`.
     pub prefetch: usize,
+    /// Most deliveries published to the sinks together, in one `publish_batch` per sink, when
+    /// several are already waiting at the source and every sink of the route pipelines
+    /// batches ([`polybridge::Capabilities::batched_publish`]: Redis, NATS). A batch never
+    /// waits to fill. `1` turns batching off. Default: [`DEFAULT_MAX_BATCH`].
+    pub max_batch: usize,
     /// Line of the route in the file, for logs.
     pub line: usize,
 }
@@ -596,6 +605,9 @@ impl Loader<'_> {
         let prefetch = m
             .optional_count("prefetch", self.diags)
             .unwrap_or(max_in_flight);
+        let max_batch = m
+            .optional_usize("max_batch", self.diags)
+            .unwrap_or(DEFAULT_MAX_BATCH);
         let route_span = *m.span();
         m.finish(self.diags);
 
@@ -702,6 +714,7 @@ impl Loader<'_> {
             ordering,
             max_in_flight,
             prefetch,
+            max_batch,
             line: position(&route_span).0,
         })
     }

@@ -10,6 +10,10 @@
 //! - Memory is bounded: at most `max_in_flight` source deliveries are in the route, and the
 //!   source holds at most `prefetch` more ready for it, so a slow or dead sink holds the
 //!   source back instead of growing a queue.
+//!
+//! Deliveries already waiting at the source (up to `max_batch`) go through
+//! [`Route::process_batch`] instead, when every sink pipelines batches: the same steps, with
+//! one `publish_batch` per sink; each message keeps its own outcome.
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
@@ -18,9 +22,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::stream::FuturesUnordered;
-use futures::StreamExt;
+use futures::{FutureExt as _, StreamExt};
 use polybridge::{
-    well_known, AckHandle, Broker, Deadline, Delivery, DeliveryInfo, DeliveryStream, Error, Message,
+    well_known, AckHandle, Broker, Deadline, Delivery, DeliveryInfo, DeliveryStream, Error,
+    Message, Outgoing,
 };
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
@@ -69,6 +74,45 @@ struct Failure {
     reason: String,
     kind: &'static str,
     attempts: u32,
+}
+
+/// What one in-flight slot of [`Route::run_concurrent`] carries.
+// `One` is the common case and moves straight into the slot's future: boxing it would
+// allocate per message.
+#[allow(clippy::large_enum_variant)]
+enum Work {
+    /// One delivery.
+    One(Delivery),
+    /// Deliveries that were waiting together: one `publish_batch` per sink.
+    Batch(Vec<Delivery>),
+}
+
+impl Work {
+    /// How many deliveries it carries.
+    fn len(&self) -> usize {
+        match self {
+            Work::One(_) => 1,
+            Work::Batch(deliveries) => deliveries.len(),
+        }
+    }
+}
+
+/// How a source subscription ended.
+enum StreamEnd {
+    /// With an error.
+    Error(Error),
+    /// The adapter closed it.
+    Closed,
+}
+
+/// What becomes of one message of a batch.
+enum Outcome {
+    /// Published to its sinks (so far without failure): acknowledged.
+    Published,
+    /// Excluded by the filter: acknowledged, not routed.
+    Filtered,
+    /// Not delivered: dead-lettered or nacked.
+    Failed(Failure),
 }
 
 impl Route {
@@ -134,21 +178,42 @@ impl Route {
         drain: Duration,
     ) -> bool {
         let limit = self.config.max_in_flight.max(1);
+        // Batches pay off only where every sink pipelines them.
+        let max_batch = if self.sinks.iter().all(|s| s.capabilities().batched_publish) {
+            self.config.max_batch.max(1)
+        } else {
+            1
+        };
         let mut in_flight = Slots::new(limit);
+        // Deliveries in the route (a slot carries one, or a batch): at most `limit`.
+        let mut deliveries = 0usize;
         let by_shutdown = loop {
             tokio::select! {
                 biased;
                 _ = shutdown.changed() => break true,
-                Some(_) = in_flight.next(), if !in_flight.is_empty() => {}
-                next = stream.next(), if in_flight.len() < limit => match next {
+                Some(done) = in_flight.next(), if !in_flight.is_empty() => {
+                    deliveries = deliveries.saturating_sub(done);
+                }
+                next = stream.next(), if deliveries < limit => match next {
                     Some(Ok(delivery)) => {
-                        // A slot is free (the guard above): `push` cannot give it back. If
-                        // it did, dropping the delivery would nack it.
-                        let _ = in_flight.push(self.clone().process(delivery));
+                        let room = (limit - deliveries).min(max_batch);
+                        let (work, end) = take_waiting(&mut stream, delivery, room);
+                        deliveries += work.len();
+                        // Fewer slots are busy than deliveries are in flight, and those were
+                        // under `limit` (the guard above): `push` cannot give the work back.
+                        // If it did, dropping the deliveries would nack them.
+                        let _ = in_flight.push(self.clone().process_work(work));
+                        match end {
+                            None => {}
+                            Some(StreamEnd::Error(e)) => {
+                                self.source_error(&e);
+                                break false;
+                            }
+                            Some(StreamEnd::Closed) => break false,
+                        }
                     }
                     Some(Err(e)) => {
-                        self.metrics.error(e.kind());
-                        tracing::error!(route = %self.config.name, error = %e, "source error");
+                        self.source_error(&e);
                         break false;
                     }
                     None => break false,
@@ -164,6 +229,29 @@ impl Route {
         drop(in_flight);
         stream.close().await;
         by_shutdown
+    }
+
+    /// Counts and logs an error of the source subscription (which then ends).
+    fn source_error(&self, e: &Error) {
+        self.metrics.error(e.kind());
+        tracing::error!(route = %self.config.name, error = %e, "source error");
+    }
+
+    /// Runs one slot's work; returns the number of deliveries it carried.
+    async fn process_work(self: Arc<Self>, work: Work) -> usize {
+        match work {
+            Work::One(delivery) => {
+                self.process(delivery).await;
+                1
+            }
+            Work::Batch(deliveries) => {
+                let n = deliveries.len();
+                // Boxed (one allocation per batch) so the slots, sized for this future, stay
+                // as small as `process` needs: each message's future is moved into one.
+                Box::pin(self.process_batch(deliveries)).await;
+                n
+            }
+        }
     }
 
     /// Processes deliveries in lanes: one lane per key (or source partition) hash, each lane
@@ -286,7 +374,7 @@ impl Route {
                     kind: "template",
                     attempts: 1,
                 })?;
-                route.publish_with_retry(i, prepared).await
+                route.publish_with_retry(i, &prepared).await
             }
         };
         let failed = match targets.as_slice() {
@@ -332,18 +420,198 @@ impl Route {
         Ok(targets)
     }
 
+    /// The data path for deliveries that were waiting together: the steps of
+    /// [`Route::process`] for each, with one `publish_batch` per sink for all the messages
+    /// going to it. A message whose publish failed retryably is then retried on its own.
+    pub async fn process_batch(self: Arc<Self>, deliveries: Vec<Delivery>) {
+        let started = Instant::now();
+        let n = deliveries.len();
+        let m = &self.metrics;
+        if m.received.fetch_add(n as u64, AtomicOrdering::Relaxed) == 0 {
+            let _ = m.first_received_at.set(started.into_std());
+        }
+        m.in_flight.fetch_add(n as i64, AtomicOrdering::Relaxed);
+
+        // The handles are settled at the end; the messages are borrowed until then.
+        let mut handles = Vec::with_capacity(n);
+        let mut received = Vec::with_capacity(n);
+        for Delivery {
+            message,
+            info,
+            handle,
+        } in deliveries
+        {
+            handles.push(handle);
+            received.push((message, info));
+        }
+        let source = &self.config.source;
+        let captures: Vec<_> = received
+            .iter()
+            .map(|(_, info)| {
+                source
+                    .subscription
+                    .pattern
+                    .captures(&info.topic, source.separator)
+                    .unwrap_or_default()
+            })
+            .collect();
+        let inputs: Vec<TemplateInput<'_>> = received
+            .iter()
+            .zip(&captures)
+            .map(|((message, info), captures)| TemplateInput {
+                route: &self.config.name,
+                topic: &info.topic,
+                captures,
+                message,
+            })
+            .collect();
+
+        // Rule match and mapping of every message; the prepared ones grouped by sink.
+        let mut outcomes = Vec::with_capacity(n);
+        let mut per_sink: Vec<Vec<(usize, mapping::Prepared<'_>)>> =
+            self.sinks.iter().map(|_| Vec::new()).collect();
+        for (j, input) in inputs.iter().enumerate() {
+            let outcome = match self.select_sinks(input) {
+                Err(reason) => Outcome::Failed(Failure {
+                    reason,
+                    kind: "filter",
+                    attempts: 1,
+                }),
+                Ok(targets) if targets.is_empty() => Outcome::Filtered,
+                Ok(targets) => {
+                    let mut outcome = Outcome::Published;
+                    for i in targets {
+                        let sink = &self.config.sinks[i];
+                        match mapping::prepare(sink, input) {
+                            Ok(prepared) => per_sink[i].push((j, prepared)),
+                            Err(e) => {
+                                if let Outcome::Published = outcome {
+                                    outcome = Outcome::Failed(Failure {
+                                        reason: format!("destination {:?}: {e}", sink.broker),
+                                        kind: "template",
+                                        attempts: 1,
+                                    });
+                                }
+                            }
+                        }
+                    }
+                    outcome
+                }
+            };
+            outcomes.push(outcome);
+        }
+
+        // One batch per sink, the sinks concurrently.
+        let used: Targets = (0..per_sink.len())
+            .filter(|i| !per_sink[*i].is_empty())
+            .collect();
+        let failures = match used.as_slice() {
+            [] => Vec::new(),
+            [i] => self.publish_batch_with_retry(*i, &per_sink[*i]).await,
+            _ => futures::future::join_all(
+                used.iter()
+                    .map(|i| self.publish_batch_with_retry(*i, &per_sink[*i])),
+            )
+            .await
+            .into_iter()
+            .flatten()
+            .collect(),
+        };
+        for (j, failure) in failures {
+            if let Some(outcome @ Outcome::Published) = outcomes.get_mut(j) {
+                *outcome = Outcome::Failed(failure);
+            }
+        }
+
+        // Settle the source.
+        for ((handle, outcome), (message, info)) in handles.into_iter().zip(outcomes).zip(&received)
+        {
+            match outcome {
+                Outcome::Published => {
+                    settle(&self.config.name, handle.ack());
+                    m.count_acked();
+                    m.observe_latency(started.elapsed());
+                }
+                Outcome::Filtered => {
+                    m.filtered.fetch_add(1, AtomicOrdering::Relaxed);
+                    settle(&self.config.name, handle.ack());
+                }
+                Outcome::Failed(failure) => self.fail(handle, message, info, failure).await,
+            }
+        }
+        m.in_flight.fetch_sub(n as i64, AtomicOrdering::Relaxed);
+    }
+
+    /// Publishes `items` (each with its index in the batch) to sink `i` in one
+    /// `publish_batch`, then retries the retryable failures one by one. Returns the
+    /// messages that could not be delivered.
+    async fn publish_batch_with_retry(
+        &self,
+        i: usize,
+        items: &[(usize, mapping::Prepared<'_>)],
+    ) -> Vec<(usize, Failure)> {
+        let batch: Vec<Outgoing<'_>> = items
+            .iter()
+            .map(|(_, prepared)| Outgoing {
+                destination: &prepared.destination,
+                message: &prepared.message,
+            })
+            .collect();
+        let mut results = self.sinks[i]
+            .publish_batch(&batch, Deadline::after(PUBLISH_TIMEOUT))
+            .await
+            .into_iter();
+        let mut failures = Vec::new();
+        let mut retries = Vec::new();
+        for (j, prepared) in items {
+            let result = results.next().unwrap_or_else(|| {
+                Err(Error::transient(
+                    "polybridge",
+                    prepared.destination.as_ref(),
+                    "the sink gave no result for this message of the batch",
+                ))
+            });
+            match result {
+                Ok(_) => self.published(i),
+                Err(e) => match self.publish_failed(i, &prepared.destination, &e, 1) {
+                    Ok(delay) => retries.push(async move {
+                        tokio::time::sleep(delay).await;
+                        (*j, self.publish_attempts(i, prepared, 1).await)
+                    }),
+                    Err(failure) => failures.push((*j, failure)),
+                },
+            }
+        }
+        if !retries.is_empty() {
+            for (j, result) in futures::future::join_all(retries).await {
+                if let Err(failure) = result {
+                    failures.push((j, failure));
+                }
+            }
+        }
+        failures
+    }
+
     /// Publishes to sink `i`, retrying retryable errors with backoff and jitter.
     async fn publish_with_retry(
         &self,
         i: usize,
-        prepared: mapping::Prepared<'_>,
+        prepared: &mapping::Prepared<'_>,
     ) -> Result<(), Failure> {
-        let policy = &self.config.on_error;
-        let broker = &self.sinks[i];
-        let mut attempt = 0;
+        self.publish_attempts(i, prepared, 0).await
+    }
+
+    /// Publishes to sink `i` after `attempt` attempts already failed, until it is confirmed
+    /// or the error policy gives up.
+    async fn publish_attempts(
+        &self,
+        i: usize,
+        prepared: &mapping::Prepared<'_>,
+        mut attempt: u32,
+    ) -> Result<(), Failure> {
         loop {
             attempt += 1;
-            let result = broker
+            let result = self.sinks[i]
                 .publish(
                     &prepared.destination,
                     &prepared.message,
@@ -352,32 +620,51 @@ impl Route {
                 .await;
             match result {
                 Ok(_) => {
-                    self.sink_metrics[i].up();
-                    self.metrics.delivered.fetch_add(1, AtomicOrdering::Relaxed);
+                    self.published(i);
                     return Ok(());
                 }
                 Err(e) => {
-                    self.metrics.error(e.kind());
-                    if e.is_retryable() {
-                        // Connection, timeout or transient: some adapters (Redis) report a
-                        // refused or dropped connection as transient.
-                        self.sink_metrics[i].down();
-                    }
-                    if !e.is_retryable() || attempt >= policy.max_attempts {
-                        tracing::warn!(route = %self.config.name, sink = %self.config.sinks[i].broker, destination = %prepared.destination, attempts = attempt, error = %e, "publish failed");
-                        return Err(Failure {
-                            reason: e.to_string(),
-                            kind: e.kind(),
-                            attempts: attempt,
-                        });
-                    }
-                    self.metrics.retries.fetch_add(1, AtomicOrdering::Relaxed);
-                    let delay = backoff(policy.initial_backoff, policy.max_backoff, attempt);
-                    tracing::debug!(route = %self.config.name, destination = %prepared.destination, attempt, ?delay, error = %e, "publish failed, retrying");
+                    let delay = self.publish_failed(i, &prepared.destination, &e, attempt)?;
                     tokio::time::sleep(delay).await;
                 }
             }
         }
+    }
+
+    /// Counts a publish that sink `i` confirmed.
+    fn published(&self, i: usize) {
+        self.sink_metrics[i].up();
+        self.metrics.delivered.fetch_add(1, AtomicOrdering::Relaxed);
+    }
+
+    /// Counts failed attempt number `attempt` to publish to sink `i`: the backoff before
+    /// the next attempt, or the failure when the error is permanent or it was the last.
+    fn publish_failed(
+        &self,
+        i: usize,
+        destination: &str,
+        e: &Error,
+        attempt: u32,
+    ) -> Result<Duration, Failure> {
+        let policy = &self.config.on_error;
+        self.metrics.error(e.kind());
+        if e.is_retryable() {
+            // Connection, timeout or transient: some adapters (Redis) report a refused or
+            // dropped connection as transient.
+            self.sink_metrics[i].down();
+        }
+        if !e.is_retryable() || attempt >= policy.max_attempts {
+            tracing::warn!(route = %self.config.name, sink = %self.config.sinks[i].broker, destination, attempts = attempt, error = %e, "publish failed");
+            return Err(Failure {
+                reason: e.to_string(),
+                kind: e.kind(),
+                attempts: attempt,
+            });
+        }
+        self.metrics.retries.fetch_add(1, AtomicOrdering::Relaxed);
+        let delay = backoff(policy.initial_backoff, policy.max_backoff, attempt);
+        tracing::debug!(route = %self.config.name, destination, attempt, ?delay, error = %e, "publish failed, retrying");
+        Ok(delay)
     }
 
     /// A message that could not be delivered: dead-letter it, or nack it for later.
@@ -480,6 +767,45 @@ impl Route {
 }
 
 /// The lane of a delivery: by key, else by source partition, else by topic.
+/// `first` and the deliveries already waiting in `stream`, up to `room` in all, without
+/// waiting for more; and how the stream ended, if it did meanwhile. One delivery is not
+/// put in a `Vec`: a route that keeps up with its source takes them one at a time.
+fn take_waiting(
+    stream: &mut DeliveryStream,
+    first: Delivery,
+    room: usize,
+) -> (Work, Option<StreamEnd>) {
+    let waiting = |stream: &mut DeliveryStream| match stream.next().now_or_never() {
+        None => Ok(None),
+        Some(Some(Ok(delivery))) => Ok(Some(delivery)),
+        Some(Some(Err(e))) => Err(StreamEnd::Error(e)),
+        Some(None) => Err(StreamEnd::Closed),
+    };
+    if room < 2 {
+        return (Work::One(first), None);
+    }
+    let second = match waiting(stream) {
+        Ok(Some(delivery)) => delivery,
+        Ok(None) => return (Work::One(first), None),
+        Err(end) => return (Work::One(first), Some(end)),
+    };
+    let mut batch = Vec::with_capacity(room);
+    batch.push(first);
+    batch.push(second);
+    let mut end = None;
+    while batch.len() < room {
+        match waiting(stream) {
+            Ok(Some(delivery)) => batch.push(delivery),
+            Ok(None) => break,
+            Err(e) => {
+                end = Some(e);
+                break;
+            }
+        }
+    }
+    (Work::Batch(batch), end)
+}
+
 fn lane_of(delivery: &Delivery, lanes: usize) -> usize {
     let mut h = DefaultHasher::new();
     match (&delivery.message.key, delivery.info.partition) {

@@ -7,6 +7,9 @@
 //! the slot is used, and then reused: a finished slot is emptied in place and the next
 //! delivery goes into it.
 //!
+//! A future's output is the number of deliveries it carried (one, or a batch), so the
+//! route counts its window in deliveries, not in futures.
+//!
 //! Each slot has its own waker. Waking a slot sets its bit in a shared bitmap and wakes
 //! the task polling the pool; [`Slots::poll_next`] takes the bitmap and polls only the
 //! slots whose bit was set. No lock, no allocation once the slots in use exist.
@@ -73,7 +76,7 @@ impl Wake for SlotWaker {
     }
 }
 
-impl<F: Future<Output = ()>> Slots<F> {
+impl<F: Future<Output = usize>> Slots<F> {
     /// An empty pool of at most `capacity` (at least 1) slots. Allocates only the bitmap;
     /// a slot's box is allocated the first time it is used.
     pub fn new(capacity: usize) -> Self {
@@ -128,9 +131,9 @@ impl<F: Future<Output = ()>> Slots<F> {
         Ok(())
     }
 
-    /// Polls the slots woken since the last call. Ready with the number of futures that
-    /// finished (their slots are free again), `None` when no future is running; pending
-    /// when futures run and none finished.
+    /// Polls the slots woken since the last call. Ready with the sum of the outputs of the
+    /// futures that finished (their slots are free again), `None` when no future is
+    /// running; pending when futures run and none finished.
     pub fn poll_next(&mut self, cx: &mut Context<'_>) -> Poll<Option<usize>> {
         if self.is_empty() {
             return Poll::Ready(None);
@@ -138,6 +141,7 @@ impl<F: Future<Output = ()>> Slots<F> {
         // Registered before the bitmap is read: a wake after the read wakes this task.
         self.ready.poller.register(cx.waker());
         let mut finished = 0;
+        let mut carried = 0;
         for word in 0..self.ready.bits.len() {
             let mut woken = self.ready.bits[word].swap(0, Ordering::AcqRel);
             while woken != 0 {
@@ -151,25 +155,23 @@ impl<F: Future<Output = ()>> Slots<F> {
                 let Some(future) = slot.future.as_mut().as_pin_mut() else {
                     continue;
                 };
-                if future
-                    .poll(&mut Context::from_waker(&slot.waker))
-                    .is_ready()
-                {
+                if let Poll::Ready(n) = future.poll(&mut Context::from_waker(&slot.waker)) {
                     slot.future.as_mut().set(None);
                     self.free.push(index);
                     finished += 1;
+                    carried += n;
                 }
             }
         }
         if finished > 0 {
-            Poll::Ready(Some(finished))
+            Poll::Ready(Some(carried))
         } else {
             Poll::Pending
         }
     }
 
-    /// Waits until at least one running future finished: the number that did, or `None`
-    /// when none runs. Cancel-safe (the state is in the pool).
+    /// Waits until at least one running future finished: the sum of the outputs of those
+    /// that did, or `None` when none runs. Cancel-safe (the state is in the pool).
     pub async fn next(&mut self) -> Option<usize> {
         std::future::poll_fn(|cx| self.poll_next(cx)).await
     }
@@ -182,13 +184,13 @@ mod tests {
     use tokio::sync::oneshot;
 
     /// A future that finishes when its sender fires, counting how often it was polled.
-    fn gated(polls: Arc<AtomicUsize>) -> (oneshot::Sender<()>, impl Future<Output = ()>) {
+    fn gated(polls: Arc<AtomicUsize>) -> (oneshot::Sender<()>, impl Future<Output = usize>) {
         let (tx, rx) = oneshot::channel::<()>();
         let future = async move {
             let mut rx = rx;
             std::future::poll_fn(|cx| {
                 polls.fetch_add(1, Ordering::Relaxed);
-                Pin::new(&mut rx).poll(cx).map(|_| ())
+                Pin::new(&mut rx).poll(cx).map(|_| 1)
             })
             .await
         };
@@ -205,6 +207,7 @@ mod tests {
                 let pushed = slots.push(async move {
                     tokio::task::yield_now().await;
                     done.fetch_add(1, Ordering::Relaxed);
+                    1
                 });
                 assert!(pushed.is_ok(), "a slot is free in round {round}");
             }
@@ -215,6 +218,19 @@ mod tests {
         assert_eq!(done.load(Ordering::Relaxed), 12);
         // Three rounds of four futures used the same four boxes.
         assert_eq!(slots.slots.len(), 4);
+    }
+
+    #[tokio::test]
+    async fn next_gives_the_deliveries_the_finished_futures_carried() {
+        let mut slots = Slots::new(3);
+        for carried in [1, 5, 64] {
+            assert!(slots.push(async move { carried }).is_ok());
+        }
+        let mut total = 0;
+        while let Some(n) = slots.next().await {
+            total += n;
+        }
+        assert_eq!(total, 70);
     }
 
     #[tokio::test]

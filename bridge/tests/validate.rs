@@ -56,6 +56,7 @@ fn cases() -> Vec<(&'static str, String, &'static str)> {
         ("bad ordering", with_routes("  - name: r\n    from: { broker: a, topic: t }\n    ordering: strict\n    to: [ { broker: b, destination: t } ]\n"), "`ordering` must be `none` or `per_key`"),
         ("bad max_in_flight", with_routes("  - name: r\n    from: { broker: a, topic: t }\n    max_in_flight: 0\n    to: [ { broker: b, destination: t } ]\n"), "7:20: `max_in_flight` must be a positive integer"),
         ("bad prefetch", with_routes("  - name: r\n    from: { broker: a, topic: t }\n    prefetch: -1\n    to: [ { broker: b, destination: t } ]\n"), "7:15: `prefetch` must be an integer, 0 or more"),
+        ("bad max_batch", with_routes("  - name: r\n    from: { broker: a, topic: t }\n    max_batch: 0\n    to: [ { broker: b, destination: t } ]\n"), "7:16: `max_batch` must be a positive integer"),
         ("bad backoff", with_routes("  - name: r\n    from: { broker: a, topic: t }\n    to: [ { broker: b, destination: t } ]\n    on_error: { initial_backoff: soon }\n"), "invalid duration \"soon\""),
         ("bad max_attempts", with_routes("  - name: r\n    from: { broker: a, topic: t }\n    to: [ { broker: b, destination: t } ]\n    on_error: { max_attempts: -1 }\n"), "`max_attempts` must be a positive integer"),
         ("dead letter unknown broker", with_routes("  - name: r\n    from: { broker: a, topic: t }\n    to: [ { broker: b, destination: t } ]\n    on_error: { dead_letter: { broker: q, destination: d } }\n"), "unknown broker \"q\""),
@@ -257,4 +258,18 @@ fn the_source_holds_the_window_plus_the_prefetch() {
     );
     // 0 turns it off: the source holds only what the route works on.
     assert_eq!(route("    max_in_flight: 1\n    prefetch: 0\n"), (1, 0, 1));
+}
+
+#[test]
+fn max_batch_defaults_to_64_and_1_turns_batching_off() {
+    let max_batch = |extra: &str| {
+        let text = format!(
+            "{BROKERS}routes:\n  - name: r\n    from: {{ broker: a, topic: t }}\n{extra}    to: [ {{ broker: b, destination: t }} ]\n"
+        );
+        load(&text, "ok.yaml", &|_| None).unwrap().routes[0].max_batch
+    };
+    assert_eq!(max_batch(""), polybridge_bridge::config::DEFAULT_MAX_BATCH);
+    assert_eq!(polybridge_bridge::config::DEFAULT_MAX_BATCH, 64);
+    assert_eq!(max_batch("    max_batch: 1\n"), 1);
+    assert_eq!(max_batch("    max_batch: 500\n"), 500);
 }

@@ -359,13 +359,17 @@ pub async fn publisher_close_flushes<F: Fixture>(f: &F) {
         .await
         .expect("subscribe");
     let n = scaled(f, 100);
-    let batch: Vec<Outgoing> = (0..n)
-        .map(|i| Outgoing {
-            destination: topic.clone(),
-            message: Message::new(i.to_string()).with_id(format!("fl-{i}")),
+    let messages: Vec<Message> = (0..n)
+        .map(|i| Message::new(i.to_string()).with_id(format!("fl-{i}")))
+        .collect();
+    let batch: Vec<Outgoing> = messages
+        .iter()
+        .map(|message| Outgoing {
+            destination: &topic,
+            message,
         })
         .collect();
-    let ids: HashSet<String> = batch.iter().map(|o| o.message.id.clone()).collect();
+    let ids: HashSet<String> = messages.iter().map(|m| m.id.clone()).collect();
     let results = publisher.publish_batch(&batch, deadline(f)).await;
     assert_eq!(results.len(), n, "one result per message");
     for r in results {

@@ -75,6 +75,10 @@ pub struct Capabilities {
     pub request_reply: bool,
     /// Whether a broker restart is survived: the client reconnects and resubscribes by itself.
     pub reconnect: bool,
+    /// Whether [`crate::Publisher::publish_batch`] pipelines the batch (every message sent,
+    /// then the confirmations awaited together: one Redis pipeline, one NATS flush), so a
+    /// caller that has several messages ready saves work by batching them.
+    pub batched_publish: bool,
 }
 
 impl Capabilities {

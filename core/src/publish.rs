@@ -18,13 +18,13 @@ pub struct Receipt {
     pub duplicate: bool,
 }
 
-/// One message of a batch and where it goes.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Outgoing {
+/// One message of a batch and where it goes (borrowed: the caller keeps both).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Outgoing<'a> {
     /// Destination in the broker's syntax (see each adapter's docs).
-    pub destination: String,
+    pub destination: &'a str,
     /// The message.
-    pub message: Message,
+    pub message: &'a Message,
 }
 
 /// Publishes messages.
@@ -48,13 +48,18 @@ pub trait Publisher: Send + Sync {
         deadline: Deadline,
     ) -> Result<Receipt>;
 
-    /// Publishes a batch with one result per message, in order. Adapters pipeline the batch
-    /// (all messages sent, then all confirmations awaited); the default publishes them
-    /// concurrently through [`Publisher::publish`].
-    async fn publish_batch(&self, batch: &[Outgoing], deadline: Deadline) -> Vec<Result<Receipt>> {
+    /// Publishes a batch with one result per message, in order. Adapters that pipeline the
+    /// batch (all messages sent, then all confirmations awaited) say so in
+    /// [`crate::Capabilities::batched_publish`]; the default publishes them concurrently
+    /// through [`Publisher::publish`].
+    async fn publish_batch(
+        &self,
+        batch: &[Outgoing<'_>],
+        deadline: Deadline,
+    ) -> Vec<Result<Receipt>> {
         let publishes = batch
             .iter()
-            .map(|o| async move { self.publish(&o.destination, &o.message, deadline).await });
+            .map(|o| async move { self.publish(o.destination, o.message, deadline).await });
         futures::future::join_all(publishes).await
     }
 

@@ -246,6 +246,7 @@ fn capabilities(config: &AmqpConfig) -> Capabilities {
         },
         request_reply: true,
         reconnect: true,
+        batched_publish: false,
     }
 }
 

@@ -273,6 +273,7 @@ fn capabilities(config: &HttpConfig) -> Capabilities {
         },
         request_reply: true,
         reconnect: false,
+        batched_publish: false,
     }
 }
 

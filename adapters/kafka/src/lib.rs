@@ -493,6 +493,7 @@ fn capabilities(config: &KafkaConfig) -> Capabilities {
         },
         request_reply: true,
         reconnect: true,
+        batched_publish: false,
     }
 }
 

@@ -106,6 +106,7 @@ fn capabilities(max_payload: usize) -> Capabilities {
         },
         request_reply: true,
         reconnect: false,
+        batched_publish: false,
     }
 }
 

@@ -211,6 +211,7 @@ fn capabilities(config: &MqttConfig) -> Capabilities {
         },
         request_reply: metadata,
         reconnect: true,
+        batched_publish: false,
     }
 }
 

@@ -276,6 +276,7 @@ fn capabilities(mode: Mode, server_max_payload: usize) -> Capabilities {
         },
         request_reply: true,
         reconnect: true,
+        batched_publish: true,
     }
 }
 

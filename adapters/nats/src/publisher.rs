@@ -40,7 +40,11 @@ impl Publisher for NatsBroker {
         }
     }
 
-    async fn publish_batch(&self, batch: &[Outgoing], deadline: Deadline) -> Vec<Result<Receipt>> {
+    async fn publish_batch(
+        &self,
+        batch: &[Outgoing<'_>],
+        deadline: Deadline,
+    ) -> Vec<Result<Receipt>> {
         if self.check_open().is_err() {
             return batch
                 .iter()
@@ -56,11 +60,11 @@ impl Publisher for NatsBroker {
                         .run(
                             BROKER,
                             "publish",
-                            &o.destination,
-                            self.send_core(&o.destination, &o.message),
+                            o.destination,
+                            self.send_core(o.destination, o.message),
                         )
                         .await;
-                    results.push((o.destination.as_str(), sent));
+                    results.push((o.destination, sent));
                 }
                 let flushed = match results.iter().find(|(_, r)| r.is_ok()) {
                     Some((destination, _)) => {
@@ -91,11 +95,11 @@ impl Publisher for NatsBroker {
                         .run(
                             BROKER,
                             "publish",
-                            &o.destination,
-                            self.send_jetstream(&o.destination, &o.message),
+                            o.destination,
+                            self.send_jetstream(o.destination, o.message),
                         )
                         .await;
-                    pending.push((o.destination.as_str(), sent));
+                    pending.push((o.destination, sent));
                 }
                 join_all(pending.into_iter().map(|(destination, sent)| async move {
                     let ack = sent?;

@@ -335,6 +335,7 @@ fn capabilities(config: &RedisConfig) -> Capabilities {
         },
         request_reply: config.mode == Mode::Streams || envelope,
         reconnect: true,
+        batched_publish: true,
     }
 }
 

@@ -6,6 +6,7 @@ use std::sync::atomic::Ordering;
 use async_trait::async_trait;
 use bytes::Bytes;
 use polybridge_core::{Deadline, Error, Message, Outgoing, Position, Publisher, Receipt, Result};
+use redis::aio::ConnectionLike as _;
 use redis::Value;
 
 use crate::config::{Format, Mode};
@@ -33,7 +34,11 @@ impl Publisher for RedisBroker {
             .await
     }
 
-    async fn publish_batch(&self, batch: &[Outgoing], deadline: Deadline) -> Vec<Result<Receipt>> {
+    async fn publish_batch(
+        &self,
+        batch: &[Outgoing<'_>],
+        deadline: Deadline,
+    ) -> Vec<Result<Receipt>> {
         if self.check_open().is_err() {
             return batch
                 .iter()
@@ -45,7 +50,7 @@ impl Publisher for RedisBroker {
         let mut pipeline = redis::pipe();
         let mut sent = Vec::new();
         for (i, o) in batch.iter().enumerate() {
-            match self.command_for(&o.destination, &o.message) {
+            match self.command_for(o.destination, o.message) {
                 Ok(cmd) => {
                     pipeline.add_command(cmd);
                     sent.push(i);
@@ -56,32 +61,37 @@ impl Publisher for RedisBroker {
         }
         if !sent.is_empty() {
             let mut connection = self.connection.clone();
-            let first = batch
-                .get(sent[0])
-                .map(|o| o.destination.clone())
-                .unwrap_or_default();
+            let first = batch.get(sent[0]).map(|o| o.destination).unwrap_or("");
+            // The pipeline's replies one by one (not `query_async`, which turns the first
+            // refused command into an error for all): a refused `XADD` fails its message
+            // only, and the others keep their stream ids.
             let replies: Result<Vec<Value>> = deadline
-                .run(BROKER, "publish", &first, async {
-                    pipeline
-                        .query_async(&mut connection)
+                .run(BROKER, "publish", first, async {
+                    connection
+                        .req_packed_commands(&pipeline, 0, sent.len())
                         .await
-                        .map_err(|e| command_error(e, &first, "publish"))
+                        .map_err(|e| command_error(e, first, "publish"))
                 })
                 .await;
             match replies {
                 Ok(values) => {
                     for (i, v) in sent.iter().zip(values) {
-                        results[*i] = Some(Ok(self.receipt(v)));
+                        results[*i] = Some(match v {
+                            Value::ServerError(e) => {
+                                Err(command_error(e.into(), batch[*i].destination, "publish"))
+                            }
+                            v => Ok(self.receipt(v)),
+                        });
                     }
                 }
                 Err(e) => {
                     for i in &sent {
-                        let destination = &batch[*i].destination;
+                        let destination = batch[*i].destination;
                         results[*i] = Some(Err(match &e {
                             Error::Timeout { after, .. } => Error::Timeout {
                                 broker: BROKER,
                                 operation: "publish",
-                                destination: destination.clone(),
+                                destination: destination.to_owned(),
                                 after: *after,
                             },
                             other if other.is_retryable() => {
@@ -95,7 +105,16 @@ impl Publisher for RedisBroker {
         }
         results
             .into_iter()
-            .map(|r| r.unwrap_or_else(|| Err(Error::transient(BROKER, "", "no reply"))))
+            .zip(batch)
+            .map(|(r, o)| {
+                r.unwrap_or_else(|| {
+                    Err(Error::transient(
+                        BROKER,
+                        o.destination,
+                        "the pipeline gave no reply for this command (it may or may not be stored)",
+                    ))
+                })
+            })
             .collect()
     }
 

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use common::{Server, LISTS, PUBSUB, STREAMS};
 use polybridge_core::{
-    well_known, Deadline, Delivery, DeliveryStream, Error, Message, Publisher, Subscriber,
-    Subscription, TopicPattern,
+    well_known, Deadline, Delivery, DeliveryStream, Error, Message, Outgoing, Position, Publisher,
+    Subscriber, Subscription, TopicPattern,
 };
 
 const WAIT: Duration = Duration::from_secs(15);
@@ -314,6 +314,53 @@ async fn a_key_of_another_type_is_a_clear_error_naming_it() {
         .await
         .unwrap_err();
     assert!(e.to_string().contains("a.stream"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_command_in_a_batch_fails_its_message_only() {
+    let Some(server) = Server::start() else {
+        return;
+    };
+    let client = redis::Client::open(server.url.as_str()).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("RPUSH")
+        .arg("b.list")
+        .arg("x")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let streams = server.connect(STREAMS).await;
+    let messages: Vec<Message> = (0..5).map(|i| Message::new(i.to_string())).collect();
+    // The third goes to a key holding a list: Redis refuses that one `XADD` of the pipeline.
+    let batch: Vec<Outgoing> = messages
+        .iter()
+        .enumerate()
+        .map(|(i, message)| Outgoing {
+            destination: if i == 2 { "b.list" } else { "b.stream" },
+            message,
+        })
+        .collect();
+    let results = streams.publish_batch(&batch, deadline()).await;
+    assert_eq!(results.len(), 5);
+    for (i, result) in results.iter().enumerate() {
+        if i == 2 {
+            let e = result.as_ref().unwrap_err();
+            assert!(matches!(e, Error::Permanent { .. }), "{e:?}");
+            assert!(e.to_string().contains("b.list"), "{e}");
+        } else {
+            let receipt = result.as_ref().unwrap();
+            assert!(
+                matches!(receipt.position, Some(Position::StreamId(_))),
+                "{receipt:?}"
+            );
+        }
+    }
+    let len: usize = redis::cmd("XLEN")
+        .arg("b.stream")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(len, 4, "the other four are stored");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -248,6 +248,7 @@ pub fn capabilities(flavor: Flavor, max_payload: Option<usize>) -> Capabilities 
         },
         request_reply: true,
         reconnect: true,
+        batched_publish: false,
     }
 }
 

@@ -262,6 +262,8 @@ pub fn capabilities_from_json(j: &Json) -> Capabilities {
         },
         request_reply: flag("request_reply"),
         reconnect: flag("reconnect"),
+        // This client's own `publish_batch` is the default one, whatever the hub's broker.
+        batched_publish: false,
     }
 }
 
