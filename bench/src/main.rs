@@ -23,6 +23,7 @@ mod memory;
 mod raw;
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -372,6 +373,19 @@ fn payload(size: usize) -> Bytes {
     v[..8].copy_from_slice(&t.to_le_bytes());
     Bytes::from(v)
 }
+
+/// A warm-up message: stamped 0, received but not recorded (see [`LATENCY_WARMUP`]).
+fn warmup_payload(size: usize) -> Bytes {
+    let mut v = vec![b'x'; size.max(8)];
+    v[..8].fill(0);
+    Bytes::from(v)
+}
+
+/// Before each latency series, messages stamped 0 are published at the series' rate until
+/// at least this many were sent and one of them arrived: the clients' first-use costs (a
+/// new Kafka producer's metadata and producer id, a new subscription's first fetch) stay
+/// out of the series, which measures the steady state at that rate.
+const LATENCY_WARMUP: u64 = 100;
 
 fn sent_at(p: &[u8]) -> Option<Duration> {
     let b: [u8; 8] = p.get(..8)?.try_into().ok()?;
@@ -813,9 +827,15 @@ async fn latency(
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let receiver = record_latencies(sub, count, "no message at the sink for 30 s");
+    let warmed = Arc::new(AtomicBool::new(false));
+    let receiver = record_latencies(
+        sub,
+        count,
+        warmed.clone(),
+        "no message at the sink for 30 s",
+    );
     let mut publisher = raw::publisher(source, &src).await?;
-    publish_at_rate(publisher.as_mut(), size, count, rate).await?;
+    publish_at_rate(publisher.as_mut(), size, count, rate, &warmed).await?;
     let hist = receiver.await??;
     bridge.stop().await;
     for b in brokers.values() {
@@ -839,33 +859,42 @@ async fn raw_latency(
     let name = unique_name("rl");
     raw::prepare(ep, &name).await?;
     let sub = raw::subscriber(ep, &name).await?;
-    let receiver = record_latencies(sub, count, "no message for 30 s");
+    let warmed = Arc::new(AtomicBool::new(false));
+    let receiver = record_latencies(sub, count, warmed.clone(), "no message for 30 s");
     let mut publisher = raw::publisher(ep, &name).await?;
-    publish_at_rate(publisher.as_mut(), size, count, rate).await?;
+    publish_at_rate(publisher.as_mut(), size, count, rate, &warmed).await?;
     let hist = receiver.await??;
     drop(publisher);
     raw::cleanup(ep, &name).await;
     Ok(hist)
 }
 
-/// Receives `count` messages on `sub` (in a task) and records receive time − send time
-/// (carried in the payload) of each in an HDR histogram.
+/// Receives messages on `sub` (in a task) until `count` were recorded: receive time − send
+/// time (carried in the payload) in an HDR histogram. Warm-up messages (stamped 0) are not
+/// recorded; the first one sets `warmed`.
 fn record_latencies(
     mut sub: Box<dyn raw::RawSub>,
     count: u64,
+    warmed: Arc<AtomicBool>,
     silence: &'static str,
 ) -> tokio::task::JoinHandle<Result<hdrhistogram::Histogram<u64>>> {
     tokio::spawn(async move {
         let mut hist = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3)
             .map_err(|e| anyhow!("{e}"))?;
-        for _ in 0..count {
+        let mut recorded = 0;
+        while recorded < count {
             let p = tokio::time::timeout(Duration::from_secs(30), sub.next())
                 .await
                 .context(silence)??;
             let now = epoch().elapsed();
-            if let Some(sent) = sent_at(&p) {
-                let ns = u64::try_from(now.saturating_sub(sent).as_nanos()).unwrap_or(u64::MAX);
-                hist.saturating_record(ns.max(1));
+            match sent_at(&p) {
+                Some(sent) if sent.is_zero() => warmed.store(true, AtomicOrdering::Release),
+                Some(sent) => {
+                    let ns = u64::try_from(now.saturating_sub(sent).as_nanos()).unwrap_or(u64::MAX);
+                    hist.saturating_record(ns.max(1));
+                    recorded += 1;
+                }
+                None => recorded += 1,
             }
         }
         anyhow::Ok(hist)
@@ -879,9 +908,21 @@ async fn publish_at_rate(
     size: usize,
     count: u64,
     rate: u64,
+    warmed: &AtomicBool,
 ) -> Result<()> {
     let mut tick = tokio::time::interval(Duration::from_nanos(1_000_000_000 / rate.max(1)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let give_up = Instant::now() + Duration::from_secs(30);
+    let mut warmups = 0;
+    while warmups < LATENCY_WARMUP || !warmed.load(AtomicOrdering::Acquire) {
+        if Instant::now() > give_up {
+            bail!("no warm-up message arrived within 30 s");
+        }
+        tick.tick().await;
+        publisher.publish(warmup_payload(size)).await?;
+        publisher.flush().await?;
+        warmups += 1;
+    }
     for _ in 0..count {
         tick.tick().await;
         publisher.publish(payload(size)).await?;
