@@ -114,7 +114,7 @@ fn quickstart(port: u16) -> String {
 
 /// The bridge running the quickstart with its admin server on a free port, once its route
 /// has delivered messages.
-fn start_quickstart(name: &str) -> (Daemon, u16, PathBuf) {
+fn start_quickstart(name: &str) -> (Daemon, u16, TempDir) {
     let dir = temp_dir(name);
     let file = dir.join("quickstart.yaml");
     let port = free_port();

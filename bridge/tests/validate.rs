@@ -1,6 +1,8 @@
 //! `validate` refuses bad rule files before start, each with `file:line:col: reason`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod common;
+
 use polybridge_bridge::config::load;
 
 const BROKERS: &str = "brokers:\n  a: { url: \"memory://va\" }\n  b: { url: \"memory://vb\" }\n";
@@ -161,9 +163,7 @@ fn every_bad_rule_file_is_refused_with_position_and_reason() {
 
 #[test]
 fn the_binary_prints_file_line_col_for_every_case_and_exits_2() {
-    let dir = std::env::temp_dir().join(format!("pb-validate-bin-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::temp_dir("validate-bin");
     let cases = cases();
     let mut files = Vec::new();
     for (i, (_, text, _)) in cases.iter().enumerate() {
@@ -215,8 +215,7 @@ fn all_problems_are_reported_at_once() {
 
 #[test]
 fn env_defaults_and_secrets_from_files() {
-    let dir = std::env::temp_dir().join(format!("pb-validate-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::temp_dir("validate-env");
     let pw = dir.join("pw");
     std::fs::write(&pw, "s3cret\n").unwrap();
     let text = format!(
