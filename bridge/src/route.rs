@@ -105,7 +105,15 @@ enum StreamEnd {
     Closed,
 }
 
-/// What becomes of one message of a batch.
+/// What the rule match makes of one message.
+enum Plan {
+    /// Publish it to these sinks.
+    Publish(Targets),
+    /// Settle it without publishing.
+    Settle(Outcome),
+}
+
+/// What becomes of one message.
 enum Outcome {
     /// Published to its sinks (so far without failure): acknowledged.
     Published,
@@ -317,107 +325,40 @@ impl Route {
     /// The data path for one delivery.
     pub async fn process(self: Arc<Self>, delivery: Delivery) {
         let started = Instant::now();
+        self.count_received(1, started);
         let Delivery {
             message,
             info,
             handle,
         } = delivery;
-        let m = &self.metrics;
-        if m.received.fetch_add(1, AtomicOrdering::Relaxed) == 0 {
-            let _ = m.first_received_at.set(started.into_std());
-        }
-        m.in_flight.fetch_add(1, AtomicOrdering::Relaxed);
+        let captures = self.captures(&info);
+        let input = self.template_input(&info, &captures, &message);
 
-        // Rule match: captures, filter, and which sinks.
-        let captures = self
-            .config
-            .source
-            .subscription
-            .pattern
-            .captures(&info.topic, self.config.source.separator)
-            .unwrap_or_default();
-        let input = TemplateInput {
-            route: &self.config.name,
-            topic: &info.topic,
-            captures: &captures,
-            message: &message,
-        };
-        let targets = match self.select_sinks(&input) {
-            Ok(targets) => targets,
-            Err(reason) => {
-                let failure = Failure {
-                    reason,
-                    kind: "filter",
-                    attempts: 1,
+        // Rule match, then mapping and publish to every selected sink concurrently, each
+        // with retries. One sink (the common case) is awaited directly: no join, no
+        // allocation.
+        let outcome = match self.plan(&input) {
+            Plan::Settle(outcome) => outcome,
+            Plan::Publish(targets) => {
+                let route: &Route = &self;
+                let input = &input;
+                let publish_to = |i: usize| async move {
+                    let prepared = route.prepare(i, input)?;
+                    route.publish_with_retry(i, &prepared).await
                 };
-                self.fail(handle, &message, &info, failure).await;
-                m.in_flight.fetch_sub(1, AtomicOrdering::Relaxed);
-                return;
+                let failed = match targets.as_slice() {
+                    [i] => publish_to(*i).await.err(),
+                    _ => futures::future::join_all(targets.iter().map(|i| publish_to(*i)))
+                        .await
+                        .into_iter()
+                        .find_map(Result::err),
+                };
+                failed.map_or(Outcome::Published, Outcome::Failed)
             }
         };
-        if targets.is_empty() {
-            m.filtered.fetch_add(1, AtomicOrdering::Relaxed);
-            settle(&self.config.name, handle.ack());
-            m.in_flight.fetch_sub(1, AtomicOrdering::Relaxed);
-            return;
-        }
 
-        // Mapping, then publish to every selected sink concurrently, each with retries.
-        // One sink (the common case) is awaited directly: no join, no allocation.
-        let publish_to = |i: usize| {
-            let input = &input;
-            let route = &self;
-            async move {
-                let sink = &route.config.sinks[i];
-                let prepared = mapping::prepare(sink, input).map_err(|e| Failure {
-                    reason: format!("destination {:?}: {e}", sink.broker),
-                    kind: "template",
-                    attempts: 1,
-                })?;
-                route.publish_with_retry(i, &prepared).await
-            }
-        };
-        let failed = match targets.as_slice() {
-            [i] => publish_to(*i).await.err(),
-            _ => futures::future::join_all(targets.iter().map(|i| publish_to(*i)))
-                .await
-                .into_iter()
-                .find_map(Result::err),
-        };
-
-        // Settle the source.
-        match failed {
-            None => {
-                settle(&self.config.name, handle.ack());
-                m.count_acked();
-                m.observe_latency(started.elapsed());
-            }
-            Some(failure) => self.fail(handle, &message, &info, failure).await,
-        }
-        m.in_flight.fetch_sub(1, AtomicOrdering::Relaxed);
-    }
-
-    /// The sinks this message goes to, by `dispatch` and each sink's `when`.
-    fn select_sinks(&self, input: &TemplateInput<'_>) -> Result<Targets, String> {
-        if let Some(filter) = &self.config.filter {
-            if !filter.matches(input.topic, input.captures, input.message)? {
-                return Ok(Targets::new());
-            }
-        }
-        let mut targets = Targets::new();
-        for (i, sink) in self.config.sinks.iter().enumerate() {
-            let selected = match &sink.when {
-                None => true,
-                Some(when) => when.matches(input.topic, input.captures, input.message)?,
-            };
-            if selected {
-                targets.push(i);
-                if self.config.dispatch == Dispatch::First {
-                    break;
-                }
-            }
-        }
-        Ok(targets)
+        self.finish(handle, &message, &info, outcome, started).await;
+        self.metrics.in_flight.fetch_sub(1, AtomicOrdering::Relaxed);
     }
 
     /// The data path for deliveries that were waiting together: the steps of
@@ -426,11 +367,7 @@ impl Route {
     pub async fn process_batch(self: Arc<Self>, deliveries: Vec<Delivery>) {
         let started = Instant::now();
         let n = deliveries.len();
-        let m = &self.metrics;
-        if m.received.fetch_add(n as u64, AtomicOrdering::Relaxed) == 0 {
-            let _ = m.first_received_at.set(started.into_std());
-        }
-        m.in_flight.fetch_add(n as i64, AtomicOrdering::Relaxed);
+        self.count_received(n, started);
 
         // The handles are settled at the end; the messages are borrowed until then.
         let mut handles = Vec::with_capacity(n);
@@ -444,26 +381,14 @@ impl Route {
             handles.push(handle);
             received.push((message, info));
         }
-        let source = &self.config.source;
         let captures: Vec<_> = received
             .iter()
-            .map(|(_, info)| {
-                source
-                    .subscription
-                    .pattern
-                    .captures(&info.topic, source.separator)
-                    .unwrap_or_default()
-            })
+            .map(|(_, info)| self.captures(info))
             .collect();
         let inputs: Vec<TemplateInput<'_>> = received
             .iter()
             .zip(&captures)
-            .map(|((message, info), captures)| TemplateInput {
-                route: &self.config.name,
-                topic: &info.topic,
-                captures,
-                message,
-            })
+            .map(|((message, info), captures)| self.template_input(info, captures, message))
             .collect();
 
         // Rule match and mapping of every message; the prepared ones grouped by sink.
@@ -471,26 +396,16 @@ impl Route {
         let mut per_sink: Vec<Vec<(usize, mapping::Prepared<'_>)>> =
             self.sinks.iter().map(|_| Vec::new()).collect();
         for (j, input) in inputs.iter().enumerate() {
-            let outcome = match self.select_sinks(input) {
-                Err(reason) => Outcome::Failed(Failure {
-                    reason,
-                    kind: "filter",
-                    attempts: 1,
-                }),
-                Ok(targets) if targets.is_empty() => Outcome::Filtered,
-                Ok(targets) => {
+            let outcome = match self.plan(input) {
+                Plan::Settle(outcome) => outcome,
+                Plan::Publish(targets) => {
                     let mut outcome = Outcome::Published;
                     for i in targets {
-                        let sink = &self.config.sinks[i];
-                        match mapping::prepare(sink, input) {
+                        match self.prepare(i, input) {
                             Ok(prepared) => per_sink[i].push((j, prepared)),
-                            Err(e) => {
+                            Err(failure) => {
                                 if let Outcome::Published = outcome {
-                                    outcome = Outcome::Failed(Failure {
-                                        reason: format!("destination {:?}: {e}", sink.broker),
-                                        kind: "template",
-                                        attempts: 1,
-                                    });
+                                    outcome = Outcome::Failed(failure);
                                 }
                             }
                         }
@@ -523,23 +438,121 @@ impl Route {
             }
         }
 
-        // Settle the source.
         for ((handle, outcome), (message, info)) in handles.into_iter().zip(outcomes).zip(&received)
         {
-            match outcome {
-                Outcome::Published => {
-                    settle(&self.config.name, handle.ack());
-                    m.count_acked();
-                    m.observe_latency(started.elapsed());
-                }
-                Outcome::Filtered => {
-                    m.filtered.fetch_add(1, AtomicOrdering::Relaxed);
-                    settle(&self.config.name, handle.ack());
-                }
-                Outcome::Failed(failure) => self.fail(handle, message, info, failure).await,
+            self.finish(handle, message, info, outcome, started).await;
+        }
+        self.metrics
+            .in_flight
+            .fetch_sub(n as i64, AtomicOrdering::Relaxed);
+    }
+
+    /// Counts `n` deliveries received at `started` and now in flight.
+    fn count_received(&self, n: usize, started: Instant) {
+        let m = &self.metrics;
+        if m.received.fetch_add(n as u64, AtomicOrdering::Relaxed) == 0 {
+            let _ = m.first_received_at.set(started.into_std());
+        }
+        m.in_flight.fetch_add(n as i64, AtomicOrdering::Relaxed);
+    }
+
+    /// The wildcard captures of the source subscription's pattern in `info`'s topic.
+    fn captures<'t>(&self, info: &'t DeliveryInfo) -> Vec<&'t str> {
+        let source = &self.config.source;
+        source
+            .subscription
+            .pattern
+            .captures(&info.topic, source.separator)
+            .unwrap_or_default()
+    }
+
+    /// What the templates of this route see of one message.
+    fn template_input<'a>(
+        &'a self,
+        info: &'a DeliveryInfo,
+        captures: &'a [&'a str],
+        message: &'a Message,
+    ) -> TemplateInput<'a> {
+        TemplateInput {
+            route: &self.config.name,
+            topic: &info.topic,
+            captures,
+            message,
+        }
+    }
+
+    /// The rule match of one message: the sinks it goes to, or why it goes to none.
+    fn plan(&self, input: &TemplateInput<'_>) -> Plan {
+        match self.select_sinks(input) {
+            Err(reason) => Plan::Settle(Outcome::Failed(Failure {
+                reason,
+                kind: "filter",
+                attempts: 1,
+            })),
+            Ok(targets) if targets.is_empty() => Plan::Settle(Outcome::Filtered),
+            Ok(targets) => Plan::Publish(targets),
+        }
+    }
+
+    /// The mapping of one message for sink `i`: its destination and rewritten message.
+    fn prepare<'a>(
+        &'a self,
+        i: usize,
+        input: &TemplateInput<'a>,
+    ) -> Result<mapping::Prepared<'a>, Failure> {
+        let sink = &self.config.sinks[i];
+        mapping::prepare(sink, input).map_err(|e| Failure {
+            reason: format!("destination {:?}: {e}", sink.broker),
+            kind: "template",
+            attempts: 1,
+        })
+    }
+
+    /// Settles the source delivery of one message by its outcome, and counts it.
+    async fn finish(
+        &self,
+        handle: AckHandle,
+        message: &Message,
+        info: &DeliveryInfo,
+        outcome: Outcome,
+        started: Instant,
+    ) {
+        let m = &self.metrics;
+        match outcome {
+            Outcome::Published => {
+                settle(&self.config.name, handle.ack());
+                m.count_acked();
+                m.observe_latency(started.elapsed());
+            }
+            Outcome::Filtered => {
+                m.filtered.fetch_add(1, AtomicOrdering::Relaxed);
+                settle(&self.config.name, handle.ack());
+            }
+            Outcome::Failed(failure) => self.fail(handle, message, info, failure).await,
+        }
+    }
+
+    /// The sinks this message goes to, by `dispatch` and each sink's `when`.
+    fn select_sinks(&self, input: &TemplateInput<'_>) -> Result<Targets, String> {
+        if let Some(filter) = &self.config.filter {
+            if !filter.matches(input.topic, input.captures, input.message)? {
+                return Ok(Targets::new());
             }
         }
-        m.in_flight.fetch_sub(n as i64, AtomicOrdering::Relaxed);
+        let mut targets = Targets::new();
+        for (i, sink) in self.config.sinks.iter().enumerate() {
+            let selected = match &sink.when {
+                None => true,
+                Some(when) => when.matches(input.topic, input.captures, input.message)?,
+            };
+            if selected {
+                targets.push(i);
+                if self.config.dispatch == Dispatch::First {
+                    break;
+                }
+            }
+        }
+        Ok(targets)
     }
 
     /// Publishes `items` (each with its index in the batch) to sink `i` in one
@@ -678,19 +691,8 @@ impl Route {
         self.metrics.error(failure.kind);
         let policy = &self.config.on_error;
         if let (Some(dl), Some(broker)) = (&policy.dead_letter, &self.dead_letter) {
-            let captures = self
-                .config
-                .source
-                .subscription
-                .pattern
-                .captures(&info.topic, self.config.source.separator)
-                .unwrap_or_default();
-            let input = TemplateInput {
-                route: &self.config.name,
-                topic: &info.topic,
-                captures: &captures,
-                message,
-            };
+            let captures = self.captures(info);
+            let input = self.template_input(info, &captures, message);
             match dl.destination.render(&input) {
                 Ok(destination) => {
                     let envelope = self.error_envelope(message, info, &failure);

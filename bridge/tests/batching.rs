@@ -4,27 +4,19 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::{BTreeMap, HashSet};
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
-use polybridge::{
-    Broker, BrokerUrl, Capabilities, Deadline, DeliveryStream, Error, Message, Outgoing, Publisher,
-    Receipt, Subscriber, Subscription,
-};
+use polybridge::{Broker, Deadline, Message, Subscription};
 use polybridge_bridge::config::load;
 use polybridge_bridge::Bridge;
 
+mod faulty_sink;
+use faulty_sink::{memory, FaultySink};
+
 fn deadline() -> Deadline {
     Deadline::after(Duration::from_secs(5))
-}
-
-fn memory(name: &str) -> Arc<dyn Broker> {
-    Arc::new(
-        polybridge::memory::MemoryBroker::connect(&format!("memory://{name}").parse().unwrap())
-            .unwrap(),
-    )
 }
 
 /// Waits until `cond` holds, failing after 10 s.
@@ -36,123 +28,6 @@ async fn eventually(what: &str, cond: impl Fn() -> bool) {
             "timed out waiting for {what}"
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-/// A memory broker behind a sink that says whether it pipelines batches, records the size
-/// of every `publish_batch`, refuses the payload `refused` for good and fails the payload
-/// `flaky` with a transient error on its first `flaky_failures` attempts.
-struct RecordingSink {
-    inner: Arc<dyn Broker>,
-    capabilities: Capabilities,
-    batch_sizes: Mutex<Vec<usize>>,
-    single_publishes: AtomicUsize,
-    refused: &'static str,
-    flaky: &'static str,
-    flaky_failures: AtomicU32,
-}
-
-impl RecordingSink {
-    fn new(name: &str, batched_publish: bool) -> Arc<Self> {
-        let inner = memory(name);
-        let mut capabilities = inner.capabilities().clone();
-        capabilities.batched_publish = batched_publish;
-        Arc::new(RecordingSink {
-            inner,
-            capabilities,
-            batch_sizes: Mutex::new(Vec::new()),
-            single_publishes: AtomicUsize::new(0),
-            refused: "",
-            flaky: "",
-            flaky_failures: AtomicU32::new(0),
-        })
-    }
-
-    fn with_failures(name: &str, refused: &'static str, flaky: &'static str, n: u32) -> Arc<Self> {
-        let mut sink = Arc::into_inner(Self::new(name, true)).unwrap();
-        sink.refused = refused;
-        sink.flaky = flaky;
-        sink.flaky_failures = AtomicU32::new(n);
-        Arc::new(sink)
-    }
-
-    fn batch_sizes(&self) -> Vec<usize> {
-        self.batch_sizes.lock().unwrap().clone()
-    }
-
-    async fn publish_one(
-        &self,
-        destination: &str,
-        message: &Message,
-        deadline: Deadline,
-    ) -> polybridge::Result<Receipt> {
-        let payload = &message.payload[..];
-        if !self.refused.is_empty() && payload == self.refused.as_bytes() {
-            return Err(Error::permanent(
-                "recording",
-                destination,
-                "refused payload",
-            ));
-        }
-        if !self.flaky.is_empty()
-            && payload == self.flaky.as_bytes()
-            && self
-                .flaky_failures
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-                .is_ok()
-        {
-            return Err(Error::transient("recording", destination, "injected"));
-        }
-        self.inner.publish(destination, message, deadline).await
-    }
-}
-
-#[async_trait]
-impl Publisher for RecordingSink {
-    async fn publish(
-        &self,
-        destination: &str,
-        message: &Message,
-        deadline: Deadline,
-    ) -> polybridge::Result<Receipt> {
-        self.single_publishes.fetch_add(1, Ordering::SeqCst);
-        self.publish_one(destination, message, deadline).await
-    }
-
-    async fn publish_batch(
-        &self,
-        batch: &[Outgoing<'_>],
-        deadline: Deadline,
-    ) -> Vec<polybridge::Result<Receipt>> {
-        self.batch_sizes.lock().unwrap().push(batch.len());
-        let mut results = Vec::with_capacity(batch.len());
-        for o in batch {
-            results.push(self.publish_one(o.destination, o.message, deadline).await);
-        }
-        results
-    }
-
-    async fn close(&self, deadline: Deadline) -> polybridge::Result<()> {
-        self.inner.close(deadline).await
-    }
-}
-
-#[async_trait]
-impl Subscriber for RecordingSink {
-    async fn subscribe(&self, s: Subscription) -> polybridge::Result<DeliveryStream> {
-        self.inner.subscribe(s).await
-    }
-}
-
-impl Broker for RecordingSink {
-    fn name(&self) -> &'static str {
-        "recording"
-    }
-    fn capabilities(&self) -> &Capabilities {
-        &self.capabilities
-    }
-    fn url(&self) -> &BrokerUrl {
-        self.inner.url()
     }
 }
 
@@ -185,7 +60,7 @@ routes:
 async fn run(
     prefix: &str,
     route_options: &str,
-    sink: Arc<RecordingSink>,
+    sink: Arc<FaultySink>,
     n: usize,
 ) -> (Vec<String>, Vec<String>) {
     let dlq = memory(&format!("{prefix}-dlq"));
@@ -254,13 +129,13 @@ fn all_once(arrived: &[String], n: usize, except: &[&str]) {
 
 #[tokio::test]
 async fn a_backlog_goes_to_a_pipelining_sink_in_batches_and_arrives_whole() {
-    let sink = RecordingSink::new("bt1-out", true);
+    let sink = FaultySink::new("bt1-out", true);
     let (arrived, dead) = run("bt1", "    max_batch: 32\n", sink.clone(), 500).await;
     all_once(&arrived, 500, &[]);
     assert!(dead.is_empty());
     let sizes = sink.batch_sizes();
     assert_eq!(
-        sizes.iter().sum::<usize>() + sink.single_publishes.load(Ordering::SeqCst),
+        sizes.iter().sum::<usize>() + sink.publishes.load(Ordering::SeqCst),
         500,
         "every message published once"
     );
@@ -276,29 +151,29 @@ async fn a_backlog_goes_to_a_pipelining_sink_in_batches_and_arrives_whole() {
 
 #[tokio::test]
 async fn a_message_refused_in_a_batch_is_dead_lettered_and_a_failed_one_retried_alone() {
-    let sink = RecordingSink::with_failures("bt2-out", "13", "42", 2);
+    let sink = FaultySink::refusing("bt2-out", "13", "42", 2);
     let (arrived, dead) = run("bt2", "", sink.clone(), 200).await;
     // "42" failed twice inside its batch, then went through on a retry of its own.
     all_once(&arrived, 200, &["13"]);
     assert_eq!(dead.len(), 1, "only the refused message is dead-lettered");
     assert!(sink.batch_sizes().iter().any(|&s| s > 1));
     assert!(
-        sink.single_publishes.load(Ordering::SeqCst) >= 2,
+        sink.publishes.load(Ordering::SeqCst) >= 2,
         "the failed message is retried with single publishes"
     );
 }
 
 #[tokio::test]
 async fn max_batch_1_or_a_sink_without_pipelining_publishes_one_at_a_time() {
-    let off = RecordingSink::new("bt3-out", true);
+    let off = FaultySink::new("bt3-out", true);
     let (arrived, _) = run("bt3", "    max_batch: 1\n", off.clone(), 300).await;
     all_once(&arrived, 300, &[]);
     assert!(off.batch_sizes().is_empty());
-    assert_eq!(off.single_publishes.load(Ordering::SeqCst), 300);
+    assert_eq!(off.publishes.load(Ordering::SeqCst), 300);
 
-    let plain = RecordingSink::new("bt4-out", false);
+    let plain = FaultySink::new("bt4-out", false);
     let (arrived, _) = run("bt4", "", plain.clone(), 300).await;
     all_once(&arrived, 300, &[]);
     assert!(plain.batch_sizes().is_empty());
-    assert_eq!(plain.single_publishes.load(Ordering::SeqCst), 300);
+    assert_eq!(plain.publishes.load(Ordering::SeqCst), 300);
 }

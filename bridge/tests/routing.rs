@@ -3,27 +3,21 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use polybridge::{
-    well_known, Broker, BrokerUrl, Capabilities, Deadline, DeliveryStream, Error, Message,
-    Publisher, Receipt, StartPosition, Subscriber, Subscription,
+    well_known, Broker, Deadline, DeliveryStream, Message, StartPosition, Subscription,
 };
 use polybridge_bridge::config::load;
 use polybridge_bridge::Bridge;
 
+mod faulty_sink;
+use faulty_sink::{memory, FaultySink};
+
 fn deadline() -> Deadline {
     Deadline::after(Duration::from_secs(5))
-}
-
-fn memory(name: &str) -> Arc<dyn Broker> {
-    Arc::new(
-        polybridge::memory::MemoryBroker::connect(&format!("memory://{name}").parse().unwrap())
-            .unwrap(),
-    )
 }
 
 async fn next(stream: &mut DeliveryStream) -> polybridge::Delivery {
@@ -135,64 +129,6 @@ routes:
     bridge.stop().await;
 }
 
-/// A real memory broker whose publishes fail with a transient error while `failures`
-/// is above zero (each failure counts down), or always when it is `u32::MAX`.
-struct FlakySink {
-    inner: Arc<dyn Broker>,
-    failures: AtomicU32,
-    attempts: AtomicU32,
-}
-
-#[async_trait]
-impl Publisher for FlakySink {
-    async fn publish(
-        &self,
-        destination: &str,
-        message: &Message,
-        deadline: Deadline,
-    ) -> polybridge::Result<Receipt> {
-        self.attempts.fetch_add(1, Ordering::SeqCst);
-        let f = self.failures.load(Ordering::SeqCst);
-        if f > 0 {
-            if f != u32::MAX {
-                self.failures.fetch_sub(1, Ordering::SeqCst);
-            }
-            return Err(Error::transient("flaky", destination, "injected failure"));
-        }
-        self.inner.publish(destination, message, deadline).await
-    }
-    async fn close(&self, deadline: Deadline) -> polybridge::Result<()> {
-        self.inner.close(deadline).await
-    }
-}
-
-#[async_trait]
-impl Subscriber for FlakySink {
-    async fn subscribe(&self, s: Subscription) -> polybridge::Result<DeliveryStream> {
-        self.inner.subscribe(s).await
-    }
-}
-
-impl Broker for FlakySink {
-    fn name(&self) -> &'static str {
-        "flaky"
-    }
-    fn capabilities(&self) -> &Capabilities {
-        self.inner.capabilities()
-    }
-    fn url(&self) -> &BrokerUrl {
-        self.inner.url()
-    }
-}
-
-fn flaky(name: &str, failures: u32) -> Arc<FlakySink> {
-    Arc::new(FlakySink {
-        inner: memory(name),
-        failures: AtomicU32::new(failures),
-        attempts: AtomicU32::new(0),
-    })
-}
-
 #[tokio::test]
 async fn fan_out_acks_the_source_only_after_both_sinks_confirmed() {
     let yaml = r#"
@@ -208,7 +144,7 @@ routes:
       - { broker: bad, destination: "copy" }
     on_error: { max_attempts: 1000, initial_backoff: 10ms, max_backoff: 20ms }
 "#;
-    let bad = flaky("fo-bad", u32::MAX);
+    let bad = FaultySink::failing("fo-bad", u32::MAX);
     let brokers: BTreeMap<String, Arc<dyn Broker>> = [
         ("src".to_string(), memory("fo-src")),
         ("good".to_string(), memory("fo-good")),
@@ -241,7 +177,7 @@ routes:
     assert_eq!(d.message.id, "f1");
     d.ack().unwrap();
     eventually("several failed attempts", || {
-        bad.attempts.load(Ordering::SeqCst) >= 5
+        bad.publishes.load(Ordering::SeqCst) >= 5
     })
     .await;
     let m = &bridge.routes()[0].metrics;
@@ -277,7 +213,7 @@ routes:
       max_backoff: 5ms
       dead_letter: { broker: dlq, destination: "dead.{route}" }
 "#;
-    let bad = flaky("dl-bad", u32::MAX);
+    let bad = FaultySink::failing("dl-bad", u32::MAX);
     let brokers: BTreeMap<String, Arc<dyn Broker>> = [
         ("src".to_string(), memory("dl-src")),
         ("bad".to_string(), bad.clone() as Arc<dyn Broker>),
@@ -322,7 +258,7 @@ routes:
     assert_eq!(body["error"]["attempts"], 3);
     assert_eq!(body["message"]["payload"], "payload");
     d.ack().unwrap();
-    assert_eq!(bad.attempts.load(Ordering::SeqCst), 3);
+    assert_eq!(bad.publishes.load(Ordering::SeqCst), 3);
     let m = &bridge.routes()[0].metrics;
     eventually("dead-letter counted", || {
         m.dead_lettered.load(Ordering::Relaxed) == 1
@@ -357,7 +293,7 @@ routes:
     to: [ { broker: bad, destination: "copy" } ]
     on_error: { max_attempts: 2, initial_backoff: 1ms, max_backoff: 5ms }
 "#;
-    let bad = flaky("nd-bad", u32::MAX);
+    let bad = FaultySink::failing("nd-bad", u32::MAX);
     let brokers: BTreeMap<String, Arc<dyn Broker>> = [
         ("src".to_string(), memory("nd-src")),
         ("bad".to_string(), bad.clone() as Arc<dyn Broker>),
@@ -444,52 +380,17 @@ routes:
     let _ = StartPosition::Earliest;
 }
 
-/// A memory sink whose publishes of messages with key `slow` are slow, the earlier ones
-/// slower (payload `n` takes (30 − n) × 6 ms): processed concurrently they would overtake
-/// each other.
-struct SlowKeySink {
-    inner: Arc<dyn Broker>,
-}
-
-#[async_trait]
-impl Publisher for SlowKeySink {
-    async fn publish(
-        &self,
-        destination: &str,
-        message: &Message,
-        deadline: Deadline,
-    ) -> polybridge::Result<Receipt> {
-        if message.key.as_deref() == Some(&b"slow"[..]) {
-            let n: u64 = std::str::from_utf8(&message.payload)
-                .unwrap()
-                .parse()
-                .unwrap();
-            tokio::time::sleep(Duration::from_millis(30u64.saturating_sub(n) * 6)).await;
-        }
-        self.inner.publish(destination, message, deadline).await
+/// Publishes of messages with key `slow` are slow, the earlier ones slower (payload `n`
+/// takes (30 − n) × 6 ms): processed concurrently they would overtake each other.
+fn slow_key_delay(message: &Message) -> Duration {
+    if message.key.as_deref() != Some(&b"slow"[..]) {
+        return Duration::ZERO;
     }
-    async fn close(&self, deadline: Deadline) -> polybridge::Result<()> {
-        self.inner.close(deadline).await
-    }
-}
-
-#[async_trait]
-impl Subscriber for SlowKeySink {
-    async fn subscribe(&self, s: Subscription) -> polybridge::Result<DeliveryStream> {
-        self.inner.subscribe(s).await
-    }
-}
-
-impl Broker for SlowKeySink {
-    fn name(&self) -> &'static str {
-        "slow"
-    }
-    fn capabilities(&self) -> &Capabilities {
-        self.inner.capabilities()
-    }
-    fn url(&self) -> &BrokerUrl {
-        self.inner.url()
-    }
+    let n: u64 = std::str::from_utf8(&message.payload)
+        .unwrap()
+        .parse()
+        .unwrap();
+    Duration::from_millis(30u64.saturating_sub(n) * 6)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -505,9 +406,7 @@ routes:
     max_in_flight: 64
     to: [ { broker: dst, destination: "out" } ]
 "#;
-    let dst: Arc<dyn Broker> = Arc::new(SlowKeySink {
-        inner: memory("pk-dst"),
-    });
+    let dst: Arc<dyn Broker> = FaultySink::delaying("pk-dst", slow_key_delay);
     let brokers: BTreeMap<String, Arc<dyn Broker>> = [
         ("src".to_string(), memory("pk-src")),
         ("dst".to_string(), dst.clone()),
