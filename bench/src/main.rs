@@ -1116,6 +1116,7 @@ fn write_results(args: &Args, results: &[serde_json::Value]) -> Result<()> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::two_hops;
 
