@@ -498,9 +498,9 @@ async fn bench_route(
     // The bridged rate against the lower of the two limits: what the route can reach on
     // this machine, where the brokers and the bridge share the cores.
     let ratios_reachable = pick(&|r| r.bridged / r.raw_limit().min(r.cpu_limit(cores)));
-    let us = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
-    let src_us = |q: f64| hop_src.value_at_quantile(q) as f64 / 1000.0;
-    let dst_us = |q: f64| hop_dst.value_at_quantile(q) as f64 / 1000.0;
+    let us = |q: f64| quantile_us(&hist, q);
+    let src_us = |q: f64| quantile_us(&hop_src, q);
+    let dst_us = |q: f64| quantile_us(&hop_dst, q);
     // Added by the bridge, quantile by quantile (quantiles of a sum are not sums of
     // quantiles: an approximation). Upper bound: bridged − the slower one-hop baseline
     // (still contains the other broker's hop). Lower bound: bridged − both hops (counts
@@ -510,7 +510,7 @@ async fn bench_route(
     // The two hops of a bridge that took no time: the source hop and the sink hop one
     // after the other, their distribution the convolution of the two measured together.
     let two_hops = two_hops(&hop_src_loaded, &hop_dst_loaded)?;
-    let two_us = |q: f64| two_hops.value_at_quantile(q) as f64 / 1000.0;
+    let two_us = |q: f64| quantile_us(&two_hops, q);
     let added_to_two_hops = |q: f64| (us(q) - two_us(q)).round();
     let mut result = json!({
         "route": name,
@@ -562,14 +562,19 @@ async fn bench_route(
     });
     // Outside the `json!` above: its macro expansion is at the recursion limit.
     for (q, suffix) in [(0.5, "p50_us"), (0.99, "p99_us"), (0.999, "p999_us")] {
-        let loaded_us =
-            |h: &hdrhistogram::Histogram<u64>| (h.value_at_quantile(q) as f64 / 1000.0).round();
-        result[format!("raw_source_loaded_{suffix}")] = json!(loaded_us(&hop_src_loaded));
-        result[format!("raw_sink_loaded_{suffix}")] = json!(loaded_us(&hop_dst_loaded));
+        result[format!("raw_source_loaded_{suffix}")] =
+            json!(quantile_us(&hop_src_loaded, q).round());
+        result[format!("raw_sink_loaded_{suffix}")] =
+            json!(quantile_us(&hop_dst_loaded, q).round());
         result[format!("two_hops_{suffix}")] = json!(two_us(q).round());
         result[format!("added_to_two_hops_{suffix}")] = json!(added_to_two_hops(q));
     }
     Ok(result)
+}
+
+/// The latency at quantile `q` of `h` (recorded in ns), in µs.
+fn quantile_us(h: &hdrhistogram::Histogram<u64>, q: f64) -> f64 {
+    h.value_at_quantile(q) as f64 / 1000.0
 }
 
 /// The latency of two hops taken one after the other, each sample of `first` with each
