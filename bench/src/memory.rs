@@ -255,7 +255,7 @@ pub async fn outage(
         let mut duplicates = 0u64;
         loop {
             let p = match tokio::time::timeout(Duration::from_secs(120), sub.next()).await {
-                Ok(Ok(p)) => p,
+                Ok(Ok(arrival)) => arrival.payload,
                 Ok(Err(e)) => return Err(e.context("sink subscriber")),
                 Err(_) => break,
             };

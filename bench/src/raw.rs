@@ -14,13 +14,13 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
-use futures::StreamExt;
+use futures::{FutureExt as _, StreamExt};
 use polybridge::{Broker, Deadline, DeliveryStream, Message, StartPosition, Subscription};
 
 /// Publishes (or deliveries) outstanding at once in the raw clients; the bridge's
@@ -115,12 +115,37 @@ pub trait RawPub: Send {
     fn publish(&mut self, payload: Bytes) -> BoxFuture<'_, Result<()>>;
     /// Waits for every outstanding confirmation.
     fn flush(&mut self) -> BoxFuture<'_, Result<()>>;
+    /// Sends one message to the broker now, without waiting for its confirmation (`flush`
+    /// collects it); waits only when the window is full. The latency series use this: a
+    /// publisher that defers sending to a batch would add its own wait.
+    fn send(&mut self, payload: Bytes) -> BoxFuture<'_, Result<()>> {
+        self.publish(payload)
+    }
 }
 
 /// Something that receives and acknowledges messages.
 pub trait RawSub: Send {
-    /// The next payload (acknowledged, or its acknowledgement queued).
-    fn next(&mut self) -> BoxFuture<'_, Result<Bytes>>;
+    /// The next message (acknowledged, or its acknowledgement queued).
+    fn next(&mut self) -> BoxFuture<'_, Result<Arrival>>;
+}
+
+/// A message a [`RawSub`] received.
+pub struct Arrival {
+    /// Its payload.
+    pub payload: Bytes,
+    /// When the client handed it over, before it was acknowledged: the latency series end
+    /// here, so a subscriber's acknowledgement (a round trip to the client's I/O task with
+    /// some crates) is not counted in a hop.
+    pub at: Instant,
+}
+
+impl Arrival {
+    fn now(payload: Bytes) -> Arrival {
+        Arrival {
+            payload,
+            at: Instant::now(),
+        }
+    }
 }
 
 /// Prepares `name` on `ep` (stream, queue) so publishes to it are stored.
@@ -390,7 +415,7 @@ struct JsSub {
 }
 
 impl RawSub for JsSub {
-    fn next(&mut self) -> BoxFuture<'_, Result<Bytes>> {
+    fn next(&mut self) -> BoxFuture<'_, Result<Arrival>> {
         Box::pin(async move {
             let m = self
                 .messages
@@ -398,8 +423,9 @@ impl RawSub for JsSub {
                 .await
                 .ok_or_else(|| anyhow!("JetStream consumer ended"))?
                 .map_err(|e| anyhow!("{e}"))?;
+            let arrival = Arrival::now(m.message.payload.clone());
             m.ack().await.map_err(|e| anyhow!("ack: {e}"))?;
-            Ok(m.message.payload.clone())
+            Ok(arrival)
         })
     }
 }
@@ -439,16 +465,24 @@ impl RawPub for RedisPub {
             Ok(())
         })
     }
+    /// Redis has no confirmation apart from the reply: the `XADD` goes out alone and its
+    /// reply is awaited (one round trip, tens of µs here).
+    fn send(&mut self, payload: Bytes) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            self.publish(payload).await?;
+            self.flush().await
+        })
+    }
 }
 
 struct RedisSub {
     con: redis::aio::MultiplexedConnection,
     key: String,
-    buffer: VecDeque<Bytes>,
+    buffer: VecDeque<Arrival>,
 }
 
 impl RawSub for RedisSub {
-    fn next(&mut self) -> BoxFuture<'_, Result<Bytes>> {
+    fn next(&mut self) -> BoxFuture<'_, Result<Arrival>> {
         Box::pin(async move {
             use redis::streams::{StreamReadOptions, StreamReadReply};
             use redis::AsyncCommands;
@@ -459,11 +493,15 @@ impl RawSub for RedisSub {
                     .block(1000);
                 let reply: StreamReadReply =
                     self.con.xread_options(&[&self.key], &[">"], &opts).await?;
+                let at = Instant::now();
                 let mut ids = Vec::new();
                 for key in reply.keys {
                     for entry in key.ids {
                         if let Some(redis::Value::BulkString(p)) = entry.map.get("payload") {
-                            self.buffer.push_back(Bytes::copy_from_slice(p));
+                            self.buffer.push_back(Arrival {
+                                payload: Bytes::copy_from_slice(p),
+                                at,
+                            });
                         }
                         ids.push(entry.id);
                     }
@@ -639,11 +677,12 @@ impl Drop for MqttSub {
 }
 
 impl RawSub for MqttSub {
-    fn next(&mut self) -> BoxFuture<'_, Result<Bytes>> {
+    fn next(&mut self) -> BoxFuture<'_, Result<Arrival>> {
         Box::pin(async move {
             self.rx
                 .recv()
                 .await
+                .map(Arrival::now)
                 .ok_or_else(|| anyhow!("MQTT connection ended"))
         })
     }
@@ -707,15 +746,19 @@ struct AmqpSub {
 }
 
 impl RawSub for AmqpSub {
-    fn next(&mut self) -> BoxFuture<'_, Result<Bytes>> {
+    fn next(&mut self) -> BoxFuture<'_, Result<Arrival>> {
         Box::pin(async move {
             let d = self
                 .consumer
                 .next()
                 .await
                 .ok_or_else(|| anyhow!("RabbitMQ consumer ended"))??;
+            let at = Instant::now();
             d.ack(Default::default()).await?;
-            Ok(Bytes::from(d.data))
+            Ok(Arrival {
+                payload: Bytes::from(d.data),
+                at,
+            })
         })
     }
 }
@@ -860,12 +903,12 @@ impl KafkaSub {
 }
 
 impl RawSub for KafkaSub {
-    fn next(&mut self) -> BoxFuture<'_, Result<Bytes>> {
+    fn next(&mut self) -> BoxFuture<'_, Result<Arrival>> {
         Box::pin(async move {
             use rdkafka::consumer::{CommitMode, Consumer as _};
             use rdkafka::Message as _;
             let m = self.consumer.recv().await?;
-            let payload = Bytes::copy_from_slice(m.payload().unwrap_or_default());
+            let arrival = Arrival::now(Bytes::copy_from_slice(m.payload().unwrap_or_default()));
             self.consumer.store_offset_from_message(&m)?;
             drop(m);
             self.uncommitted += 1;
@@ -873,7 +916,7 @@ impl RawSub for KafkaSub {
                 self.uncommitted = 0;
                 self.consumer.commit_consumer_state(CommitMode::Async)?;
             }
-            Ok(payload)
+            Ok(arrival)
         })
     }
 }
@@ -917,6 +960,17 @@ impl RawPub for AdapterPub {
             Ok(())
         })
     }
+    /// The adapter's publish hands its frame to the connection when first polled: this
+    /// polls the window once, which starts the new publish and collects finished ones.
+    fn send(&mut self, payload: Bytes) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            self.publish(payload).await?;
+            while let Some(result) = self.window.next().now_or_never().flatten() {
+                result?;
+            }
+            Ok(())
+        })
+    }
 }
 
 struct AdapterSub {
@@ -925,16 +979,16 @@ struct AdapterSub {
 }
 
 impl RawSub for AdapterSub {
-    fn next(&mut self) -> BoxFuture<'_, Result<Bytes>> {
+    fn next(&mut self) -> BoxFuture<'_, Result<Arrival>> {
         Box::pin(async move {
             let d = self
                 .stream
                 .next()
                 .await
                 .ok_or_else(|| anyhow!("subscription ended"))??;
-            let payload = d.message.payload.clone();
+            let arrival = Arrival::now(d.message.payload.clone());
             d.ack()?;
-            Ok(payload)
+            Ok(arrival)
         })
     }
 }
