@@ -92,6 +92,9 @@ struct Args {
     /// Messages per second published to the source during the outage runs.
     #[arg(long, default_value_t = 1_000)]
     outage_rate: u64,
+    /// Payload bytes of the messages of the outage runs.
+    #[arg(long, default_value_t = 256)]
+    outage_bytes: usize,
     /// The `polybridge` binary (default: next to this program).
     #[arg(long)]
     bridge_bin: Option<std::path::PathBuf>,
@@ -279,6 +282,7 @@ async fn memory_runs(
     out.push(json!({ "idle": idle }));
     let o = memory::Outage {
         rate: args.outage_rate,
+        payload_bytes: args.outage_bytes,
         before: Duration::from_secs(if args.smoke { 1 } else { 5 }),
         outage: Duration::from_secs(args.outage_secs),
         after: Duration::from_secs(if args.smoke { 1 } else { 5 }),
@@ -952,12 +956,12 @@ fn record_latencies(
 
 /// Publishes `count` messages of `size` bytes at `rate` per second, open loop: each is sent
 /// without waiting for the confirmations of the ones before it (the publisher's window
-/// collects those), and carries the time it was sent, or, when an earlier send still held
-/// the publisher at the time it fell due, that due time. So a broker that stalls delays
-/// every message due during the stall, as it delays the bridge's own publishes, and the
-/// stall shows in the histogram instead of only holding up the publisher ("coordinated
-/// omission"). The timer's own lateness (tokio's timers have 1 ms resolution) is the load
-/// generator's and stays out, as it would otherwise be counted once per hop.
+/// collects those), and carries the time it was sent minus the time earlier sends held the
+/// publisher after it fell due. So a broker that stalls delays every message due during the
+/// stall, as it delays the bridge's own publishes, and the stall shows in the histogram
+/// instead of only holding up the publisher ("coordinated omission"). The timer's own
+/// lateness (tokio's timers have 1 ms resolution) is the load generator's and stays out: it
+/// would otherwise be counted once per hop.
 async fn publish_at_rate(
     publisher: &mut dyn raw::RawPub,
     size: usize,
@@ -977,14 +981,24 @@ async fn publish_at_rate(
         publisher.send(warmup_payload(size)).await?;
         warmups += 1;
     }
-    let mut free_at = Instant::now();
+    // When the earlier sends ran (start, end), newest last: the part of them after a
+    // message's due time is time the publisher was held by the system under test.
+    let mut sends: std::collections::VecDeque<(Instant, Instant)> = Default::default();
     for _ in 0..count {
         let due = tick.tick().await.into_std();
-        let at = if free_at > due { due } else { Instant::now() };
+        let now = Instant::now();
+        while sends.front().is_some_and(|(_, end)| *end <= due) {
+            sends.pop_front();
+        }
+        let held: Duration = sends
+            .iter()
+            .map(|(start, end)| (*end).min(now).saturating_duration_since((*start).max(due)))
+            .sum();
+        let at = now.checked_sub(held).unwrap_or(due).max(due);
         publisher
             .send(stamped_payload(size, at.saturating_duration_since(epoch())))
             .await?;
-        free_at = Instant::now();
+        sends.push_back((now, Instant::now()));
     }
     publisher.flush().await
 }

@@ -222,6 +222,8 @@ pub async fn idle_rss(
 pub struct Outage {
     /// Messages per second published to the source for the whole run.
     pub rate: u64,
+    /// Payload bytes of each message (at least 16: the sequence number is in bytes 8..16).
+    pub payload_bytes: usize,
     /// Running before the sink is frozen.
     pub before: Duration,
     /// How long the sink broker is frozen (SIGSTOP).
@@ -276,6 +278,7 @@ pub async fn outage(
     // Publisher at a fixed rate for before + outage + after.
     let total = o.before + o.outage + o.after;
     let rate = o.rate.max(1);
+    let size = o.payload_bytes.max(16);
     let mut publisher = raw::publisher(source, &s).await?;
     let publishing = tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_nanos(1_000_000_000 / rate));
@@ -284,7 +287,7 @@ pub async fn outage(
         let mut seq = 0u64;
         while Instant::now() < end {
             tick.tick().await;
-            let mut v = vec![b'x'; 256];
+            let mut v = vec![b'x'; size];
             v[8..16].copy_from_slice(&seq.to_le_bytes());
             publisher.publish(Bytes::from(v)).await?;
             seq += 1;
@@ -365,6 +368,7 @@ pub async fn outage(
     let result = json!({
         "route": format!("{}→{}", source.kind.label(), sink.kind.label()),
         "rate_msgs_per_s": o.rate,
+        "payload_bytes": size,
         "outage_s": o.outage.as_secs_f64(),
         "published": sent,
         "received_unique": received,

@@ -12,6 +12,7 @@
 //! | Kafka (Tansu) | `rdkafka` `FutureProducer` (acks=all, idempotent, as the adapter), [`WINDOW`] delivery futures outstanding | `rdkafka` `StreamConsumer` in a group, offsets stored after each message and committed asynchronously every [`WINDOW`] |
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,7 +21,7 @@ use anyhow::{anyhow, bail, Context as _, Result};
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
-use futures::{FutureExt as _, StreamExt};
+use futures::StreamExt;
 use polybridge::{Broker, Deadline, DeliveryStream, Message, StartPosition, Subscription};
 
 /// Publishes (or deliveries) outstanding at once in the raw clients; the bridge's
@@ -929,26 +930,40 @@ struct AdapterPub {
     window: FuturesUnordered<BoxFuture<'static, Result<()>>>,
 }
 
+impl AdapterPub {
+    /// Waits for the oldest outstanding publishes while the window is full.
+    async fn make_room(&mut self) -> Result<()> {
+        while self.window.len() >= WINDOW {
+            if let Some(r) = self.window.next().await {
+                r?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The adapter's publish of `payload`, confirmed when it completes.
+    fn confirmed_publish(&self, payload: Bytes) -> impl Future<Output = Result<()>> + 'static {
+        let broker = self.broker.clone();
+        let destination = self.destination.clone();
+        async move {
+            broker
+                .publish(
+                    &destination,
+                    &Message::new(payload),
+                    Deadline::after(Duration::from_secs(30)),
+                )
+                .await?;
+            Ok(())
+        }
+    }
+}
+
 impl RawPub for AdapterPub {
     fn publish(&mut self, payload: Bytes) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
-            if self.window.len() >= WINDOW {
-                if let Some(r) = self.window.next().await {
-                    r?;
-                }
-            }
-            let broker = self.broker.clone();
-            let destination = self.destination.clone();
-            self.window.push(Box::pin(async move {
-                broker
-                    .publish(
-                        &destination,
-                        &Message::new(payload),
-                        Deadline::after(Duration::from_secs(30)),
-                    )
-                    .await?;
-                Ok(())
-            }));
+            self.make_room().await?;
+            let publish = self.confirmed_publish(payload);
+            self.window.push(Box::pin(publish));
             Ok(())
         })
     }
@@ -960,14 +975,15 @@ impl RawPub for AdapterPub {
             Ok(())
         })
     }
-    /// The adapter's publish hands its frame to the connection when first polled: this
-    /// polls the window once, which starts the new publish and collects finished ones.
+    /// The window's futures run only while the window is polled: a publish pushed by
+    /// `publish` would wait for the next call. So each one runs as its own task here.
     fn send(&mut self, payload: Bytes) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
-            self.publish(payload).await?;
-            while let Some(result) = self.window.next().now_or_never().flatten() {
-                result?;
-            }
+            self.make_room().await?;
+            let task = tokio::spawn(self.confirmed_publish(payload));
+            self.window.push(Box::pin(async move {
+                task.await.map_err(|e| anyhow!("publish task: {e}"))?
+            }));
             Ok(())
         })
     }
