@@ -9,9 +9,10 @@
 //!   acknowledged every source delivery (each after the sink confirmed its publish);
 //! - peak RSS (`VmHWM`, reset before the bridged run) and CPU per message (`getrusage`)
 //!   of that bridged run;
-//! - end-to-end latency at a fixed 1k msg/s through the bridge (HDR histogram), and the
-//!   raw one-hop latency on the source and on the sink broker at the same rate, from which
-//!   the latency added by the bridge is estimated;
+//! - end-to-end latency at a fixed 1k msg/s through the bridge (HDR histogram, open-loop
+//!   publisher), and the raw one-hop latency on the source and on the sink broker at the
+//!   same rate and time, in `--rounds` alternating rounds, from which the latency added by
+//!   the bridge is estimated;
 //! - memory of the real bridge binary ([`memory`]): idle RSS, and RSS while the sink
 //!   broker is frozen for `--outage-secs` (every message must arrive afterwards).
 //!
@@ -52,7 +53,7 @@ struct Args {
     /// Rounds of (raw consume, raw publish, bridged), alternating.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
-    /// Messages of the latency run (published at `--rate` per second).
+    /// Messages of each latency series (published at `--rate` per second; `--rounds` rounds).
     #[arg(long, default_value_t = 3_000)]
     latency_messages: u64,
     /// Publish rate of the latency run, messages per second.
@@ -1112,7 +1113,7 @@ fn write_results(args: &Args, results: &[serde_json::Value]) -> Result<()> {
         ));
     }
     table.push_str(
-        "\nLatency at 1k msg/s, open loop (each message stamped with the time it was due to be sent, publishes pipelined): the bridged route, and the two raw one-hop baselines run at the same time (both brokers busy, as in the bridged run), alternated round by round and pooled; two hops = the source hop and the sink hop one after the other (the distribution of their sum: a bridge that took no time). Added = bridged − two hops at each quantile.\n\n| route | payload | bridged p50 / p99 / p99.9 µs | source hop | sink hop | two hops | added p50 / p99 / p99.9 µs | added p99 per round µs |\n|---|---|---|---|---|---|---|---|\n",
+        "\nLatency at 1k msg/s, open loop (publishes pipelined; each message stamped with its send time minus the time earlier sends held the publisher after it fell due): the bridged route, and the two raw one-hop baselines run at the same time (both brokers busy, as in the bridged run), alternated round by round and pooled; two hops = the source hop and the sink hop one after the other (the distribution of their sum: a bridge that took no time). Added = bridged − two hops at each quantile.\n\n| route | payload | bridged p50 / p99 / p99.9 µs | source hop | sink hop | two hops | added p50 / p99 / p99.9 µs | added p99 per round µs |\n|---|---|---|---|---|---|---|---|\n",
     );
     for r in results {
         if r["status"] != "ok" {
