@@ -991,17 +991,27 @@ async fn publish_at_rate(
         while sends.front().is_some_and(|(_, end)| *end <= due) {
             sends.pop_front();
         }
-        let held: Duration = sends
-            .iter()
-            .map(|(start, end)| (*end).min(now).saturating_duration_since((*start).max(due)))
-            .sum();
-        let at = now.checked_sub(held).unwrap_or(due).max(due);
+        let at = stamp(&sends, due, now);
         publisher
             .send(stamped_payload(size, at.saturating_duration_since(epoch())))
             .await?;
         sends.push_back((now, Instant::now()));
     }
     publisher.flush().await
+}
+
+/// The stamp of a message due at `due` and sent at `now`: `now` minus the part of the
+/// earlier sends (start, end) that ran after `due`, never before `due`.
+fn stamp(
+    sends: &std::collections::VecDeque<(Instant, Instant)>,
+    due: Instant,
+    now: Instant,
+) -> Instant {
+    let held: Duration = sends
+        .iter()
+        .map(|(start, end)| (*end).min(now).saturating_duration_since((*start).max(due)))
+        .sum();
+    now.checked_sub(held).unwrap_or(due).max(due)
 }
 
 /// User plus system CPU time of this process (all threads).
@@ -1157,7 +1167,26 @@ fn write_results(args: &Args, results: &[serde_json::Value]) -> Result<()> {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
-    use super::two_hops;
+    use super::{stamp, two_hops};
+    use std::collections::VecDeque;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn a_send_that_held_the_publisher_past_the_due_time_counts_and_the_timer_does_not() {
+        let ms = Duration::from_millis;
+        let t0 = Instant::now();
+        let due = t0 + ms(10);
+        // The timer woke 0.8 ms late after a send that ended before the due time.
+        let quick = VecDeque::from([(t0 + ms(9), t0 + ms(9) + Duration::from_micros(100))]);
+        let late = due + Duration::from_micros(800);
+        assert_eq!(stamp(&quick, due, late), late);
+        // A send from 5 ms before the due time until 30 ms after it held this message.
+        let stalled = VecDeque::from([(t0 + ms(5), due + ms(30))]);
+        assert_eq!(stamp(&stalled, due, due + ms(30)), due);
+        // Two sends after the due time: both count.
+        let two = VecDeque::from([(due + ms(1), due + ms(4)), (due + ms(4), due + ms(6))]);
+        assert_eq!(stamp(&two, due, due + ms(7)), due + ms(2));
+    }
 
     fn histogram(samples: &[(u64, u64)]) -> hdrhistogram::Histogram<u64> {
         let mut h = hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).unwrap();

@@ -749,17 +749,14 @@ struct AmqpSub {
 impl RawSub for AmqpSub {
     fn next(&mut self) -> BoxFuture<'_, Result<Arrival>> {
         Box::pin(async move {
-            let d = self
+            let mut d = self
                 .consumer
                 .next()
                 .await
                 .ok_or_else(|| anyhow!("RabbitMQ consumer ended"))??;
-            let at = Instant::now();
+            let arrival = Arrival::now(Bytes::from(std::mem::take(&mut d.data)));
             d.ack(Default::default()).await?;
-            Ok(Arrival {
-                payload: Bytes::from(d.data),
-                at,
-            })
+            Ok(arrival)
         })
     }
 }
