@@ -431,12 +431,17 @@ impl KafkaConfig {
         // offset no longer exists (retention, a broker that lost its data): re-read what
         // is there rather than skip to the end.
         .set("auto.offset.reset", "earliest")
-        // librdkafka's prefetch queue, 64 MB (its default): with 16 MB, Kafka→Redis streams
-        // moved 9k msg/s of 4 KiB, with 32 MB 14.6k, with 64 MB 31.7k (docs/benchmarks,
-        // "Kafka source: the prefetch queue"). It is also what a Kafka subscription may
-        // hold in memory while its sink is down; `rdkafka.queued.max.messages.kbytes` in
-        // the URL lowers it.
-        .set("queued.max.messages.kbytes", "65536")
+        // librdkafka's prefetch queue, per partition: what a Kafka subscription holds in
+        // memory beyond its in-flight window, also while its sink is down. Fetching stops
+        // at 8 MB or 20 000 records (librdkafka's defaults: 64 MB, 100 000); a full queue is
+        // looked at again after 10 ms (librdkafka's default: 1 s, with which a 16 MB queue
+        // moved 9k msg/s of 4 KiB on Kafka→Redis streams). 8 MB with 10 ms moved 40.8k msg/s
+        // where 64 MB with 1 s moved 26.2k, and kept the bridge under 51 MiB through a 60 s
+        // sink outage where 64 MB reached 123 MiB (docs/benchmarks, "Kafka source outage
+        // memory with 4 KiB records"). `rdkafka.<setting>` in the URL overrides each one.
+        .set("queued.max.messages.kbytes", "8192")
+        .set("queued.min.messages", "20000")
+        .set("fetch.queue.backoff.ms", "10")
         .set("fetch.wait.max.ms", self.fetch_wait.as_millis().to_string())
         .set("topic.metadata.refresh.interval.ms", "10000");
         for (k, v) in self.common().config_map() {
@@ -477,6 +482,31 @@ mod tests {
         let c = config("kafka://h?acks=1").unwrap();
         assert!(!c.idempotence);
         assert_eq!(c.max_payload(), DEFAULT_MESSAGE_MAX_BYTES - RECORD_RESERVE);
+    }
+
+    #[test]
+    fn the_consumer_prefetch_is_bounded_and_the_url_can_raise_it() {
+        let get = |c: &rdkafka::ClientConfig, k: &str| c.get(k).map(str::to_owned);
+        let bounded = config("kafka://h").unwrap().consumer("g");
+        assert_eq!(
+            get(&bounded, "queued.max.messages.kbytes").as_deref(),
+            Some("8192")
+        );
+        assert_eq!(
+            get(&bounded, "queued.min.messages").as_deref(),
+            Some("20000")
+        );
+        assert_eq!(
+            get(&bounded, "fetch.queue.backoff.ms").as_deref(),
+            Some("10")
+        );
+        let raised = config("kafka://h?rdkafka.queued.max.messages.kbytes=65536")
+            .unwrap()
+            .consumer("g");
+        assert_eq!(
+            get(&raised, "queued.max.messages.kbytes").as_deref(),
+            Some("65536")
+        );
     }
 
     #[test]

@@ -112,13 +112,15 @@
 //! - Throughput, measured on a 2-core machine against Tansu (release build, 100-byte
 //!   messages): about 100 000 messages/s published with `publish_batch`, 125 000/s consumed
 //!   and acked by one subscription with `max_in_flight` 1000.
-//! - At most `max_in_flight` deliveries are unsettled; at the limit the consumer's
-//!   partitions are paused (the thread keeps polling, so heartbeats and rebalances go on).
-//! - Memory: librdkafka prefetches up to `queued.max.messages.kbytes` (64 MB, its default)
-//!   per consumer, so a subscription whose sink is down may hold that much. A smaller
-//!   queue lowers throughput with large records (Kafka→Redis streams, 4 KiB: 9k msg/s with
-//!   16 MB, 31.7k with 64 MB in `docs/benchmarks`); lower it with
-//!   `rdkafka.queued.max.messages.kbytes=N` where memory matters more.
+//! - At most `max_in_flight` deliveries are unsettled; at the limit, polled records wait in
+//!   the consumer's stash, and once it holds two windows the partitions are paused until
+//!   it is empty (the thread keeps polling, so heartbeats and rebalances go on).
+//! - Memory: librdkafka prefetches up to 8 MB or 20 000 records per partition
+//!   (`queued.max.messages.kbytes`, `queued.min.messages`; its defaults are 64 MB and
+//!   100 000), so that is what a subscription whose sink is down holds beyond its window.
+//!   A full queue is looked at again after 10 ms (`fetch.queue.backoff.ms`; its default
+//!   of 1 s made a small queue slow). Raise them with `rdkafka.<setting>=N` in the
+//!   URL for topics of large records where throughput matters more than memory.
 //!
 //! # Offsets: at least once, commit after ack
 //! Auto-commit and automatic offset storing are off (the librdkafka default,
