@@ -484,9 +484,13 @@ mod tests {
         assert_eq!(c.max_payload(), DEFAULT_MESSAGE_MAX_BYTES - RECORD_RESERVE);
     }
 
+    /// One librdkafka setting of `c`, owned, for comparing with `assert_eq!`.
+    fn get(c: &rdkafka::ClientConfig, key: &str) -> Option<String> {
+        c.get(key).map(str::to_owned)
+    }
+
     #[test]
     fn the_consumer_prefetch_is_bounded_and_the_url_can_raise_it() {
-        let get = |c: &rdkafka::ClientConfig, k: &str| c.get(k).map(str::to_owned);
         let bounded = config("kafka://h").unwrap().consumer("g");
         assert_eq!(
             get(&bounded, "queued.max.messages.kbytes").as_deref(),
@@ -511,7 +515,6 @@ mod tests {
 
     #[test]
     fn maps_tls_and_sasl_to_librdkafka() {
-        let get = |c: &rdkafka::ClientConfig, k: &str| c.get(k).map(str::to_owned);
         let plain = config("kafka://h").unwrap().common();
         assert_eq!(
             get(&plain, "security.protocol").as_deref(),
