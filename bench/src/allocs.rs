@@ -16,6 +16,11 @@
 //! allocations per message = bridged − raw.
 //!
 //! `--smoke` uses tiny counts; the program exits non-zero only if a run failed.
+//!
+//! `--only bridged` / `--only raw` runs the warm-up and then that one run of `--messages`,
+//! for an instruction profile: `valgrind --tool=callgrind` of two such processes, with `n`
+//! and `2n` messages, gives the instructions per message of the bridged route and of the
+//! raw client work by difference (docs/benchmarks/README.md, "memory→memory").
 
 use std::alloc::System;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -57,6 +62,18 @@ struct Args {
     /// Tiny counts (CI).
     #[arg(long)]
     smoke: bool,
+    /// Only this run, once, after the warm-up (for an instruction profile of the process).
+    #[arg(long, value_enum)]
+    only: Option<Only>,
+}
+
+/// The one run of `--only`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum Only {
+    /// The memory→memory route of the bridge.
+    Bridged,
+    /// The memory broker's publishes, receives and acknowledgements alone.
+    Raw,
 }
 
 fn main() -> Result<()> {
@@ -77,6 +94,21 @@ async fn run(args: Args) -> Result<()> {
     // Warm-up (lazy statics, first-use allocations of the runtime and the broker).
     bridged(n.min(1000), &payload).await?;
     raw(n.min(1000), &payload).await?;
+    if let Some(only) = args.only {
+        let (allocs, bytes) = match only {
+            Only::Bridged => bridged(n, &payload).await?,
+            Only::Raw => raw(n, &payload).await?,
+        };
+        let report = serde_json::json!({
+            "run": format!("{only:?}").to_lowercase(),
+            "messages": n,
+            "payload_bytes": args.size,
+            "allocs": allocs,
+            "bytes": bytes,
+        });
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
     let (b1, bb1) = bridged(n, &payload).await?;
     let (b2, bb2) = bridged(2 * n, &payload).await?;
     let (r1, rb1) = raw(n, &payload).await?;
@@ -148,7 +180,9 @@ async fn bridged(n: u64, payload: &Bytes) -> Result<(u64, u64)> {
                     route.metrics.acked.load(Ordering::Relaxed)
                 );
             }
-            tokio::task::yield_now().await;
+            // A timer, not `yield_now`: a spinning check would add work in proportion to
+            // the run's length to every count and profile of it.
+            tokio::time::sleep(Duration::from_millis(1)).await;
         }
         Ok(())
     })

@@ -57,8 +57,10 @@ pub struct RouteMetrics {
     pub acked_mark: AtomicU64,
     /// When `acked` reached `acked_mark` (set once, by the delivery that reached it).
     pub acked_mark_at: OnceLock<Instant>,
-    latency_buckets: [AtomicU64; 14],
-    latency_count: AtomicU64,
+    /// Observations per bucket, not cumulative: index `i` counts latencies in
+    /// (`BUCKETS[i - 1]`, `BUCKETS[i]`], the last one those above every bound. One atomic
+    /// add per observation; [`render`] sums them into Prometheus's cumulative buckets.
+    latency_buckets: [AtomicU64; BUCKETS.len() + 1],
     latency_sum_micros: AtomicU64,
 }
 
@@ -92,9 +94,24 @@ impl RouteMetrics {
     /// The latency observations so far: (count, sum in seconds).
     pub fn latency(&self) -> (u64, f64) {
         (
-            self.latency_count.load(Ordering::Relaxed),
+            self.latency_buckets
+                .iter()
+                .map(|b| b.load(Ordering::Relaxed))
+                .sum(),
             self.latency_sum_micros.load(Ordering::Relaxed) as f64 / 1e6,
         )
+    }
+
+    /// The cumulative count of each bucket of [`BUCKETS`], then the count of all (`+Inf`),
+    /// from one read of every bucket (so the counts never decrease along the buckets).
+    fn cumulative_latency_buckets(&self) -> [u64; BUCKETS.len() + 1] {
+        let mut cumulative = [0u64; BUCKETS.len() + 1];
+        let mut total = 0u64;
+        for (c, b) in cumulative.iter_mut().zip(&self.latency_buckets) {
+            total += b.load(Ordering::Relaxed);
+            *c = total;
+        }
+        cumulative
     }
 
     /// Errors so far, by kind (kinds with none left out), in [`ERROR_KINDS`] order.
@@ -107,15 +124,15 @@ impl RouteMetrics {
             .collect()
     }
 
-    /// Records one end-to-end latency (source delivery to source ack).
+    /// Records one end-to-end latency (source delivery to source ack): one add to the
+    /// bucket it falls in and one to the sum, whatever the number of buckets.
     pub fn observe_latency(&self, d: Duration) {
         let secs = d.as_secs_f64();
-        for (i, bound) in BUCKETS.iter().enumerate() {
-            if secs <= *bound {
-                self.latency_buckets[i].fetch_add(1, Ordering::Relaxed);
-            }
-        }
-        self.latency_count.fetch_add(1, Ordering::Relaxed);
+        let i = BUCKETS
+            .iter()
+            .position(|bound| secs <= *bound)
+            .unwrap_or(BUCKETS.len());
+        self.latency_buckets[i].fetch_add(1, Ordering::Relaxed);
         self.latency_sum_micros.fetch_add(
             u64::try_from(d.as_micros()).unwrap_or(u64::MAX),
             Ordering::Relaxed,
@@ -143,9 +160,12 @@ impl BrokerMetrics {
         }
     }
 
-    /// The broker works (again).
+    /// The broker works (again). Called for every confirmed publish: a load, and a write
+    /// only when the state changes, so publishes on several threads do not contend for the
+    /// flag's cache line.
     pub fn up(&self) {
-        if !self.connected.swap(true, Ordering::Relaxed) {
+        if !self.connected.load(Ordering::Relaxed) && !self.connected.swap(true, Ordering::Relaxed)
+        {
             self.reconnects.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -281,14 +301,11 @@ pub fn render(routes: &[(&str, &RouteMetrics)], out: &mut String) {
     let _ = writeln!(out, "# HELP {name} Time from source delivery to source acknowledgement.\n# TYPE {name} histogram");
     for (route, m) in routes {
         let r = escape(route);
-        for (i, bound) in BUCKETS.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "{name}_bucket{{route=\"{r}\",le=\"{bound}\"}} {}",
-                m.latency_buckets[i].load(Ordering::Relaxed)
-            );
+        let cumulative = m.cumulative_latency_buckets();
+        for (bound, n) in BUCKETS.iter().zip(&cumulative) {
+            let _ = writeln!(out, "{name}_bucket{{route=\"{r}\",le=\"{bound}\"}} {n}");
         }
-        let count = m.latency_count.load(Ordering::Relaxed);
+        let count = cumulative[BUCKETS.len()];
         let _ = writeln!(out, "{name}_bucket{{route=\"{r}\",le=\"+Inf\"}} {count}");
         let _ = writeln!(
             out,
@@ -327,5 +344,52 @@ mod tests {
         assert!(out.contains("le=\"0.0005\"} 0"));
         assert!(out.contains("le=\"0.001\"} 1"));
         assert!(out.contains("polybridge_route_latency_seconds_count{route=\"r\\\"1\"} 1"));
+    }
+
+    /// The value of the line of `out` that starts with `series` (name and labels).
+    fn sample(out: &str, series: &str) -> Option<f64> {
+        out.lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+    }
+
+    #[test]
+    fn histogram_buckets_are_cumulative_and_the_slowest_count_only_in_inf() {
+        let m = RouteMetrics::default();
+        for micros in [100, 500, 501, 3_000, 3_000, 60_000_000] {
+            m.observe_latency(Duration::from_micros(micros));
+        }
+        let mut out = String::new();
+        render(&[("r", &m)], &mut out);
+        let bucket = |le: &str| {
+            sample(
+                &out,
+                &format!("polybridge_route_latency_seconds_bucket{{route=\"r\",le=\"{le}\"}}"),
+            )
+        };
+        // A bound is inclusive: 500 µs is in le=0.0005.
+        assert_eq!(bucket("0.0005"), Some(2.0), "{out}");
+        assert_eq!(bucket("0.001"), Some(3.0));
+        assert_eq!(bucket("0.0025"), Some(3.0));
+        assert_eq!(bucket("0.005"), Some(5.0));
+        assert_eq!(bucket("10"), Some(5.0));
+        assert_eq!(bucket("+Inf"), Some(6.0));
+        let count = sample(&out, "polybridge_route_latency_seconds_count{route=\"r\"}");
+        assert_eq!(count, Some(6.0));
+        let sum = sample(&out, "polybridge_route_latency_seconds_sum{route=\"r\"}");
+        assert_eq!(sum, Some(60.007101));
+        assert_eq!(m.latency(), (6, 60.007101));
+    }
+
+    #[test]
+    fn a_broker_that_stays_up_counts_no_reconnect() {
+        let b = BrokerMetrics::connected();
+        b.up();
+        b.up();
+        assert_eq!(b.reconnects.load(Ordering::Relaxed), 0);
+        b.down();
+        b.up();
+        b.up();
+        assert!(b.connected.load(Ordering::Relaxed));
+        assert_eq!(b.reconnects.load(Ordering::Relaxed), 1);
     }
 }
