@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context as _, Result};
 use bytes::Bytes;
 use clap::Parser;
+use polybridge_bridge::metrics::HistogramSnapshot;
 use polybridge_bridge::Bridge;
 use polybridge_testkit::{BrokerKind, Endpoint as TkEndpoint};
 use raw::{Endpoint, Kind};
@@ -484,8 +485,14 @@ async fn bench_route(
     let mut hop_src = new_histogram()?;
     let mut hop_dst = new_histogram()?;
     let mut round_added_p99 = Vec::new();
+    let mut handoff = HistogramSnapshot::default();
+    let mut ack = HistogramSnapshot::default();
     for _ in 0..args.rounds.max(1) {
-        let bridged = latency(
+        let LatencyRun {
+            hist: bridged,
+            handoff: round_handoff,
+            ack: round_ack,
+        } = latency(
             source,
             sink,
             size,
@@ -503,6 +510,8 @@ async fn bench_route(
         round_added_p99.push(
             (quantile_us(&bridged, 0.99) - quantile_us(&two_hops(&src, &dst)?, 0.99)).round(),
         );
+        handoff.add(&round_handoff);
+        ack.add(&round_ack);
         for (pool, h) in [
             (&mut hist, &bridged),
             (&mut hop_src, &src),
@@ -572,7 +581,27 @@ async fn bench_route(
         result[format!("two_hops_{suffix}")] = json!(two_us(q).round());
         result[format!("added_to_two_hops_{suffix}")] = json!(added_to_two_hops(q));
     }
+    result["route_handoff"] = bucket_summary(&handoff);
+    result["route_delivery_to_ack"] = bucket_summary(&ack);
     Ok(result)
+}
+
+/// A histogram of the bridge's own (fixed buckets) as JSON: how many observations, their
+/// mean, and the upper bound of the bucket of p50, p99 and p99.9, in µs (`null`: above
+/// the last bound, 10 s).
+fn bucket_summary(h: &HistogramSnapshot) -> serde_json::Value {
+    let le_us = |q: f64| {
+        h.quantile_upper_bound(q)
+            .filter(|b| b.is_finite())
+            .map(|b| (b * 1e6).round())
+    };
+    json!({
+        "count": h.count(),
+        "mean_us": h.mean_secs().map(|m| round1(m * 1e6)),
+        "p50_le_us": le_us(0.5),
+        "p99_le_us": le_us(0.99),
+        "p999_le_us": le_us(0.999),
+    })
 }
 
 /// An empty latency histogram: 1 ns to 60 s, 3 significant digits.
@@ -848,8 +877,20 @@ async fn bridged(
     })
 }
 
+/// What one bridged latency series measured.
+struct LatencyRun {
+    /// End to end, raw publisher to raw subscriber, in ns.
+    hist: hdrhistogram::Histogram<u64>,
+    /// The route's own time (`polybridge_route_handoff_seconds`) during the series.
+    handoff: HistogramSnapshot,
+    /// The route's source delivery → source acknowledgement time
+    /// (`polybridge_route_latency_seconds`) during the series.
+    ack: HistogramSnapshot,
+}
+
 /// End-to-end latency through the bridge at a fixed rate: raw source publisher → bridge →
-/// raw sink subscriber, the send time carried in the payload.
+/// raw sink subscriber, the send time carried in the payload; and the route's own
+/// histograms over the same messages.
 async fn latency(
     source: &Endpoint,
     sink: &Endpoint,
@@ -857,7 +898,7 @@ async fn latency(
     count: u64,
     rate: u64,
     options: RouteOptions,
-) -> Result<hdrhistogram::Histogram<u64>> {
+) -> Result<LatencyRun> {
     let src = unique_name("ls");
     let dst = unique_name("ld");
     raw::prepare(source, &src).await?;
@@ -890,8 +931,20 @@ async fn latency(
         "no message at the sink for 30 s",
     );
     let mut publisher = raw::publisher(source, &src).await?;
-    publish_at_rate(publisher.as_mut(), size, count, rate, &warmed).await?;
+    // The route's histograms from the end of the warm-up on (a few warm-up messages still
+    // on their way to the route may count).
+    let mut at_warm = None;
+    publish_at_rate(publisher.as_mut(), size, count, rate, &warmed, &mut || {
+        at_warm = Some((
+            route.metrics.handoff.snapshot(),
+            route.metrics.latency.snapshot(),
+        ));
+    })
+    .await?;
     let hist = receiver.await??;
+    let (handoff_at_warm, ack_at_warm) = at_warm.unwrap_or_default();
+    let handoff = route.metrics.handoff.snapshot().since(&handoff_at_warm);
+    let ack = route.metrics.latency.snapshot().since(&ack_at_warm);
     bridge.stop().await;
     for b in brokers.values() {
         let _ = b
@@ -900,7 +953,7 @@ async fn latency(
     }
     raw::cleanup(source, &src).await;
     raw::cleanup(sink, &dst).await;
-    Ok(hist)
+    Ok(LatencyRun { hist, handoff, ack })
 }
 
 /// One-hop latency at a fixed rate on one broker: raw publisher → raw subscriber, the send
@@ -917,7 +970,7 @@ async fn raw_latency(
     let warmed = Arc::new(AtomicBool::new(false));
     let receiver = record_latencies(sub, count, warmed.clone(), "no message for 30 s");
     let mut publisher = raw::publisher(ep, &name).await?;
-    publish_at_rate(publisher.as_mut(), size, count, rate, &warmed).await?;
+    publish_at_rate(publisher.as_mut(), size, count, rate, &warmed, &mut || {}).await?;
     let hist = receiver.await??;
     drop(publisher);
     raw::cleanup(ep, &name).await;
@@ -969,6 +1022,7 @@ async fn publish_at_rate(
     count: u64,
     rate: u64,
     warmed: &AtomicBool,
+    on_warm: &mut dyn FnMut(),
 ) -> Result<()> {
     let mut tick = tokio::time::interval(Duration::from_nanos(1_000_000_000 / rate.max(1)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
@@ -982,6 +1036,7 @@ async fn publish_at_rate(
         publisher.send(warmup_payload(size)).await?;
         warmups += 1;
     }
+    on_warm();
     // When the earlier sends ran (start, end), newest last: the part of them after a
     // message's due time is time the publisher was held by the system under test.
     let mut sends: std::collections::VecDeque<(Instant, Instant)> = Default::default();
@@ -1156,6 +1211,31 @@ fn write_results(args: &Args, results: &[serde_json::Value]) -> Result<()> {
             three("two_hops_"),
             three("added_to_two_hops_"),
             per_round,
+        ));
+    }
+    table.push_str(
+        "\nThe same bridged latency series seen from inside the route (the bridge's histograms, summed over the rounds; quantiles are the upper bounds of their buckets, 10 µs to 10 s): hand-off = from the route taking a source delivery to the sink adapter's publish holding it, the bridge's own step; delivery → ack = from the same moment to the source acknowledgement, after the sink confirmed.\n\n| route | payload | messages | hand-off mean µs | hand-off p50 / p99 / p99.9 ≤ µs | delivery → ack mean µs | delivery → ack p50 / p99 / p99.9 ≤ µs |\n|---|---|---|---|---|---|---|\n",
+    );
+    for r in results {
+        if r["status"] != "ok" || r["route_handoff"].is_null() {
+            continue;
+        }
+        let three = |h: &serde_json::Value| {
+            format!(
+                "{} / {} / {}",
+                h["p50_le_us"], h["p99_le_us"], h["p999_le_us"]
+            )
+        };
+        let (h, a) = (&r["route_handoff"], &r["route_delivery_to_ack"]);
+        table.push_str(&format!(
+            "| {} | {} B | {} | {} | {} | {} | {} |\n",
+            r["route"].as_str().unwrap_or(""),
+            r["payload_bytes"],
+            h["count"],
+            h["mean_us"],
+            three(h),
+            a["mean_us"],
+            three(a),
         ));
     }
     let tpath = args.out.join("table.md");

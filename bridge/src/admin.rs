@@ -220,7 +220,7 @@ async fn status(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
             let m = &r.metrics;
             let errors = m.errors_by_kind();
             let errors_total: u64 = errors.iter().map(|(_, n)| n).sum();
-            let (count, sum) = m.latency();
+            let latency = m.latency.snapshot();
             let counts = [
                 m.received.load(Ordering::Relaxed),
                 m.delivered.load(Ordering::Relaxed),
@@ -253,7 +253,7 @@ async fn status(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
                 "max_in_flight": r.config.max_in_flight,
                 "prefetch": r.config.prefetch,
                 "max_batch": r.config.max_batch,
-                "latency": { "count": count, "sum_seconds": sum },
+                "latency": { "count": latency.count(), "sum_seconds": latency.sum_secs() },
             })
         })
         .collect();

@@ -1,4 +1,4 @@
-//! Per-route counters and a latency histogram, updated with atomics on the hot path (no
+//! Per-route counters and two latency histograms, updated with atomics on the hot path (no
 //! locks, no allocation) and rendered in the Prometheus text format by the admin server.
 
 use std::fmt::Write;
@@ -23,10 +23,132 @@ pub const ERROR_KINDS: &[&str] = &[
     "other",
 ];
 
-/// End-to-end latency buckets, in seconds.
-const BUCKETS: &[f64] = &[
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+/// The upper bounds of the latency buckets, in seconds: from 10 µs (the route's own steps)
+/// to 10 s (a sink that confirms late).
+pub const BUCKETS: [f64; 19] = [
+    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+    0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 ];
+
+/// A latency histogram over [`BUCKETS`]: one atomic add to the bucket an observation falls
+/// in and one to the sum, whatever the number of buckets.
+#[derive(Default)]
+pub struct Histogram {
+    /// Observations per bucket, not cumulative: index `i` counts latencies in
+    /// (`BUCKETS[i - 1]`, `BUCKETS[i]`], the last one those above every bound.
+    buckets: [AtomicU64; BUCKETS.len() + 1],
+    /// The sum of the observations, in nanoseconds.
+    sum_nanos: AtomicU64,
+}
+
+impl Histogram {
+    /// Records `n` observations of `d` (`n` messages that took the same time).
+    pub fn observe_n(&self, d: Duration, n: u64) {
+        let secs = d.as_secs_f64();
+        let i = BUCKETS
+            .iter()
+            .position(|bound| secs <= *bound)
+            .unwrap_or(BUCKETS.len());
+        self.buckets[i].fetch_add(n, Ordering::Relaxed);
+        let nanos = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        self.sum_nanos
+            .fetch_add(nanos.saturating_mul(n), Ordering::Relaxed);
+    }
+
+    /// Records one observation of `d`.
+    pub fn observe(&self, d: Duration) {
+        self.observe_n(d, 1);
+    }
+
+    /// The counts so far, from one read of every bucket.
+    pub fn snapshot(&self) -> HistogramSnapshot {
+        let mut counts = [0u64; BUCKETS.len() + 1];
+        for (c, b) in counts.iter_mut().zip(&self.buckets) {
+            *c = b.load(Ordering::Relaxed);
+        }
+        HistogramSnapshot {
+            counts,
+            sum_nanos: self.sum_nanos.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// The counts of a [`Histogram`] at one moment; snapshots subtract (the observations
+/// between two moments) and add (several runs pooled).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HistogramSnapshot {
+    /// Observations per bucket of [`BUCKETS`], not cumulative; the last, those above every
+    /// bound.
+    pub counts: [u64; BUCKETS.len() + 1],
+    /// The sum of the observations, in nanoseconds.
+    pub sum_nanos: u64,
+}
+
+impl HistogramSnapshot {
+    /// How many observations.
+    pub fn count(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+
+    /// The sum of the observations, in seconds.
+    pub fn sum_secs(&self) -> f64 {
+        self.sum_nanos as f64 / 1e9
+    }
+
+    /// The mean observation, in seconds (`None` without observations).
+    pub fn mean_secs(&self) -> Option<f64> {
+        let count = self.count();
+        (count > 0).then(|| self.sum_secs() / count as f64)
+    }
+
+    /// The cumulative count of each bucket of [`BUCKETS`], then the count of all (`+Inf`).
+    pub fn cumulative(&self) -> [u64; BUCKETS.len() + 1] {
+        let mut cumulative = self.counts;
+        let mut total = 0u64;
+        for c in cumulative.iter_mut() {
+            total += *c;
+            *c = total;
+        }
+        cumulative
+    }
+
+    /// The upper bound, in seconds, of the bucket that holds quantile `q` (0 to 1): the
+    /// quantile is at most this. `None` without observations; infinity when the quantile is
+    /// above the last bound.
+    pub fn quantile_upper_bound(&self, q: f64) -> Option<f64> {
+        let count = self.count();
+        if count == 0 {
+            return None;
+        }
+        let rank = ((q.clamp(0.0, 1.0) * count as f64).ceil() as u64).max(1);
+        let cumulative = self.cumulative();
+        let i = cumulative
+            .iter()
+            .position(|c| *c >= rank)
+            .unwrap_or(BUCKETS.len());
+        Some(BUCKETS.get(i).copied().unwrap_or(f64::INFINITY))
+    }
+
+    /// The observations since `earlier` (a snapshot of the same histogram).
+    pub fn since(&self, earlier: &HistogramSnapshot) -> HistogramSnapshot {
+        let mut counts = self.counts;
+        for (c, e) in counts.iter_mut().zip(&earlier.counts) {
+            *c = c.saturating_sub(*e);
+        }
+        HistogramSnapshot {
+            counts,
+            sum_nanos: self.sum_nanos.saturating_sub(earlier.sum_nanos),
+        }
+    }
+
+    /// Adds the observations of `other` (pooling runs).
+    pub fn add(&mut self, other: &HistogramSnapshot) {
+        for (c, o) in self.counts.iter_mut().zip(&other.counts) {
+            *c += o;
+        }
+        self.sum_nanos += other.sum_nanos;
+    }
+}
 
 /// Counters of one route.
 #[derive(Default)]
@@ -57,11 +179,15 @@ pub struct RouteMetrics {
     pub acked_mark: AtomicU64,
     /// When `acked` reached `acked_mark` (set once, by the delivery that reached it).
     pub acked_mark_at: OnceLock<Instant>,
-    /// Observations per bucket, not cumulative: index `i` counts latencies in
-    /// (`BUCKETS[i - 1]`, `BUCKETS[i]`], the last one those above every bound. One atomic
-    /// add per observation; [`render`] sums them into Prometheus's cumulative buckets.
-    latency_buckets: [AtomicU64; BUCKETS.len() + 1],
-    latency_sum_micros: AtomicU64,
+    /// Time from the source delivery to its acknowledgement, of every acknowledged
+    /// delivery that was published (filtered ones are left out).
+    pub latency: Histogram,
+    /// The route's own time: from taking the delivery from the source to the end of the
+    /// first poll of the sink adapter's publish (the adapter has taken the message, or
+    /// waits for its connection or for room in its queue). One observation per message
+    /// and sink, of the first attempt. What is above it in `latency` is the sink's
+    /// confirmation and the source's acknowledgement.
+    pub handoff: Histogram,
 }
 
 impl RouteMetrics {
@@ -91,29 +217,6 @@ impl RouteMetrics {
         self.errors[i].fetch_add(1, Ordering::Relaxed);
     }
 
-    /// The latency observations so far: (count, sum in seconds).
-    pub fn latency(&self) -> (u64, f64) {
-        (
-            self.latency_buckets
-                .iter()
-                .map(|b| b.load(Ordering::Relaxed))
-                .sum(),
-            self.latency_sum_micros.load(Ordering::Relaxed) as f64 / 1e6,
-        )
-    }
-
-    /// The cumulative count of each bucket of [`BUCKETS`], then the count of all (`+Inf`),
-    /// from one read of every bucket (so the counts never decrease along the buckets).
-    fn cumulative_latency_buckets(&self) -> [u64; BUCKETS.len() + 1] {
-        let mut cumulative = [0u64; BUCKETS.len() + 1];
-        let mut total = 0u64;
-        for (c, b) in cumulative.iter_mut().zip(&self.latency_buckets) {
-            total += b.load(Ordering::Relaxed);
-            *c = total;
-        }
-        cumulative
-    }
-
     /// Errors so far, by kind (kinds with none left out), in [`ERROR_KINDS`] order.
     pub fn errors_by_kind(&self) -> Vec<(&'static str, u64)> {
         ERROR_KINDS
@@ -122,21 +225,6 @@ impl RouteMetrics {
             .map(|(k, n)| (*k, n.load(Ordering::Relaxed)))
             .filter(|(_, n)| *n > 0)
             .collect()
-    }
-
-    /// Records one end-to-end latency (source delivery to source ack): one add to the
-    /// bucket it falls in and one to the sum, whatever the number of buckets.
-    pub fn observe_latency(&self, d: Duration) {
-        let secs = d.as_secs_f64();
-        let i = BUCKETS
-            .iter()
-            .position(|bound| secs <= *bound)
-            .unwrap_or(BUCKETS.len());
-        self.latency_buckets[i].fetch_add(1, Ordering::Relaxed);
-        self.latency_sum_micros.fetch_add(
-            u64::try_from(d.as_micros()).unwrap_or(u64::MAX),
-            Ordering::Relaxed,
-        );
     }
 }
 
@@ -297,21 +385,41 @@ pub fn render(routes: &[(&str, &RouteMetrics)], out: &mut String) {
             u8::from(m.subscribed.load(Ordering::Relaxed))
         );
     }
-    let name = "polybridge_route_latency_seconds";
-    let _ = writeln!(out, "# HELP {name} Time from source delivery to source acknowledgement.\n# TYPE {name} histogram");
+    render_histogram(
+        out,
+        "polybridge_route_latency_seconds",
+        "Time from source delivery to source acknowledgement.",
+        routes,
+        |m| &m.latency,
+    );
+    render_histogram(
+        out,
+        "polybridge_route_handoff_seconds",
+        "The route's own time: from taking a source delivery to the sink adapter's publish holding it (per message and sink, first attempt).",
+        routes,
+        |m| &m.handoff,
+    );
+}
+
+/// Writes one histogram of every route in `routes`.
+fn render_histogram(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    routes: &[(&str, &RouteMetrics)],
+    get: fn(&RouteMetrics) -> &Histogram,
+) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
     for (route, m) in routes {
         let r = escape(route);
-        let cumulative = m.cumulative_latency_buckets();
+        let snapshot = get(m).snapshot();
+        let cumulative = snapshot.cumulative();
         for (bound, n) in BUCKETS.iter().zip(&cumulative) {
             let _ = writeln!(out, "{name}_bucket{{route=\"{r}\",le=\"{bound}\"}} {n}");
         }
         let count = cumulative[BUCKETS.len()];
         let _ = writeln!(out, "{name}_bucket{{route=\"{r}\",le=\"+Inf\"}} {count}");
-        let _ = writeln!(
-            out,
-            "{name}_sum{{route=\"{r}\"}} {}",
-            m.latency_sum_micros.load(Ordering::Relaxed) as f64 / 1e6
-        );
+        let _ = writeln!(out, "{name}_sum{{route=\"{r}\"}} {}", snapshot.sum_secs());
         let _ = writeln!(out, "{name}_count{{route=\"{r}\"}} {count}");
     }
 }
@@ -332,7 +440,8 @@ mod tests {
         m.received.fetch_add(3, Ordering::Relaxed);
         m.error("timeout");
         m.error("something-new");
-        m.observe_latency(Duration::from_micros(700));
+        m.latency.observe(Duration::from_micros(700));
+        m.handoff.observe(Duration::from_micros(20));
         let mut out = String::new();
         render(&[("r\"1", &m)], &mut out);
         assert!(
@@ -341,9 +450,15 @@ mod tests {
         );
         assert!(out.contains("kind=\"timeout\"} 1"));
         assert!(out.contains("kind=\"other\"} 1"));
-        assert!(out.contains("le=\"0.0005\"} 0"));
-        assert!(out.contains("le=\"0.001\"} 1"));
+        assert!(out.contains("latency_seconds_bucket{route=\"r\\\"1\",le=\"0.0005\"} 0"));
+        assert!(out.contains("latency_seconds_bucket{route=\"r\\\"1\",le=\"0.001\"} 1"));
         assert!(out.contains("polybridge_route_latency_seconds_count{route=\"r\\\"1\"} 1"));
+        assert!(out.contains(
+            "polybridge_route_handoff_seconds_bucket{route=\"r\\\"1\",le=\"0.00001\"} 0"
+        ));
+        assert!(out.contains(
+            "polybridge_route_handoff_seconds_bucket{route=\"r\\\"1\",le=\"0.000025\"} 1"
+        ));
     }
 
     /// The value of the line of `out` that starts with `series` (name and labels).
@@ -356,7 +471,7 @@ mod tests {
     fn histogram_buckets_are_cumulative_and_the_slowest_count_only_in_inf() {
         let m = RouteMetrics::default();
         for micros in [100, 500, 501, 3_000, 3_000, 60_000_000] {
-            m.observe_latency(Duration::from_micros(micros));
+            m.latency.observe(Duration::from_micros(micros));
         }
         let mut out = String::new();
         render(&[("r", &m)], &mut out);
@@ -376,8 +491,37 @@ mod tests {
         let count = sample(&out, "polybridge_route_latency_seconds_count{route=\"r\"}");
         assert_eq!(count, Some(6.0));
         let sum = sample(&out, "polybridge_route_latency_seconds_sum{route=\"r\"}");
-        assert_eq!(sum, Some(60.007101));
-        assert_eq!(m.latency(), (6, 60.007101));
+        assert!(sum.is_some_and(|s| (s - 60.007101).abs() < 1e-9), "{out}");
+        assert_eq!(m.latency.snapshot().count(), 6);
+        // The other histogram saw none of it.
+        let handoff = sample(&out, "polybridge_route_handoff_seconds_count{route=\"r\"}");
+        assert_eq!(handoff, Some(0.0));
+    }
+
+    #[test]
+    fn a_snapshot_gives_the_bucket_bound_of_a_quantile_the_counts_between_two_moments_and_pools() {
+        let h = Histogram::default();
+        assert_eq!(h.snapshot().quantile_upper_bound(0.99), None);
+        // 98 messages at 8 µs, one batch of 2 at 40 µs.
+        for _ in 0..98 {
+            h.observe(Duration::from_micros(8));
+        }
+        h.observe_n(Duration::from_micros(40), 2);
+        let first = h.snapshot();
+        assert_eq!(first.count(), 100);
+        assert_eq!(first.quantile_upper_bound(0.5), Some(0.00001));
+        assert_eq!(first.quantile_upper_bound(0.98), Some(0.00001));
+        assert_eq!(first.quantile_upper_bound(0.99), Some(0.00005));
+        assert_eq!(first.sum_nanos, 98 * 8_000 + 2 * 40_000);
+        // Later: one message slower than the last bound.
+        h.observe(Duration::from_secs(11));
+        let later = h.snapshot().since(&first);
+        assert_eq!(later.count(), 1);
+        assert_eq!(later.quantile_upper_bound(0.5), Some(f64::INFINITY));
+        assert_eq!(later.mean_secs(), Some(11.0));
+        let mut pooled = first;
+        pooled.add(&later);
+        assert_eq!(pooled, h.snapshot());
     }
 
     #[test]

@@ -354,7 +354,7 @@ impl Route {
                 let input = &input;
                 let publish_to = |i: usize| async move {
                     let prepared = route.prepare(i, input)?;
-                    route.publish_with_retry(i, &prepared).await
+                    route.publish_with_retry(i, &prepared, started).await
                 };
                 let failed = match targets.as_slice() {
                     [i] => publish_to(*i).await.err(),
@@ -432,10 +432,13 @@ impl Route {
             .collect();
         let failures = match used.as_slice() {
             [] => Vec::new(),
-            [i] => self.publish_batch_with_retry(*i, &per_sink[*i]).await,
+            [i] => {
+                self.publish_batch_with_retry(*i, &per_sink[*i], started)
+                    .await
+            }
             _ => futures::future::join_all(
                 used.iter()
-                    .map(|i| self.publish_batch_with_retry(*i, &per_sink[*i])),
+                    .map(|i| self.publish_batch_with_retry(*i, &per_sink[*i], started)),
             )
             .await
             .into_iter()
@@ -535,7 +538,7 @@ impl Route {
             Outcome::Published => {
                 settle(&self.config.name, handle.ack());
                 m.count_acked();
-                m.observe_latency(started.elapsed());
+                m.latency.observe(started.elapsed());
             }
             Outcome::Filtered => {
                 m.filtered.fetch_add(1, AtomicOrdering::Relaxed);
@@ -570,11 +573,12 @@ impl Route {
 
     /// Publishes `items` (each with its index in the batch) to sink `i` in one
     /// `publish_batch`, then retries the retryable failures one by one. Returns the
-    /// messages that could not be delivered.
+    /// messages that could not be delivered. `received`: when the route took the batch.
     async fn publish_batch_with_retry(
         &self,
         i: usize,
         items: &[(usize, mapping::Prepared<'_>)],
+        received: Instant,
     ) -> Vec<(usize, Failure)> {
         let batch: Vec<Outgoing<'_>> = items
             .iter()
@@ -583,8 +587,9 @@ impl Route {
                 message: &prepared.message,
             })
             .collect();
-        let mut results = self.sinks[i]
-            .publish_batch(&batch, Deadline::after(PUBLISH_TIMEOUT))
+        let publish = self.sinks[i].publish_batch(&batch, Deadline::after(PUBLISH_TIMEOUT));
+        let mut results = self
+            .handed_off(received, batch.len(), publish)
             .await
             .into_iter();
         let mut failures = Vec::new();
@@ -602,7 +607,7 @@ impl Route {
                 Err(e) => match self.publish_failed(i, &prepared.destination, &e, 1) {
                     Ok(delay) => retries.push(async move {
                         tokio::time::sleep(delay).await;
-                        (*j, self.publish_attempts(i, prepared, 1).await)
+                        (*j, self.publish_attempts(i, prepared, 1, None).await)
                     }),
                     Err(failure) => failures.push((*j, failure)),
                 },
@@ -619,31 +624,59 @@ impl Route {
     }
 
     /// Publishes to sink `i`, retrying retryable errors with backoff and jitter.
+    /// `received`: when the route took the delivery.
     async fn publish_with_retry(
         &self,
         i: usize,
         prepared: &mapping::Prepared<'_>,
+        received: Instant,
     ) -> Result<(), Failure> {
-        self.publish_attempts(i, prepared, 0).await
+        self.publish_attempts(i, prepared, 0, Some(received)).await
+    }
+
+    /// Runs `publish` (of `n` messages) and, when its first poll returns, records the time
+    /// since `received` in the hand-off histogram: the route's own time until the sink
+    /// adapter holds the messages (or waits for its connection or for room in its queue).
+    /// One clock read per publish; no allocation.
+    async fn handed_off<F: std::future::Future>(
+        &self,
+        received: Instant,
+        n: usize,
+        publish: F,
+    ) -> F::Output {
+        let mut publish = std::pin::pin!(publish);
+        let mut first_poll = true;
+        futures::future::poll_fn(|cx| {
+            let poll = publish.as_mut().poll(cx);
+            if std::mem::take(&mut first_poll) {
+                self.metrics.handoff.observe_n(received.elapsed(), n as u64);
+            }
+            poll
+        })
+        .await
     }
 
     /// Publishes to sink `i` after `attempt` attempts already failed, until it is confirmed
-    /// or the error policy gives up.
+    /// or the error policy gives up. With `received` (when the route took the delivery),
+    /// the first attempt's hand-off is recorded.
     async fn publish_attempts(
         &self,
         i: usize,
         prepared: &mapping::Prepared<'_>,
         mut attempt: u32,
+        mut received: Option<Instant>,
     ) -> Result<(), Failure> {
         loop {
             attempt += 1;
-            let result = self.sinks[i]
-                .publish(
-                    &prepared.destination,
-                    &prepared.message,
-                    Deadline::after(PUBLISH_TIMEOUT),
-                )
-                .await;
+            let publish = self.sinks[i].publish(
+                &prepared.destination,
+                &prepared.message,
+                Deadline::after(PUBLISH_TIMEOUT),
+            );
+            let result = match received.take() {
+                Some(received) => self.handed_off(received, 1, publish).await,
+                None => publish.await,
+            };
             match result {
                 Ok(_) => {
                     self.published(i);

@@ -521,6 +521,16 @@ admin: {{ listen: "127.0.0.1:{admin}" }}
         10.0
     );
     assert!(get(r#"polybridge_route_latency_seconds_sum{route="m"}"#) > 0.0);
+    // The route's own step is part of each message's delivery → ack time.
+    assert_eq!(
+        get(r#"polybridge_route_handoff_seconds_count{route="m"}"#),
+        10.0
+    );
+    let handoff = get(r#"polybridge_route_handoff_seconds_sum{route="m"}"#);
+    assert!(
+        handoff > 0.0 && handoff <= get(r#"polybridge_route_latency_seconds_sum{route="m"}"#),
+        "{m}"
+    );
     assert_eq!(
         get(r#"polybridge_route_dead_lettered_total{route="dl"}"#),
         1.0

@@ -78,7 +78,10 @@
 //!
 //! # Semantics
 //! - **Publish** sends `SEND` with `persistent:true` and a `receipt` header on one
-//!   connection shared by all publishes; it resolves on the matching `RECEIPT`. An `ERROR`
+//!   connection shared by all publishes; it resolves on the matching `RECEIPT`. On
+//!   ActiveMQ, publishes that queue up together (concurrent callers, a busy connection) go
+//!   in one transaction and resolve on its `COMMIT`'s receipt: ActiveMQ syncs its store
+//!   once per transaction instead of once per message (group commit). An `ERROR`
 //!   frame naming the receipt fails that publish with the broker's message
 //!   ([`Error::Permanent`]); a broken connection fails the waiting publishes with
 //!   retryable errors (they may or may not be stored), and the next publish reconnects.

@@ -6,6 +6,15 @@
 //! broker's message; an ERROR without one, or a broken connection, fails every publish
 //! still waiting with a retryable error (the broker may or may not have stored those). The
 //! next publish reconnects.
+//!
+//! Group commit (ActiveMQ): publishes that queued up together go out in one transaction,
+//! `BEGIN`, their `SEND`s, `COMMIT` with a receipt, and all resolve on the COMMIT's
+//! RECEIPT. ActiveMQ stores a persistent SEND of one connection, and syncs its journal,
+//! before it reads the next frame, so a connection's confirmed publishes run at one disk
+//! sync each; a transaction is stored with one sync at its COMMIT. Each SEND keeps its own
+//! receipt, so an ERROR still names the message it is about. A connection that breaks
+//! before the COMMIT's receipt rolls the transaction back: its publishes fail retryably,
+//! none of them stored. A single queued publish is sent on its own, as before.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -124,10 +133,78 @@ impl StompPublisher {
     }
 }
 
-type Waiting = HashMap<String, (String, oneshot::Sender<Result<Receipt>>)>;
+/// A publish waiting for the broker: its destination and its caller.
+type Publish = (String, oneshot::Sender<Result<Receipt>>);
+
+/// What a receipt id stands for.
+enum Wait {
+    /// A SEND outside a transaction: its RECEIPT confirms the publish.
+    Publish(Publish),
+    /// A SEND inside transaction `tx`, at `index` of its publishes: its RECEIPT only says
+    /// the broker took it into the transaction; an ERROR naming it is about this message.
+    InTransaction { tx: String, index: usize },
+    /// A COMMIT: its RECEIPT confirms every publish of the transaction (`None` where one
+    /// already failed).
+    Commit(Vec<Option<Publish>>),
+}
+
+impl Wait {
+    /// Whether every caller it confirms gave up (deadline): nothing left to wait for.
+    fn abandoned(&self) -> bool {
+        match self {
+            Wait::Publish((_, reply)) => reply.is_closed(),
+            Wait::InTransaction { .. } => false,
+            Wait::Commit(publishes) => publishes.iter().flatten().all(|(_, r)| r.is_closed()),
+        }
+    }
+}
+
+type Waiting = HashMap<String, Wait>;
+
+/// The publishes a receipt id confirms (none for a SEND inside a transaction).
+fn publishes(wait: Wait) -> Vec<Publish> {
+    match wait {
+        Wait::Publish(p) => vec![p],
+        Wait::InTransaction { .. } => Vec::new(),
+        Wait::Commit(publishes) => publishes.into_iter().flatten().collect(),
+    }
+}
+
+/// Fails with `reason` (the broker refused it) the publish that receipt `id` is about: the
+/// SEND's own, or the one a SEND inside a transaction carries. The other publishes of a
+/// failed COMMIT fail retryably.
+fn refuse(waiting: &mut Waiting, id: &str, reason: &str) {
+    let refused = |(destination, reply): Publish| {
+        let _ = reply.send(Err(Error::permanent(
+            BROKER,
+            destination,
+            format!("the broker refused the message: {reason}"),
+        )));
+    };
+    match waiting.remove(id) {
+        Some(Wait::Publish(p)) => refused(p),
+        Some(Wait::InTransaction { tx, index }) => {
+            if let Some(Wait::Commit(publishes)) = waiting.get_mut(&tx) {
+                if let Some(p) = publishes.get_mut(index).and_then(Option::take) {
+                    refused(p);
+                }
+            }
+        }
+        Some(Wait::Commit(publishes)) => {
+            for (destination, reply) in publishes.into_iter().flatten() {
+                let _ = reply.send(Err(Error::transient(
+                    BROKER,
+                    destination,
+                    format!("the broker refused the transaction this message was in (not stored): {reason}"),
+                )));
+            }
+        }
+        None => {}
+    }
+}
 
 fn fail_all(waiting: &mut Waiting, error: &Error) {
-    for (_, (destination, reply)) in waiting.drain() {
+    for (destination, reply) in waiting.drain().flat_map(|(_, wait)| publishes(wait)) {
         let e = match error {
             Error::Connection { reason, .. } => Error::Transient {
                 broker: BROKER,
@@ -158,6 +235,81 @@ async fn next_frame(link: &mut Option<Link>) -> Result<Frame> {
         Some(l) => l.recv().await,
         None => futures::future::pending().await,
     }
+}
+
+/// Sends `sends` on `l`, each with a receipt recorded in `waiting`: in one transaction
+/// (group commit, see the module doc) on ActiveMQ when there are several, else each on its
+/// own; then flushes. An error breaks the connection: the publishes not yet written have
+/// failed, the ones written wait in `waiting` for the caller to fail them.
+async fn send(
+    l: &mut Link,
+    sends: Vec<(String, Frame, oneshot::Sender<Result<Receipt>>)>,
+    waiting: &mut Waiting,
+    next_id: &mut u64,
+) -> Result<()> {
+    let mut next = || {
+        *next_id += 1;
+        *next_id
+    };
+    let tx = (l.flavor == Flavor::ActiveMq && sends.len() > 1).then(|| format!("t{}", next()));
+    let mut written = match &tx {
+        Some(tx) => {
+            l.feed(Frame::new("BEGIN").with_header("transaction", tx.clone()))
+                .await
+        }
+        None => Ok(()),
+    };
+    // The publishes in the transaction, confirmed together by its COMMIT.
+    let mut committed = Vec::new();
+    for (destination, mut frame, reply) in sends {
+        if let Err(e) = &written {
+            let _ = reply.send(Err(Error::transient(BROKER, destination, e.to_string())));
+            continue;
+        }
+        let id = format!("p{}", next());
+        frame.header_push("receipt", id.clone());
+        if let Some(tx) = &tx {
+            frame.header_push("transaction", tx.clone());
+        }
+        match l.feed(frame).await {
+            Ok(()) => {
+                let wait = match &tx {
+                    Some(tx) => {
+                        committed.push(Some((destination, reply)));
+                        Wait::InTransaction {
+                            tx: tx.clone(),
+                            index: committed.len() - 1,
+                        }
+                    }
+                    None => Wait::Publish((destination, reply)),
+                };
+                waiting.insert(id, wait);
+                if waiting.len().is_multiple_of(1024) {
+                    // Forget publishes whose callers gave up (deadline).
+                    waiting.retain(|_, w| !w.abandoned());
+                }
+            }
+            // This frame only (e.g. too large to encode): the connection is fine.
+            Err(e @ Error::Permanent { .. }) => {
+                let _ = reply.send(Err(e));
+            }
+            Err(e) => {
+                let _ = reply.send(Err(Error::transient(BROKER, destination, e.to_string())));
+                written = Err(e);
+            }
+        }
+    }
+    if let Some(tx) = tx {
+        if written.is_ok() {
+            let commit = Frame::new("COMMIT")
+                .with_header("transaction", tx.clone())
+                .with_header("receipt", tx.clone());
+            written = l.feed(commit).await;
+        }
+        waiting.insert(tx, Wait::Commit(committed));
+    }
+    written?;
+    l.flush().await
 }
 
 async fn run(config: Arc<StompConfig>, mut link: Option<Link>, mut rx: mpsc::Receiver<Command>) {
@@ -203,11 +355,12 @@ async fn run(config: Arc<StompConfig>, mut link: Option<Link>, mut rx: mpsc::Rec
                         Err(_) => break,
                     }
                 }
-                let mut wrote = false;
+                // The publishes to send now, after the connection is there.
+                let mut sends = Vec::with_capacity(batch.len());
                 for cmd in batch {
                     match cmd {
                         Command::Close { reply } => closing = Some(reply),
-                        Command::Publish { destination, mut frame, reply } => {
+                        Command::Publish { destination, frame, reply } => {
                             if reply.is_closed() {
                                 continue; // the caller gave up (deadline): do not send
                             }
@@ -233,53 +386,30 @@ async fn run(config: Arc<StompConfig>, mut link: Option<Link>, mut rx: mpsc::Rec
                                     }
                                 }
                             }
-                            let Some(l) = link.as_mut() else { continue };
-                            next_id += 1;
-                            let id = format!("p{next_id}");
-                            frame.header_push("receipt", id.clone());
-                            match l.feed(frame).await {
-                                Ok(()) => {
-                                    wrote = true;
-                                    waiting.insert(id, (destination, reply));
-                                    if waiting.len().is_multiple_of(1024) {
-                                        // Forget publishes whose callers gave up (deadline).
-                                        waiting.retain(|_, (_, r)| !r.is_closed());
-                                    }
-                                }
-                                Err(e @ Error::Permanent { .. }) => {
-                                    let _ = reply.send(Err(e));
-                                }
-                                Err(e) => {
-                                    let _ = reply.send(Err(Error::transient(BROKER, destination, e.to_string())));
-                                    fail_all(&mut waiting, &e);
-                                    link = None;
-                                }
-                            }
+                            sends.push((destination, frame, reply));
                         }
                     }
                 }
-                if wrote {
-                    if let Some(l) = link.as_mut() {
-                        if let Err(e) = l.flush().await {
-                            fail_all(&mut waiting, &e);
-                            link = None;
-                        }
+                if let (Some(l), false) = (link.as_mut(), sends.is_empty()) {
+                    if let Err(e) = send(l, sends, &mut waiting, &mut next_id).await {
+                        fail_all(&mut waiting, &e);
+                        link = None;
                     }
                 }
             }
             frame = next_frame(&mut link) => {
                 match frame {
                     Ok(f) if f.command == "RECEIPT" => {
-                        if let Some((_, reply)) = f.header("receipt-id").and_then(|id| waiting.remove(id)) {
-                            let _ = reply.send(Ok(Receipt::default()));
+                        if let Some(wait) = f.header("receipt-id").and_then(|id| waiting.remove(id)) {
+                            for (_, reply) in publishes(wait) {
+                                let _ = reply.send(Ok(Receipt::default()));
+                            }
                         }
                     }
                     Ok(f) if f.command == "ERROR" => {
                         let text = error_text(&f);
-                        match f.header("receipt-id").and_then(|id| waiting.remove(id)) {
-                            Some((destination, reply)) => {
-                                let _ = reply.send(Err(Error::permanent(BROKER, destination, format!("the broker refused the message: {text}"))));
-                            }
+                        match f.header("receipt-id").filter(|id| waiting.contains_key(*id)) {
+                            Some(id) => refuse(&mut waiting, id, &text),
                             None => {
                                 tracing::warn!(endpoint = %config.url, error = %text, "stomp publisher connection got an ERROR frame");
                                 // No receipt-id (RabbitMQ closes the channel, e.g. for a
@@ -288,13 +418,14 @@ async fn run(config: Arc<StompConfig>, mut link: Option<Link>, mut rx: mpsc::Rec
                                 let single = waiting.len() == 1;
                                 let blamed: Vec<String> = waiting
                                     .iter()
-                                    .filter(|(_, (d, _))| single || names(&text, d))
+                                    .filter(|(_, w)| match w {
+                                        Wait::Publish((d, _)) => single || names(&text, d),
+                                        Wait::InTransaction { .. } | Wait::Commit(_) => false,
+                                    })
                                     .map(|(id, _)| id.clone())
                                     .collect();
                                 for id in blamed {
-                                    if let Some((destination, reply)) = waiting.remove(&id) {
-                                        let _ = reply.send(Err(Error::permanent(BROKER, destination, format!("the broker refused the message: {text}"))));
-                                    }
+                                    refuse(&mut waiting, &id, &text);
                                 }
                             }
                         }
@@ -317,6 +448,66 @@ async fn run(config: Arc<StompConfig>, mut link: Option<Link>, mut rx: mpsc::Rec
                     }
                 }
             }
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    /// A transaction of three publishes as [`send`] records it: the SENDs p1..p3 in t0.
+    fn transaction() -> (Waiting, Vec<oneshot::Receiver<Result<Receipt>>>) {
+        let mut waiting = Waiting::new();
+        let mut committed = Vec::new();
+        let mut answers = Vec::new();
+        for index in 0..3 {
+            let (reply, answer) = oneshot::channel();
+            committed.push(Some((format!("/queue/d{index}"), reply)));
+            answers.push(answer);
+            let tx = "t0".to_string();
+            waiting.insert(format!("p{}", index + 1), Wait::InTransaction { tx, index });
+        }
+        waiting.insert("t0".into(), Wait::Commit(committed));
+        (waiting, answers)
+    }
+
+    #[test]
+    fn an_error_naming_a_send_in_a_transaction_refuses_that_message_and_the_others_are_retryable() {
+        let (mut waiting, mut answers) = transaction();
+        refuse(&mut waiting, "p2", "bad destination");
+        let refused = answers[1].try_recv().unwrap().unwrap_err();
+        assert!(matches!(refused, Error::Permanent { .. }), "{refused:?}");
+        assert!(refused.to_string().contains("/queue/d1"), "{refused}");
+        assert!(answers[0].try_recv().is_err(), "still waiting");
+        // The broker then closes the connection: the rest of the transaction is not stored.
+        fail_all(&mut waiting, &Error::closed(BROKER, "the connection"));
+        for i in [0, 2] {
+            let e = answers[i].try_recv().unwrap().unwrap_err();
+            assert!(e.is_retryable(), "{e:?}");
+        }
+        assert!(waiting.is_empty());
+    }
+
+    #[test]
+    fn the_commit_receipt_confirms_every_publish_and_a_failed_commit_none() {
+        let (mut waiting, mut answers) = transaction();
+        // RECEIPTs of the SENDs only say the broker took them into the transaction.
+        for id in ["p1", "p2", "p3"] {
+            assert!(publishes(waiting.remove(id).unwrap()).is_empty());
+        }
+        assert!(answers.iter_mut().all(|a| a.try_recv().is_err()));
+        for (_, reply) in publishes(waiting.remove("t0").unwrap()) {
+            let _ = reply.send(Ok(Receipt::default()));
+        }
+        assert!(answers.iter_mut().all(|a| a.try_recv().unwrap().is_ok()));
+
+        let (mut waiting, mut answers) = transaction();
+        refuse(&mut waiting, "t0", "commit failed");
+        for a in &mut answers {
+            let e = a.try_recv().unwrap().unwrap_err();
+            assert!(e.is_retryable(), "{e:?}");
         }
     }
 }
