@@ -149,6 +149,16 @@ enum Wait {
 }
 
 impl Wait {
+    /// Hands each publish this receipt id confirms to `each` (none for a SEND inside a
+    /// transaction).
+    fn for_each_publish(self, mut each: impl FnMut(Publish)) {
+        match self {
+            Wait::Publish(p) => each(p),
+            Wait::InTransaction { .. } => {}
+            Wait::Commit(publishes) => publishes.into_iter().flatten().for_each(each),
+        }
+    }
+
     /// Whether every caller it confirms gave up (deadline): nothing left to wait for.
     fn abandoned(&self) -> bool {
         match self {
@@ -160,15 +170,6 @@ impl Wait {
 }
 
 type Waiting = HashMap<String, Wait>;
-
-/// The publishes a receipt id confirms (none for a SEND inside a transaction).
-fn publishes(wait: Wait) -> Vec<Publish> {
-    match wait {
-        Wait::Publish(p) => vec![p],
-        Wait::InTransaction { .. } => Vec::new(),
-        Wait::Commit(publishes) => publishes.into_iter().flatten().collect(),
-    }
-}
 
 /// Fails with `reason` (the broker refused it) the publish that receipt `id` is about: the
 /// SEND's own, or the one a SEND inside a transaction carries. The other publishes of a
@@ -190,34 +191,40 @@ fn refuse(waiting: &mut Waiting, id: &str, reason: &str) {
                 }
             }
         }
-        Some(Wait::Commit(publishes)) => {
-            for (destination, reply) in publishes.into_iter().flatten() {
-                let _ = reply.send(Err(Error::transient(
-                    BROKER,
-                    destination,
-                    format!("the broker refused the transaction this message was in (not stored): {reason}"),
-                )));
-            }
-        }
+        Some(commit @ Wait::Commit(_)) => commit.for_each_publish(|(destination, reply)| {
+            let _ = reply.send(Err(Error::transient(
+                BROKER,
+                destination,
+                format!(
+                    "the broker refused the transaction this message was in (not stored): {reason}"
+                ),
+            )));
+        }),
         None => {}
     }
 }
 
 fn fail_all(waiting: &mut Waiting, error: &Error) {
-    for (destination, reply) in waiting.drain().flat_map(|(_, wait)| publishes(wait)) {
-        let e = match error {
-            Error::Connection { reason, .. } => Error::Transient {
-                broker: BROKER,
-                destination: destination.clone(),
-                reason: format!(
-                    "the connection broke before the broker confirmed the message (it may or may not be stored): {reason}"
-                ),
-                source: None,
-            },
-            other => Error::transient(BROKER, destination.clone(), other.to_string()),
-        };
-        let _ = reply.send(Err(e));
+    for (_, wait) in waiting.drain() {
+        wait.for_each_publish(|(destination, reply)| fail(destination, reply, error));
     }
+}
+
+/// Fails one publish after `error` broke the connection: retryably, the broker may or may
+/// not have stored it.
+fn fail(destination: String, reply: oneshot::Sender<Result<Receipt>>, error: &Error) {
+    let e = match error {
+        Error::Connection { reason, .. } => Error::Transient {
+            broker: BROKER,
+            destination,
+            reason: format!(
+                "the connection broke before the broker confirmed the message (it may or may not be stored): {reason}"
+            ),
+            source: None,
+        },
+        other => Error::transient(BROKER, destination, other.to_string()),
+    };
+    let _ = reply.send(Err(e));
 }
 
 /// Whether an ERROR text names `destination` (its name without the STOMP prefix).
@@ -401,9 +408,9 @@ async fn run(config: Arc<StompConfig>, mut link: Option<Link>, mut rx: mpsc::Rec
                 match frame {
                     Ok(f) if f.command == "RECEIPT" => {
                         if let Some(wait) = f.header("receipt-id").and_then(|id| waiting.remove(id)) {
-                            for (_, reply) in publishes(wait) {
+                            wait.for_each_publish(|(_, reply)| {
                                 let _ = reply.send(Ok(Receipt::default()));
-                            }
+                            });
                         }
                     }
                     Ok(f) if f.command == "ERROR" => {
@@ -495,12 +502,18 @@ mod tests {
         let (mut waiting, mut answers) = transaction();
         // RECEIPTs of the SENDs only say the broker took them into the transaction.
         for id in ["p1", "p2", "p3"] {
-            assert!(publishes(waiting.remove(id).unwrap()).is_empty());
+            waiting
+                .remove(id)
+                .unwrap()
+                .for_each_publish(|_| panic!("{id} confirms nothing"));
         }
         assert!(answers.iter_mut().all(|a| a.try_recv().is_err()));
-        for (_, reply) in publishes(waiting.remove("t0").unwrap()) {
-            let _ = reply.send(Ok(Receipt::default()));
-        }
+        waiting
+            .remove("t0")
+            .unwrap()
+            .for_each_publish(|(_, reply)| {
+                let _ = reply.send(Ok(Receipt::default()));
+            });
         assert!(answers.iter_mut().all(|a| a.try_recv().unwrap().is_ok()));
 
         let (mut waiting, mut answers) = transaction();
