@@ -140,9 +140,10 @@ type Publish = (String, oneshot::Sender<Result<Receipt>>);
 enum Wait {
     /// A SEND outside a transaction: its RECEIPT confirms the publish.
     Publish(Publish),
-    /// A SEND inside transaction `tx`, at `index` of its publishes: its RECEIPT only says
-    /// the broker took it into the transaction; an ERROR naming it is about this message.
-    InTransaction { tx: String, index: usize },
+    /// A SEND inside transaction number `tx` (receipt id `t<tx>` of its COMMIT), at `index`
+    /// of its publishes: its RECEIPT only says the broker took it into the transaction; an
+    /// ERROR naming it is about this message.
+    InTransaction { tx: u64, index: usize },
     /// A COMMIT: its RECEIPT confirms every publish of the transaction (`None` where one
     /// already failed).
     Commit(Vec<Option<Publish>>),
@@ -185,7 +186,7 @@ fn refuse(waiting: &mut Waiting, id: &str, reason: &str) {
     match waiting.remove(id) {
         Some(Wait::Publish(p)) => refused(p),
         Some(Wait::InTransaction { tx, index }) => {
-            if let Some(Wait::Commit(publishes)) = waiting.get_mut(&tx) {
+            if let Some(Wait::Commit(publishes)) = waiting.get_mut(&format!("t{tx}")) {
                 if let Some(p) = publishes.get_mut(index).and_then(Option::take) {
                     refused(p);
                 }
@@ -258,10 +259,14 @@ async fn send(
         *next_id += 1;
         *next_id
     };
-    let tx = (l.flavor == Flavor::ActiveMq && sends.len() > 1).then(|| format!("t{}", next()));
+    // The transaction's number, and its id (also the COMMIT's receipt id).
+    let tx = (l.flavor == Flavor::ActiveMq && sends.len() > 1).then(|| {
+        let n = next();
+        (n, format!("t{n}"))
+    });
     let mut written = match &tx {
-        Some(tx) => {
-            l.feed(Frame::new("BEGIN").with_header("transaction", tx.clone()))
+        Some((_, id)) => {
+            l.feed(Frame::new("BEGIN").with_header("transaction", id.clone()))
                 .await
         }
         None => Ok(()),
@@ -275,16 +280,16 @@ async fn send(
         }
         let id = format!("p{}", next());
         frame.header_push("receipt", id.clone());
-        if let Some(tx) = &tx {
-            frame.header_push("transaction", tx.clone());
+        if let Some((_, tx_id)) = &tx {
+            frame.header_push("transaction", tx_id.clone());
         }
         match l.feed(frame).await {
             Ok(()) => {
                 let wait = match &tx {
-                    Some(tx) => {
+                    Some((n, _)) => {
                         committed.push(Some((destination, reply)));
                         Wait::InTransaction {
-                            tx: tx.clone(),
+                            tx: *n,
                             index: committed.len() - 1,
                         }
                     }
@@ -306,14 +311,14 @@ async fn send(
             }
         }
     }
-    if let Some(tx) = tx {
+    if let Some((_, tx_id)) = tx {
         if written.is_ok() {
             let commit = Frame::new("COMMIT")
-                .with_header("transaction", tx.clone())
-                .with_header("receipt", tx.clone());
+                .with_header("transaction", tx_id.clone())
+                .with_header("receipt", tx_id.clone());
             written = l.feed(commit).await;
         }
-        waiting.insert(tx, Wait::Commit(committed));
+        waiting.insert(tx_id, Wait::Commit(committed));
     }
     written?;
     l.flush().await
@@ -473,8 +478,10 @@ mod tests {
             let (reply, answer) = oneshot::channel();
             committed.push(Some((format!("/queue/d{index}"), reply)));
             answers.push(answer);
-            let tx = "t0".to_string();
-            waiting.insert(format!("p{}", index + 1), Wait::InTransaction { tx, index });
+            waiting.insert(
+                format!("p{}", index + 1),
+                Wait::InTransaction { tx: 0, index },
+            );
         }
         waiting.insert("t0".into(), Wait::Commit(committed));
         (waiting, answers)
