@@ -97,6 +97,11 @@ struct Args {
     /// Payload bytes of the messages of the outage runs.
     #[arg(long, default_value_t = 256)]
     outage_bytes: usize,
+    /// An option added to the URL of every endpoint whose scheme starts with SCHEME, raw
+    /// clients and bridge alike: `SCHEME:KEY=VALUE`, e.g. `stomp:group_commit=0`
+    /// (repeatable).
+    #[arg(long, value_name = "SCHEME:KEY=VALUE")]
+    url_option: Vec<String>,
     /// The `polybridge` binary (default: next to this program).
     #[arg(long)]
     bridge_bin: Option<std::path::PathBuf>,
@@ -199,8 +204,8 @@ async fn run(args: Args) -> Result<()> {
             println!("{name}: {reason}");
             continue;
         }
-        let source = endpoint(&mut endpoints, *src)?;
-        let sink = endpoint(&mut endpoints, *dst)?;
+        let source = endpoint(&mut endpoints, *src, &args.url_option)?;
+        let sink = endpoint(&mut endpoints, *dst, &args.url_option)?;
         for &size in &args.sizes {
             match bench_route(&args, &name, &source, &sink, size).await {
                 Ok(r) => {
@@ -272,7 +277,10 @@ async fn memory_runs(
         if !selected(*src, *dst) {
             continue;
         }
-        pairs.push((endpoint(endpoints, *src)?, endpoint(endpoints, *dst)?));
+        pairs.push((
+            endpoint(endpoints, *src, &args.url_option)?,
+            endpoint(endpoints, *dst, &args.url_option)?,
+        ));
     }
     if pairs.is_empty() {
         return Ok(out);
@@ -297,7 +305,7 @@ async fn memory_runs(
         if !selected(src, dst) || args.outage_secs == 0 {
             continue;
         }
-        let source = endpoint(endpoints, src)?;
+        let source = endpoint(endpoints, src, &args.url_option)?;
         eprintln!("starting a private {} for the outage run …", bk.name());
         let broker = polybridge_testkit::private(bk)?;
         let (_, tk) = broker_kind(dst).ok_or_else(|| anyhow!("no broker for {dst:?}"))?;
@@ -306,7 +314,8 @@ async fn memory_runs(
             broker
                 .url(tk)
                 .ok_or_else(|| anyhow!("{} serves no {tk:?} endpoint", bk.name()))?,
-        );
+            &args.url_option,
+        )?;
         let sink = Endpoint { kind: dst, url };
         let r = memory::outage(&bin, &source, &sink, &broker, &o)
             .await
@@ -340,7 +349,11 @@ fn skip_reason(kind: Kind) -> Option<String> {
 }
 
 /// Starts (or finds, via `POLYBRIDGE_<X>_URL`) the broker of `kind`.
-fn endpoint(cache: &mut BTreeMap<&'static str, Endpoint>, kind: Kind) -> Result<Endpoint> {
+fn endpoint(
+    cache: &mut BTreeMap<&'static str, Endpoint>,
+    kind: Kind,
+    url_options: &[String],
+) -> Result<Endpoint> {
     let key = kind.label();
     if let Some(e) = cache.get(key) {
         return Ok(e.clone());
@@ -353,7 +366,7 @@ fn endpoint(cache: &mut BTreeMap<&'static str, Endpoint>, kind: Kind) -> Result<
             let base = b
                 .url(tk)
                 .ok_or_else(|| anyhow!("{} serves no {tk:?} endpoint", bk.name()))?;
-            endpoint_url(kind, base)
+            endpoint_url(kind, base, url_options)?
         }
     };
     let e = Endpoint { kind, url };
@@ -361,15 +374,26 @@ fn endpoint(cache: &mut BTreeMap<&'static str, Endpoint>, kind: Kind) -> Result<
     Ok(e)
 }
 
-/// The adapter URL of `kind` from the harness's base URL.
-fn endpoint_url(kind: Kind, base: String) -> String {
+/// The adapter URL of `kind` from the harness's base URL, with the `--url-option`s whose
+/// scheme prefix it has.
+fn endpoint_url(kind: Kind, base: String, url_options: &[String]) -> Result<String> {
     let sep = if base.contains('?') { '&' } else { '?' };
-    match kind {
+    let mut url = match kind {
         Kind::JetStream => format!("{base}{sep}mode=jetstream&stream={}", raw::JS_STREAM),
         Kind::Mqtt => format!("{base}{sep}qos=1&client_id=pbbench{}", std::process::id()),
         Kind::Stomp => base.replacen("stomp://", "stomp+activemq://", 1),
         _ => base,
+    };
+    for option in url_options {
+        let Some((scheme, pair)) = option.split_once(':').filter(|(_, p)| p.contains('=')) else {
+            bail!("--url-option {option:?}: use SCHEME:KEY=VALUE");
+        };
+        if url.starts_with(scheme) {
+            let sep = if url.contains('?') { '&' } else { '?' };
+            url = format!("{url}{sep}{pair}");
+        }
     }
+    Ok(url)
 }
 
 /// A payload of `size` bytes starting with the current time (ns since [`epoch`]).

@@ -75,6 +75,9 @@ pub struct StompConfig {
     pub max_frame: usize,
     /// Largest payload `publish` accepts; `None` = no check by the adapter.
     pub max_payload: Option<usize>,
+    /// ActiveMQ: the fewest publishes queued together that go out in one transaction
+    /// (group commit, `group_commit=N`); `None` = never (the default, and `group_commit=0`).
+    pub group_commit: Option<usize>,
     /// TLS (`stomp+ssl://` or `tls=true`), with these certificate files.
     pub tls: Option<TlsFiles>,
 }
@@ -98,6 +101,7 @@ impl std::fmt::Debug for StompConfig {
             .field("receipt_timeout", &self.receipt_timeout)
             .field("max_frame", &self.max_frame)
             .field("max_payload", &self.max_payload)
+            .field("group_commit", &self.group_commit)
             .field("tls", &self.tls)
             .finish()
     }
@@ -113,6 +117,7 @@ const KNOWN: &[&str] = &[
     "receipt_timeout",
     "max_frame",
     "max_payload",
+    "group_commit",
     "tls",
     "ca_file",
     "cert_file",
@@ -192,6 +197,16 @@ impl StompConfig {
                 .parse_option::<usize>(BROKER, "max_frame")?
                 .unwrap_or(crate::codec::DEFAULT_MAX_FRAME),
             max_payload: url.parse_option::<usize>(BROKER, "max_payload")?,
+            group_commit: match url.parse_option::<usize>(BROKER, "group_commit")? {
+                None | Some(0) => None,
+                Some(1) => {
+                    return Err(Error::config(
+                        BROKER,
+                        format!("option group_commit=1 in {url}: use 0 (never) or at least 2"),
+                    ))
+                }
+                Some(n) => Some(n),
+            },
             url: url.clone(),
         })
     }
@@ -233,6 +248,7 @@ mod tests {
         assert_eq!(c.vhost, "/");
         assert_eq!(c.login.as_deref(), Some("u"));
         assert_eq!(c.flavor, None);
+        assert_eq!(c.group_commit, None);
         let c = StompConfig::from_url(&"stomp://u:s3cret@h".parse().unwrap()).unwrap();
         assert!(!format!("{c:?}").contains("s3cret"));
         let c = StompConfig::from_url(
@@ -246,11 +262,17 @@ mod tests {
         assert_eq!(c.flavor, Some(Flavor::RabbitMq));
         assert_eq!(c.prefetch, Some(7));
         assert_eq!(c.dead_letter.as_deref(), Some("/queue/dl"));
+        let c = StompConfig::from_url(&"stomp://h?group_commit=0".parse().unwrap()).unwrap();
+        assert_eq!(c.group_commit, None);
+        let c = StompConfig::from_url(&"stomp://h?group_commit=16".parse().unwrap()).unwrap();
+        assert_eq!(c.group_commit, Some(16));
         for bad in [
             "stomp://h?nope=1",
             "stomp://h?heartbeat=x",
             "stomp://h?flavor=kafka",
             "stomp://h?prefetch=0",
+            "stomp://h?group_commit=1",
+            "stomp://h?group_commit=x",
             "amqp://h",
         ] {
             let e = StompConfig::from_url(&bad.parse().unwrap()).unwrap_err();

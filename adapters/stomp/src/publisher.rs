@@ -7,14 +7,18 @@
 //! still waiting with a retryable error (the broker may or may not have stored those). The
 //! next publish reconnects.
 //!
-//! Group commit (ActiveMQ): publishes that queued up together go out in one transaction,
-//! `BEGIN`, their `SEND`s, `COMMIT` with a receipt, and all resolve on the COMMIT's
-//! RECEIPT. ActiveMQ stores a persistent SEND of one connection, and syncs its journal,
-//! before it reads the next frame, so a connection's confirmed publishes run at one disk
-//! sync each; a transaction is stored with one sync at its COMMIT. Each SEND keeps its own
-//! receipt, so an ERROR still names the message it is about. A connection that breaks
+//! Group commit (ActiveMQ, opt-in with `group_commit=N`): when at least N publishes queued
+//! up together they go out in one transaction, `BEGIN`, their `SEND`s, `COMMIT` with a
+//! receipt, and all resolve on the COMMIT's RECEIPT. ActiveMQ stores a persistent SEND of
+//! one connection, and syncs its journal, before it reads the next frame, so a
+//! connection's confirmed publishes run at one disk sync each; a transaction is stored
+//! with one sync at its COMMIT. It is off by default because ActiveMQ hands a transacted
+//! message to consumers only after its COMMIT is stored, while a plain persistent SEND is
+//! dispatched as it is being stored: with `group_commit=2` the end-to-end latency at a
+//! moderate rate grew from ~1 ms to 7–12 ms at p50 (docs/benchmarks). Each SEND keeps its
+//! own receipt, so an ERROR still names the message it is about. A connection that breaks
 //! before the COMMIT's receipt rolls the transaction back: its publishes fail retryably,
-//! none of them stored. A single queued publish is sent on its own, as before.
+//! none of them stored. Fewer than N queued publishes are sent each on its own.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -246,11 +250,12 @@ async fn next_frame(link: &mut Option<Link>) -> Result<Frame> {
 }
 
 /// Sends `sends` on `l`, each with a receipt recorded in `waiting`: in one transaction
-/// (group commit, see the module doc) on ActiveMQ when there are several, else each on its
-/// own; then flushes. An error breaks the connection: the publishes not yet written have
+/// (group commit, see the module doc) on ActiveMQ when there are at least `group_commit`,
+/// else each on its own; then flushes. An error breaks the connection: the publishes not yet written have
 /// failed, the ones written wait in `waiting` for the caller to fail them.
 async fn send(
     l: &mut Link,
+    group_commit: Option<usize>,
     sends: Vec<(String, Frame, oneshot::Sender<Result<Receipt>>)>,
     waiting: &mut Waiting,
     next_id: &mut u64,
@@ -260,7 +265,8 @@ async fn send(
         *next_id
     };
     // The transaction's number, and its id (also the COMMIT's receipt id).
-    let tx = (l.flavor == Flavor::ActiveMq && sends.len() > 1).then(|| {
+    let grouped = group_commit.is_some_and(|min| sends.len() >= min);
+    let tx = (l.flavor == Flavor::ActiveMq && grouped).then(|| {
         let n = next();
         (n, format!("t{n}"))
     });
@@ -403,7 +409,7 @@ async fn run(config: Arc<StompConfig>, mut link: Option<Link>, mut rx: mpsc::Rec
                     }
                 }
                 if let (Some(l), false) = (link.as_mut(), sends.is_empty()) {
-                    if let Err(e) = send(l, sends, &mut waiting, &mut next_id).await {
+                    if let Err(e) = send(l, config.group_commit, sends, &mut waiting, &mut next_id).await {
                         fail_all(&mut waiting, &e);
                         link = None;
                     }
