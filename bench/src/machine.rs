@@ -15,6 +15,9 @@ pub struct MachineCpu {
     busy: u64,
     /// Ticks spent idle while a disk read or write was outstanding (iowait).
     iowait: u64,
+    /// Ticks the hypervisor ran something else while this machine wanted to run (steal;
+    /// counted in `busy` too).
+    steal: u64,
     /// All ticks (busy plus idle and iowait) on all cores.
     total: u64,
     /// When it was read.
@@ -30,6 +33,9 @@ pub struct CpuUse {
     pub busy_cores: f64,
     /// The average number of cores idle waiting for the disk (iowait).
     pub iowait_cores: f64,
+    /// The average number of cores taken by the hypervisor (steal; part of `busy_cores`):
+    /// on a shared host, CPU this machine wanted and did not get.
+    pub steal_cores: f64,
 }
 
 impl MachineCpu {
@@ -49,6 +55,7 @@ impl MachineCpu {
         Some(Self {
             busy,
             iowait: field(4),
+            steal: field(7),
             total,
             at: Instant::now(),
         })
@@ -64,11 +71,13 @@ impl MachineCpu {
         }
         let share = now.busy.saturating_sub(self.busy) as f64 / ticks as f64;
         let iowait = now.iowait.saturating_sub(self.iowait) as f64 / ticks as f64;
+        let steal = now.steal.saturating_sub(self.steal) as f64 / ticks as f64;
         let wall = now.at.duration_since(self.at).as_secs_f64();
         Some(CpuUse {
             busy_secs: share * cores * wall,
             busy_cores: share * cores,
             iowait_cores: iowait * cores,
+            steal_cores: steal * cores,
         })
     }
 }

@@ -135,6 +135,8 @@ struct Round {
     bridged_busy_cores: f64,
     /// Average cores idle waiting for the disk during the bridged run.
     bridged_iowait_cores: f64,
+    /// Average cores taken by the hypervisor (steal) during the bridged run.
+    bridged_steal_cores: f64,
 }
 
 impl Round {
@@ -455,6 +457,7 @@ async fn bench_route(
     let mut n = args.messages;
     let mut rounds = Vec::new();
     let mut calibrating = !args.smoke;
+    let row_start = machine::MachineCpu::now();
     while rounds.len() < args.rounds {
         let mut r = Round::default();
         (r.raw_consume, r.machine_consume_us) =
@@ -485,8 +488,9 @@ async fn bench_route(
         r.machine_bridged_us = b.machine_cpu_us;
         r.bridged_busy_cores = b.busy_cores;
         r.bridged_iowait_cores = b.iowait_cores;
+        r.bridged_steal_cores = b.steal_cores;
         eprintln!(
-            "  {name} {size} B round {}: raw consume {:.0}/s ({:.1} µs CPU/msg), raw publish {:.0}/s ({:.1} µs), bridged {:.0}/s ({:.1} µs, {:.2} cores busy, {:.2} in iowait; CPU-bound limit {:.0}/s)",
+            "  {name} {size} B round {}: raw consume {:.0}/s ({:.1} µs CPU/msg), raw publish {:.0}/s ({:.1} µs), bridged {:.0}/s ({:.1} µs, {:.2} cores busy, {:.2} in iowait, {:.2} stolen; CPU-bound limit {:.0}/s)",
             rounds.len() + 1,
             r.raw_consume,
             r.machine_consume_us,
@@ -496,6 +500,7 @@ async fn bench_route(
             r.machine_bridged_us,
             r.bridged_busy_cores,
             r.bridged_iowait_cores,
+            r.bridged_steal_cores,
             r.cpu_limit(cores),
         );
         rounds.push(r);
@@ -546,6 +551,10 @@ async fn bench_route(
         }
     }
 
+    // Steal over every run of this row (raw, bridged, latency).
+    let row_steal_cores = row_start
+        .and_then(machine::MachineCpu::used_since)
+        .map(|u| round3(u.steal_cores));
     let pick = |f: &dyn Fn(&Round) -> f64| rounds.iter().map(f).collect::<Vec<f64>>();
     let limits = pick(&Round::raw_limit);
     let bridged = pick(&|r| r.bridged);
@@ -584,6 +593,8 @@ async fn bench_route(
         },
         "bridged_busy_cores": round3(median(&pick(&|r| r.bridged_busy_cores))),
         "bridged_iowait_cores": round3(median(&pick(&|r| r.bridged_iowait_cores))),
+        "bridged_steal_cores": round3(median(&pick(&|r| r.bridged_steal_cores))),
+        "steal_cores": row_steal_cores,
         "cpu_limit_msgs_per_s": median(&cpu_limits).round(),
         "ratio_reachable": round3(median(&ratios_reachable)),
         "spread": {
@@ -810,6 +821,8 @@ struct BridgedRun {
     busy_cores: f64,
     /// Average cores idle waiting for the disk while the route ran.
     iowait_cores: f64,
+    /// Average cores taken by the hypervisor (steal) while the route ran.
+    steal_cores: f64,
 }
 
 /// Bridged rate: pre-fill the source, start the bridge, time until every message was
@@ -898,6 +911,7 @@ async fn bridged(
         machine_cpu_us: machine_use.map_or(f64::NAN, |u| u.busy_secs * 1e6 / n as f64),
         busy_cores: machine_use.map_or(f64::NAN, |u| u.busy_cores),
         iowait_cores: machine_use.map_or(f64::NAN, |u| u.iowait_cores),
+        steal_cores: machine_use.map_or(f64::NAN, |u| u.steal_cores),
     })
 }
 
@@ -1179,7 +1193,7 @@ fn write_results(args: &Args, results: &[serde_json::Value]) -> Result<()> {
         ));
     }
     table.push_str(&format!(
-        "\nWhere the CPU goes: the whole machine's busy CPU time (brokers, bridge, clients) per message in each run, the cores busy during the bridged run, the rate at which the raw halves alone would saturate the cores, and the bridged rate against the lower of that and the raw limit.\n\n| route | payload | consume µs/msg | publish µs/msg | bridged µs/msg | bridge's own µs/msg | cores busy (of {cores}) | cores in iowait | CPU-bound limit msg/s | ratio to min(raw, CPU-bound) |\n|---|---|---|---|---|---|---|---|---|---|\n",
+        "\nWhere the CPU goes: the whole machine's busy CPU time (brokers, bridge, clients) per message in each run, the cores busy during the bridged run, the rate at which the raw halves alone would saturate the cores, and the bridged rate against the lower of that and the raw limit. Stolen = cores the hypervisor gave to other guests while this machine wanted them (steal, counted as busy): in the bridged run, and over all of the row's runs; where it is not near 0 the row's rates and CPU times are the host's, not the route's.\n\n| route | payload | consume µs/msg | publish µs/msg | bridged µs/msg | bridge's own µs/msg | cores busy (of {cores}) | cores in iowait | cores stolen: bridged run / whole row | CPU-bound limit msg/s | ratio to min(raw, CPU-bound) |\n|---|---|---|---|---|---|---|---|---|---|---|\n",
         cores = machine::cores()
     ));
     for r in results {
@@ -1188,7 +1202,7 @@ fn write_results(args: &Args, results: &[serde_json::Value]) -> Result<()> {
         }
         let m = &r["machine_cpu_us_per_msg"];
         table.push_str(&format!(
-            "| {} | {} B | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} B | {} | {} | {} | {} | {} | {} | {} / {} | {} | {} |\n",
             r["route"].as_str().unwrap_or(""),
             r["payload_bytes"],
             m["raw_consume"],
@@ -1197,6 +1211,8 @@ fn write_results(args: &Args, results: &[serde_json::Value]) -> Result<()> {
             m["bridge_own"],
             r["bridged_busy_cores"],
             r["bridged_iowait_cores"],
+            r["bridged_steal_cores"],
+            r["steal_cores"],
             r["cpu_limit_msgs_per_s"],
             r["ratio_reachable"],
         ));
