@@ -251,8 +251,8 @@ async fn next_frame(link: &mut Option<Link>) -> Result<Frame> {
 
 /// Sends `sends` on `l`, each with a receipt recorded in `waiting`: in one transaction
 /// (group commit, see the module doc) on ActiveMQ when there are at least `group_commit`,
-/// else each on its own; then flushes. An error breaks the connection: the publishes not yet written have
-/// failed, the ones written wait in `waiting` for the caller to fail them.
+/// else each on its own; then flushes. An error breaks the connection: the publishes not
+/// yet written have failed, the ones written wait in `waiting` for the caller to fail them.
 async fn send(
     l: &mut Link,
     group_commit: Option<usize>,
@@ -409,7 +409,8 @@ async fn run(config: Arc<StompConfig>, mut link: Option<Link>, mut rx: mpsc::Rec
                     }
                 }
                 if let (Some(l), false) = (link.as_mut(), sends.is_empty()) {
-                    if let Err(e) = send(l, config.group_commit, sends, &mut waiting, &mut next_id).await {
+                    let sent = send(l, config.group_commit, sends, &mut waiting, &mut next_id);
+                    if let Err(e) = sent.await {
                         fail_all(&mut waiting, &e);
                         link = None;
                     }

@@ -711,9 +711,9 @@ async fn an_error_frame_on_subscribe_is_a_clear_error() {
 async fn concurrent_publishes_on_activemq_all_confirm_and_arrive_once() {
     // With `group_commit=2`, publishes that queue up together go out in one transaction
     // (group commit): each still resolves only once the broker stored it, and none is lost
-    // or doubled. (Their
-    // order is the order in which the caller's futures reach the publisher, which
-    // concurrent futures do not fix: tokio's cooperative budget makes one wait a turn.)
+    // or doubled. (Their order is the order in which the caller's futures reach the
+    // publisher, which concurrent futures do not fix: tokio's cooperative budget makes one
+    // wait a turn.)
     let Some(url) = url(BrokerKind::ActiveMq) else {
         return;
     };
