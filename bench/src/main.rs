@@ -33,7 +33,7 @@ use bytes::Bytes;
 use clap::Parser;
 use polybridge_bridge::metrics::HistogramSnapshot;
 use polybridge_bridge::Bridge;
-use polybridge_testkit::{BrokerKind, Endpoint as TkEndpoint};
+use polybridge_testkit::{url_with, BrokerKind, Endpoint as TkEndpoint};
 use raw::{Endpoint, Kind};
 use serde_json::json;
 
@@ -379,10 +379,12 @@ fn endpoint(
 /// The adapter URL of `kind` from the harness's base URL, with the `--url-option`s whose
 /// scheme prefix it has.
 fn endpoint_url(kind: Kind, base: String, url_options: &[String]) -> Result<String> {
-    let sep = if base.contains('?') { '&' } else { '?' };
     let mut url = match kind {
-        Kind::JetStream => format!("{base}{sep}mode=jetstream&stream={}", raw::JS_STREAM),
-        Kind::Mqtt => format!("{base}{sep}qos=1&client_id=pbbench{}", std::process::id()),
+        Kind::JetStream => url_with(&base, &format!("mode=jetstream&stream={}", raw::JS_STREAM)),
+        Kind::Mqtt => url_with(
+            &base,
+            &format!("qos=1&client_id=pbbench{}", std::process::id()),
+        ),
         Kind::Stomp => base.replacen("stomp://", "stomp+activemq://", 1),
         _ => base,
     };
@@ -391,8 +393,7 @@ fn endpoint_url(kind: Kind, base: String, url_options: &[String]) -> Result<Stri
             bail!("--url-option {option:?}: use SCHEME:KEY=VALUE");
         };
         if url.starts_with(scheme) {
-            let sep = if url.contains('?') { '&' } else { '?' };
-            url = format!("{url}{sep}{pair}");
+            url = url_with(&url, pair);
         }
     }
     Ok(url)

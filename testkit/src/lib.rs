@@ -205,6 +205,17 @@ pub enum HarnessError {
     },
 }
 
+/// `url` with the query `options` (`a=1&b=2`) appended.
+pub fn url_with(url: &str, options: &str) -> String {
+    if options.is_empty() {
+        url.to_owned()
+    } else if url.contains('?') {
+        format!("{url}&{options}")
+    } else {
+        format!("{url}?{options}")
+    }
+}
+
 /// Why tests of `kind` should be skipped, if `POLYBRIDGE_SKIP_BROKERS` opts it out.
 pub fn skip_reason(kind: BrokerKind) -> Option<String> {
     let list = std::env::var("POLYBRIDGE_SKIP_BROKERS").ok()?;

@@ -93,13 +93,7 @@ impl TestBroker {
 
     /// The URL with the query `options` (`a=1&b=2`) appended.
     pub fn url_with(&self, options: &str) -> String {
-        if options.is_empty() {
-            self.url.clone()
-        } else if self.url.contains('?') {
-            format!("{}&{options}", self.url)
-        } else {
-            format!("{}?{options}", self.url)
-        }
+        crate::url_with(&self.url, options)
     }
 
     /// Restarts a private broker on the same port with the same data, blocking until it

@@ -176,6 +176,11 @@ impl Wait {
 
 type Waiting = HashMap<String, Wait>;
 
+/// The id of transaction number `tx`, also the receipt id of its COMMIT.
+fn transaction_id(tx: u64) -> String {
+    format!("t{tx}")
+}
+
 /// Fails with `reason` (the broker refused it) the publish that receipt `id` is about: the
 /// SEND's own, or the one a SEND inside a transaction carries. The other publishes of a
 /// failed COMMIT fail retryably.
@@ -190,7 +195,7 @@ fn refuse(waiting: &mut Waiting, id: &str, reason: &str) {
     match waiting.remove(id) {
         Some(Wait::Publish(p)) => refused(p),
         Some(Wait::InTransaction { tx, index }) => {
-            if let Some(Wait::Commit(publishes)) = waiting.get_mut(&format!("t{tx}")) {
+            if let Some(Wait::Commit(publishes)) = waiting.get_mut(&transaction_id(tx)) {
                 if let Some(p) = publishes.get_mut(index).and_then(Option::take) {
                     refused(p);
                 }
@@ -268,7 +273,7 @@ async fn send(
     let grouped = group_commit.is_some_and(|min| sends.len() >= min);
     let tx = (l.flavor == Flavor::ActiveMq && grouped).then(|| {
         let n = next();
-        (n, format!("t{n}"))
+        (n, transaction_id(n))
     });
     let mut written = match &tx {
         Some((_, id)) => {

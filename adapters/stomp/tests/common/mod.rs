@@ -22,13 +22,7 @@ pub fn url(kind: BrokerKind) -> Option<String> {
 
 /// `url` with `options` appended.
 pub fn with(url: &str, options: &str) -> String {
-    if options.is_empty() {
-        url.to_owned()
-    } else if url.contains('?') {
-        format!("{url}&{options}")
-    } else {
-        format!("{url}?{options}")
-    }
+    polybridge_testkit::url_with(url, options)
 }
 
 pub async fn connect(url: &str) -> StompBroker {
