@@ -164,7 +164,6 @@ impl Adapter {
 
     /// The at-least-once URL of this adapter for a client named `client` using `topics`.
     fn url(self, base: &str, client: &str, topics: &[&str]) -> String {
-        let sep = if base.contains('?') { '&' } else { '?' };
         let opts = match self {
             // Claim a dead consumer's pending entries quickly (after a SIGKILL).
             Adapter::Redis => "claim_idle=2s".to_owned(),
@@ -180,11 +179,7 @@ impl Adapter {
             Adapter::Kafka => "start=earliest&session_timeout=6s".to_owned(),
             Adapter::Amqp | Adapter::Stomp => String::new(),
         };
-        if opts.is_empty() {
-            base.to_owned()
-        } else {
-            format!("{base}{sep}{opts}")
-        }
+        polybridge_testkit::url_with(base, &opts)
     }
 }
 

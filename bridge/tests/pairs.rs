@@ -44,7 +44,7 @@ use polybridge::{
 };
 use polybridge_bridge::config::{load, syntax_for};
 use polybridge_bridge::{connect_brokers, Bridge};
-use polybridge_testkit::{BrokerKind, Endpoint};
+use polybridge_testkit::{url_with, BrokerKind, Endpoint};
 
 /// Messages per pair.
 const N: usize = 50;
@@ -113,12 +113,6 @@ impl Ep {
     }
 }
 
-/// `url` with `options` appended to its query.
-fn with(url: &str, options: &str) -> String {
-    let sep = if url.contains('?') { '&' } else { '?' };
-    format!("{url}{sep}{options}")
-}
-
 /// The one table of per-broker settings. `client` names the connection (MQTT client ids
 /// must differ between the bridge and the test's own client); `None` when the broker is
 /// opted out by `POLYBRIDGE_SKIP_BROKERS`.
@@ -135,12 +129,12 @@ fn endpoint(kind: Kind, client: &str) -> Option<Ep> {
     let (url, sep) = match kind {
         // Topic exchange: every plain destination is a routing key on amq.topic; group
         // queues are durable, publishes confirmed and mandatory.
-        Kind::Amqp => (with(&base, "exchange=amq.topic"), '.'),
+        Kind::Amqp => (url_with(&base, "exchange=amq.topic"), '.'),
         // Idempotent producer with acks=all (the defaults), commits after acks; topics are
         // auto-created by the first subscription. Tansu joins a group only after about half
         // the session timeout, hence the short one.
         Kind::Kafka => (
-            with(
+            url_with(
                 &base,
                 "acks=all&session_timeout=3s&heartbeat_interval=500ms&commit_interval=100ms",
             ),
@@ -149,22 +143,22 @@ fn endpoint(kind: Kind, client: &str) -> Option<Ep> {
         // JetStream (not core NATS, which is at most once): one memory stream for every
         // subject of these tests, created on first use (see `prepare`).
         Kind::Nats => (
-            with(
+            url_with(
                 &base.replacen("nats://", "jetstream://", 1),
                 "stream=E2E&create_stream=true&stream_subjects=e2e.%3E&storage=memory",
             ),
             '.',
         ),
         // Streams with consumer groups (pub/sub would be at most once).
-        Kind::Redis => (with(&base, "mode=streams"), '.'),
+        Kind::Redis => (url_with(&base, "mode=streams"), '.'),
         // MQTT 5 (user properties carry headers and the key), QoS 1, persistent sessions.
         Kind::Mqtt => (
-            with(&base, &format!("version=5&qos=1&client_id=e2e-{client}")),
+            url_with(&base, &format!("version=5&qos=1&client_id=e2e-{client}")),
             '/',
         ),
         // MQTT 3.1.1 has no properties: the adapter's envelope carries the message whole.
         Kind::Mqtt311Envelope => (
-            with(
+            url_with(
                 &base,
                 &format!("version=3.1.1&format=envelope&qos=1&client_id=e2e-{client}"),
             ),
@@ -173,7 +167,7 @@ fn endpoint(kind: Kind, client: &str) -> Option<Ep> {
         // MQTT 3.1.1 with raw payloads: only the payload travels (Capabilities::headers is
         // None, keys false).
         Kind::Mqtt311Raw => (
-            with(
+            url_with(
                 &base,
                 &format!("version=3.1.1&qos=1&client_id=e2e-{client}"),
             ),
@@ -181,7 +175,7 @@ fn endpoint(kind: Kind, client: &str) -> Option<Ep> {
         ),
         // ActiveMQ: plain topics are virtual topics, so groups are queues that keep
         // messages; SEND is persistent and confirmed by RECEIPT.
-        Kind::Stomp => (with(&base, "flavor=activemq"), '.'),
+        Kind::Stomp => (url_with(&base, "flavor=activemq"), '.'),
     };
     Some(Ep { url, sep })
 }

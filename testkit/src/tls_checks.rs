@@ -34,11 +34,7 @@ pub struct TlsUrls {
 /// `base` with `options` appended (`?` or `&`); empty options are left out.
 pub fn with_options(base: &str, options: &[&str]) -> String {
     let options: Vec<&str> = options.iter().copied().filter(|o| !o.is_empty()).collect();
-    if options.is_empty() {
-        return base.to_owned();
-    }
-    let sep = if base.contains('?') { '&' } else { '?' };
-    format!("{base}{sep}{}", options.join("&"))
+    crate::url_with(base, &options.join("&"))
 }
 
 impl TlsUrls {

@@ -21,8 +21,7 @@ const WAIT: Duration = Duration::from_secs(20);
 
 /// The shared test options, after the URL's own query.
 fn with_options(url: &str) -> String {
-    let sep = if url.contains('?') { '&' } else { '?' };
-    format!("{url}{sep}{}", common::TEST_OPTIONS)
+    polybridge_testkit::url_with(url, common::TEST_OPTIONS)
 }
 
 async fn refused(url: &str) -> Error {

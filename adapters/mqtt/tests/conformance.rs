@@ -61,8 +61,7 @@ impl MqttFixture {
             Source::Mosquitto(s) => s.as_ref()?.url.clone(),
             Source::RabbitMq(u) => u.clone()?,
         };
-        let sep = if base.contains('?') { '&' } else { '?' };
-        Some(format!("{base}{sep}{}", self.options))
+        Some(polybridge_testkit::url_with(&base, &self.options))
     }
 }
 

@@ -48,7 +48,7 @@
 //! | `receipt_timeout` | `30s` | wait for the RECEIPT of a SUBSCRIBE |
 //! | `max_frame` | `16777216` | largest frame accepted from the server; larger is a connection error |
 //! | `max_payload` | none | largest payload `publish` sends; larger is [`Error::PayloadTooLarge`] before sending |
-//! | `group_commit` | `0` (off) | ActiveMQ: N ≥ 2 publishes queued together go in one transaction (see Semantics) |
+//! | `group_commit` | `0` (off) | ActiveMQ: N ≥ 2 publishes queued together go in one transaction (see Semantics); other servers: ignored, with a warning at connect |
 //! | `tls` | `false` (`true` with `stomp+ssl://`) | TLS; implied by the three options below |
 //! | `ca_file` | system roots | PEM file of the CA certificates to trust instead of the system's |
 //! | `cert_file`, `key_file` | none | client certificate and private key (PEM) for mutual TLS |
@@ -203,6 +203,13 @@ impl StompBroker {
         let config = Arc::new(StompConfig::from_url(url)?);
         let link = connection::Link::connect(&config, None).await?;
         let flavor = link.flavor;
+        if let (Some(n), false) = (config.group_commit, flavor == Flavor::ActiveMq) {
+            tracing::warn!(
+                endpoint = %config.url,
+                flavor = flavor.name(),
+                "stomp option group_commit={n} is ignored: only ActiveMQ commits publishes in groups"
+            );
+        }
         let capabilities = capabilities(flavor, config.max_payload);
         let publisher = publisher::StompPublisher::start(config.clone(), link);
         Ok(StompBroker {

@@ -62,8 +62,7 @@ impl Server {
             .filter(|o| !given.contains(&o.split('=').next().unwrap_or_default()))
             .collect();
         all.extend(options.split('&').filter(|o| !o.is_empty()));
-        let sep = if self.url.contains('?') { '&' } else { '?' };
-        format!("{}{sep}{}", self.url, all.join("&"))
+        polybridge_testkit::url_with(&self.url, &all.join("&"))
     }
 
     pub async fn connect(&self, options: &str) -> KafkaBroker {
