@@ -15,6 +15,7 @@ COMPONENTS = [
     ("redis adapter: pump (hand out, XACK)", ("streams::Pump",)),
     ("redis adapter: reader (XREADGROUP, parse)", ("streams::read_loop",)),
     ("kafka adapter: consumer thread (poll, hand over)", ("polybridge_kafka::",)),
+    ("nats adapter: JetStream consumer (fetch, hand out, ack)", ("polybridge_nats::",)),
     ("redis client: connection task (RESP parse, socket)", ("redis::",)),
     ("nats client: connection task (socket, PubAck dispatch)", ("async_nats::",)),
     ("kafka client: rdkafka, librdkafka threads", ("rdkafka::", "rd_kafka")),

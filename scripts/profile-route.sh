@@ -2,15 +2,16 @@
 # Profiles the bridge process on one of the benchmark's routes and prints where its CPU
 # goes, by component.
 #
-#   [ROUTE=redis-nats|kafka-redis] scripts/profile-route.sh [BRIDGE_BINARY] [MESSAGES] [PAYLOAD_BYTES]
+#   [ROUTE=redis-nats|kafka-redis|nats-kafka] scripts/profile-route.sh [BRIDGE_BINARY] [MESSAGES] [PAYLOAD_BYTES]
 #
 # Starts the two brokers as local processes on free loopback ports in a temporary
 # directory (redis-server and nats-server -js for ROUTE=redis-nats, the default; Tansu and
-# redis-server for ROUTE=kafka-redis), fills the source (a Redis stream, or a Kafka topic
-# by kafka-python from /opt/polybridge-py, see scripts/install-brokers.sh) with MESSAGES
+# redis-server for ROUTE=kafka-redis, nats-server -js and Tansu for ROUTE=nats-kafka), fills
+# the source (a Redis stream; a Kafka topic by kafka-python, or a JetStream stream by
+# nats-py, both from /opt/polybridge-py, see scripts/install-brokers.sh) with MESSAGES
 # messages (default 400000) of PAYLOAD_BYTES (default 256), runs `BRIDGE_BINARY run`
 # (default target-fp/release/polybridge) with one route from the source to the sink, and
-# while it works measures for 4 s: the rate, the CPU of the bridge process and of the whole
+# while it works measures for 4 s: the rate, the CPU of the bridge process, of each broker and of the whole
 # machine per message, and a `perf record -g` call-graph profile of the bridge
 # (cpu-clock), folded by scripts/profile-fold.py.
 #
@@ -34,20 +35,41 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-redis_port=$(free_port)
-mkdir -p "$work/redis"
-redis-server --port "$redis_port" --bind 127.0.0.1 --dir "$work/redis" --save '' --appendonly yes \
-  --protected-mode no --daemonize no >"$work/redis.log" 2>&1 &
-pids+=($!)
+start_redis() {
+  redis_port=$(free_port)
+  mkdir -p "$work/redis"
+  redis-server --port "$redis_port" --bind 127.0.0.1 --dir "$work/redis" --save '' --appendonly yes \
+    --protected-mode no --daemonize no >"$work/redis.log" 2>&1 &
+  pids+=($!)
+  for _ in $(seq 1 100); do rcli PING >/dev/null 2>&1 && break; sleep 0.05; done
+}
 rcli() { redis-cli -p "$redis_port" "$@"; }
-for _ in $(seq 1 100); do rcli PING >/dev/null 2>&1 && break; sleep 0.05; done
-
-case "$route" in
-redis-nats)
+start_nats() {
   nats_port=$(free_port)
   mkdir -p "$work/js"
   nats-server -js -a 127.0.0.1 -p "$nats_port" -sd "$work/js" >"$work/nats.log" 2>&1 &
   pids+=($!)
+  for _ in $(seq 1 200); do (exec 3<>"/dev/tcp/127.0.0.1/$nats_port") 2>/dev/null && break; sleep 0.05; done
+}
+start_tansu() {
+  kafka_port=$(free_port)
+  "${POLYBRIDGE_TANSU_BIN:-tansu}" broker --listener-url "tcp://127.0.0.1:$kafka_port" \
+    --advertised-listener-url "tcp://127.0.0.1:$kafka_port" --storage-engine memory://tansu/ \
+    >"$work/tansu.log" 2>&1 &
+  pids+=($!)
+  for _ in $(seq 1 200); do (exec 3<>"/dev/tcp/127.0.0.1/$kafka_port") 2>/dev/null && break; sleep 0.05; done
+}
+# The bridge's admin server: nats-kafka counts the route's acknowledged messages there.
+admin_port=$(free_port)
+acked_count() {
+  { curl -s "http://127.0.0.1:$admin_port/metrics" || true; } |
+    awk '/^polybridge_route_acked_total/ { print $NF; exit }'
+}
+
+case "$route" in
+redis-nats)
+  start_redis
+  start_nats
   # XADD bs * payload <size bytes>, pipelined.
   python3 - "$messages" "$size" <<'PY' | rcli --pipe >/dev/null
 import sys
@@ -69,12 +91,8 @@ PY
   done_count() { { rcli XINFO GROUPS bs 2>/dev/null || true; } | awk 'f { print; exit } /entries-read/ { f = 1 }'; }
   ;;
 kafka-redis)
-  kafka_port=$(free_port)
-  "${POLYBRIDGE_TANSU_BIN:-tansu}" broker --listener-url "tcp://127.0.0.1:$kafka_port" \
-    --advertised-listener-url "tcp://127.0.0.1:$kafka_port" --storage-engine memory://tansu/ \
-    >"$work/tansu.log" 2>&1 &
-  pids+=($!)
-  for _ in $(seq 1 200); do (exec 3<>"/dev/tcp/127.0.0.1/$kafka_port") 2>/dev/null && break; sleep 0.05; done
+  start_redis
+  start_tansu
   /opt/polybridge-py/bin/python - "$messages" "$size" "$kafka_port" <<'PY'
 import sys
 from kafka import KafkaProducer
@@ -92,8 +110,41 @@ PY
   # Entries the bridge has written to the sink stream.
   done_count() { rcli XLEN bd 2>/dev/null || echo 0; }
   ;;
+nats-kafka)
+  start_nats
+  start_tansu
+  # A file-stored stream on subject bs, filled by core publishes (flushed every 1000) and
+  # then checked complete.
+  /opt/polybridge-py/bin/python - "$messages" "$size" "$nats_port" <<'PY'
+import asyncio, sys
+import nats
+n, size, port = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+async def main():
+    nc = await nats.connect(f"nats://127.0.0.1:{port}")
+    js = nc.jetstream()
+    await js.add_stream(name="BS", subjects=["bs"])
+    body = b"x" * size
+    for i in range(n):
+        await nc.publish("bs", body)
+        if i % 1000 == 999:
+            await nc.flush()
+    await nc.flush()
+    for _ in range(600):
+        if (await js.stream_info("BS")).state.messages >= n:
+            break
+        await asyncio.sleep(0.1)
+    else:
+        sys.exit("the stream did not get every message")
+    await nc.close()
+asyncio.run(main())
+PY
+  source_url="nats://127.0.0.1:$nats_port?mode=jetstream&stream=BS"
+  sink_url="kafka://127.0.0.1:$kafka_port"
+  destination="bd"
+  done_count() { acked_count; }
+  ;;
 *)
-  echo "ROUTE must be redis-nats or kafka-redis" >&2
+  echo "ROUTE must be redis-nats, kafka-redis or nats-kafka" >&2
   exit 2
   ;;
 esac
@@ -106,7 +157,7 @@ routes:
     from: { broker: src, topic: "bs", group: "profile", start: earliest }
     to:
       - { broker: dst, destination: "$destination" }
-admin: { enabled: false }
+admin: { listen: "127.0.0.1:$admin_port" }
 YAML
 "$bin" run --config "$work/bridge.yaml" >"$work/bridge.log" 2>&1 &
 bridge=$!
@@ -116,23 +167,34 @@ for _ in $(seq 1 500); do
   r=$(done_count); [ "${r:-0}" -gt 1000 ] 2>/dev/null && break; sleep 0.02
 done
 machine_busy() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 }' /proc/stat; }
-process_cpu() { awk '{ print $14 + $15 }' "/proc/$bridge/stat"; }
-r0=$(done_count); t0=$(date +%s.%N); p0=$(process_cpu); m0=$(machine_busy)
+# Ticks the hypervisor gave to other guests (steal): rates measured with it are the host's.
+machine_steal() { awk '/^cpu / { print $9 }' /proc/stat; }
+process_cpu() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+# Each broker's CPU ticks, "name=ticks" per broker process.
+brokers_cpu() {
+  for p in "${pids[@]}"; do
+    [ "$p" = "$bridge" ] && continue
+    echo "$(cat "/proc/$p/comm")=$(process_cpu "$p")"
+  done | paste -sd, -
+}
+r0=$(done_count); t0=$(date +%s.%N); p0=$(process_cpu "$bridge"); m0=$(machine_busy); s0=$(machine_steal); b0=$(brokers_cpu)
 if [ "${PERF:-1}" = 1 ]; then
   perf record -F "${PERF_FREQ:-4000}" -e cpu-clock --call-graph "${PERF_CALL_GRAPH:-fp}" -p "$bridge" -o "$work/perf.data" -- sleep 4 >/dev/null 2>&1
 else
   sleep 4
 fi
-r1=$(done_count); t1=$(date +%s.%N); p1=$(process_cpu); m1=$(machine_busy)
+r1=$(done_count); t1=$(date +%s.%N); p1=$(process_cpu "$bridge"); m1=$(machine_busy); s1=$(machine_steal); b1=$(brokers_cpu)
 tick=$(getconf CLK_TCK)
-python3 - "$r0" "$r1" "$t0" "$t1" "$p0" "$p1" "$m0" "$m1" "$tick" <<'PY'
+python3 - "$r0" "$r1" "$t0" "$t1" "$p0" "$p1" "$m0" "$m1" "$tick" "$s0" "$s1" "$b0" "$b1" <<'PY'
 import sys
-r0, r1, t0, t1, p0, p1, m0, m1, tick = map(float, sys.argv[1:])
+r0, r1, t0, t1, p0, p1, m0, m1, tick, s0, s1 = map(float, sys.argv[1:12])
+b0, b1 = (dict(kv.split("=") for kv in arg.split(",")) for arg in sys.argv[12:14])
 n = r1 - r0
 if n <= 0:
     sys.exit("the bridge moved nothing while measured: see its log")
 print(f"rate {n / (t1 - t0):.0f} msg/s over {t1 - t0:.1f} s ({n:.0f} messages)")
-print(f"bridge process CPU {(p1 - p0) / tick * 1e6 / n:.2f} us/msg; whole machine {(m1 - m0) / tick * 1e6 / n:.2f} us/msg")
+print(f"bridge process CPU {(p1 - p0) / tick * 1e6 / n:.2f} us/msg; whole machine {(m1 - m0) / tick * 1e6 / n:.2f} us/msg; stolen {(s1 - s0) / tick / (t1 - t0):.2f} cores")
+print("brokers' CPU: " + "; ".join(f"{name} {(float(b1[name]) - float(b0[name])) / tick * 1e6 / n:.2f} us/msg" for name in b0))
 PY
 if [ "${PERF:-1}" = 1 ]; then
   perf script -i "$work/perf.data" -F ip,sym 2>/dev/null | python3 "$here/profile-fold.py"
