@@ -203,7 +203,7 @@ impl StompBroker {
         let config = Arc::new(StompConfig::from_url(url)?);
         let link = connection::Link::connect(&config, None).await?;
         let flavor = link.flavor;
-        if let (Some(n), false) = (config.group_commit, flavor == Flavor::ActiveMq) {
+        if let Some(n) = config.group_commit.filter(|_| flavor != Flavor::ActiveMq) {
             tracing::warn!(
                 endpoint = %config.url,
                 flavor = flavor.name(),

@@ -27,7 +27,7 @@ impl Fixture for StompFixture {
                 "tests: broker skipped by POLYBRIDGE_SKIP_BROKERS",
             ));
         };
-        let url = common::with(&url, self.options);
+        let url = polybridge_testkit::url_with(&url, self.options);
         Ok(Arc::new(
             polybridge_stomp::StompBroker::connect(&url.parse()?).await?,
         ))

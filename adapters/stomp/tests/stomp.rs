@@ -9,12 +9,12 @@ mod common;
 
 use std::time::Duration;
 
-use common::{connect, deadline, unique, url, with};
+use common::{connect, deadline, unique, url};
 use polybridge_core::{
     Deadline, Delivery, DeliveryStream, Error, HeaderValue, Message, Publisher, Subscriber,
     Subscription, TopicPattern,
 };
-use polybridge_testkit::{BrokerKind, Endpoint};
+use polybridge_testkit::{url_with, BrokerKind, Endpoint};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -464,7 +464,7 @@ async fn publish_waits_for_the_receipt_and_heartbeats_detect_a_dead_broker() {
         .await
         .unwrap()
         .expect("a private ActiveMQ");
-    let url = with(&process.url(Endpoint::Stomp).unwrap(), "heartbeat=1s,1s");
+    let url = url_with(&process.url(Endpoint::Stomp).unwrap(), "heartbeat=1s,1s");
     let broker = connect(&url).await;
     let t = unique("paused");
     broker
@@ -509,7 +509,7 @@ async fn an_oversize_frame_ends_the_subscription_and_loses_nothing() {
     for kind in BOTH {
         let Some(url) = url(kind) else { continue };
         let broker = connect(&url).await;
-        let small = connect(&with(&url, "max_frame=4096")).await;
+        let small = connect(&url_with(&url, "max_frame=4096")).await;
         let t = unique("oversize");
         let group = format!("big{}", std::process::id());
         let mut tiny = small
@@ -622,7 +622,7 @@ async fn an_ack_from_before_a_reconnect_is_dropped_and_the_broker_redelivers() {
         .await
         .unwrap()
         .expect("a private ActiveMQ");
-    let url = with(&process.url(Endpoint::Stomp).unwrap(), "heartbeat=1s,1s");
+    let url = url_with(&process.url(Endpoint::Stomp).unwrap(), "heartbeat=1s,1s");
     let broker = connect(&url).await;
     let t = unique("oldack");
     let mut sub = broker.subscribe(topic(&t).group("old")).await.unwrap();
@@ -717,7 +717,7 @@ async fn concurrent_publishes_with_group_commit_all_confirm_and_arrive_once() {
     // cooperative budget makes one wait a turn.)
     for kind in BOTH {
         let Some(url) = url(kind) else { continue };
-        let broker = connect(&with(&url, "group_commit=2")).await;
+        let broker = connect(&url_with(&url, "group_commit=2")).await;
         let t = unique("groupcommit");
         let mut sub = broker.subscribe(topic(&t)).await.unwrap();
         let n = 300;

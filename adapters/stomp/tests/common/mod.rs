@@ -20,11 +20,6 @@ pub fn url(kind: BrokerKind) -> Option<String> {
     Some(broker.url(Endpoint::Stomp).expect("stomp endpoint"))
 }
 
-/// `url` with `options` appended.
-pub fn with(url: &str, options: &str) -> String {
-    polybridge_testkit::url_with(url, options)
-}
-
 pub async fn connect(url: &str) -> StompBroker {
     StompBroker::connect(&url.parse().unwrap())
         .await
