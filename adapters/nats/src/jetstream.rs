@@ -240,7 +240,8 @@ struct InFlight {
     acker: Acker,
     /// Kept only when the subscription has a dead-letter subject.
     message: Option<polybridge_core::Message>,
-    topic: String,
+    /// The subject it came on, as the client holds it (a shared buffer: no copy).
+    topic: async_nats::Subject,
     sequence: u64,
     attempt: u32,
     since: Instant,
@@ -431,7 +432,6 @@ impl Pump {
             polybridge_message.timestamp = published;
         }
         let attempt = u32::try_from(delivered.max(1)).unwrap_or(u32::MAX);
-        let topic = message.subject.to_string();
         let token = self.next_token;
         self.next_token += 1;
         // Only a reject to a dead-letter subject needs the message again.
@@ -442,7 +442,7 @@ impl Pump {
         let delivery = Delivery {
             message: polybridge_message,
             info: DeliveryInfo {
-                topic: topic.clone(),
+                topic: message.subject.to_string(),
                 attempt,
                 redelivered: attempt > 1,
                 position: Some(Position::Sequence(stream_sequence)),
@@ -455,7 +455,7 @@ impl Pump {
             InFlight {
                 acker,
                 message: kept,
-                topic,
+                topic: message.subject,
                 sequence: stream_sequence,
                 attempt,
                 since: Instant::now(),
