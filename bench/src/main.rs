@@ -10,15 +10,17 @@
 //! - peak RSS (`VmHWM`, reset before the bridged run) and CPU per message (`getrusage`)
 //!   of that bridged run;
 //! - end-to-end latency at a fixed 1k msg/s through the bridge (HDR histogram, open-loop
-//!   publisher), and the raw one-hop latency on the source and on the sink broker at the
-//!   same rate and time, in `--rounds` alternating rounds, from which the latency added by
-//!   the bridge is estimated;
+//!   publisher; the bridge in this process, or with `--latency-bridge process` the
+//!   `polybridge` binary in its own), and the raw one-hop latency on the source and on the
+//!   sink broker at the same rate and time, in `--rounds` alternating rounds, from which
+//!   the latency added by the bridge is estimated;
 //! - memory of the real bridge binary ([`memory`]): idle RSS, and RSS while the sink
 //!   broker is frozen for `--outage-secs` (every message must arrive afterwards).
 //!
 //! Allocations per message in the bridge's hot path are counted by the separate binary
 //! `polybridge-allocs` (`src/allocs.rs`).
 
+mod bridge_process;
 mod machine;
 mod memory;
 mod raw;
@@ -32,6 +34,7 @@ use anyhow::{anyhow, bail, Context as _, Result};
 use bytes::Bytes;
 use clap::Parser;
 use polybridge_bridge::metrics::HistogramSnapshot;
+use polybridge_bridge::route::Route;
 use polybridge_bridge::Bridge;
 use polybridge_testkit::{url_with, BrokerKind, Endpoint as TkEndpoint};
 use raw::{Endpoint, Kind};
@@ -105,6 +108,20 @@ struct Args {
     /// The `polybridge` binary (default: next to this program).
     #[arg(long)]
     bridge_bin: Option<std::path::PathBuf>,
+    /// Where the bridge of the latency series runs (the committed table: `in-process`).
+    #[arg(long, value_enum, default_value_t = LatencyBridge::InProcess)]
+    latency_bridge: LatencyBridge,
+}
+
+/// Where the bridge of a latency series runs.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum LatencyBridge {
+    /// A `Bridge` in this process, on the runtime of the publisher and subscriber.
+    InProcess,
+    /// The `polybridge` binary as a subprocess, as it is deployed: it does not share a
+    /// tokio runtime with the benchmark's publisher and subscriber. A route with the
+    /// memory broker (in this process) runs in-process whatever this says.
+    Process,
 }
 
 /// The routes of issue 11.
@@ -267,7 +284,7 @@ async fn memory_runs(
     args: &Args,
     endpoints: &mut BTreeMap<&'static str, Endpoint>,
 ) -> Result<Vec<serde_json::Value>> {
-    let bin = memory::bridge_bin(args.bridge_bin.as_deref())?;
+    let bin = bridge_process::bridge_bin(args.bridge_bin.as_deref())?;
     let mut out = Vec::new();
     let mut pairs = Vec::new();
     let selected = |src: Kind, dst: Kind| {
@@ -517,6 +534,13 @@ async fn bench_route(
     let mut round_added_p99 = Vec::new();
     let mut handoff = HistogramSnapshot::default();
     let mut ack = HistogramSnapshot::default();
+    // The memory broker lives in this process: a route with it cannot run in another.
+    let process_bin = match args.latency_bridge {
+        LatencyBridge::Process if source.kind != Kind::Memory && sink.kind != Kind::Memory => {
+            Some(bridge_process::bridge_bin(args.bridge_bin.as_deref())?)
+        }
+        _ => None,
+    };
     for _ in 0..args.rounds.max(1) {
         let LatencyRun {
             hist: bridged,
@@ -529,6 +553,7 @@ async fn bench_route(
             args.latency_messages,
             args.rate,
             RouteOptions::from(args),
+            process_bin.as_deref(),
         )
         .await
         .context("latency")?;
@@ -609,6 +634,7 @@ async fn bench_route(
             "added_to_two_hops_p99_us": round_added_p99,
         },
         "latency_messages": hist.len(),
+        "latency_bridge": if process_bin.is_some() { "process" } else { "in-process" },
     });
     // Outside the `json!` above: its macro expansion is at the recursion limit.
     for (q, suffix) in [(0.5, "p50_us"), (0.99, "p99_us"), (0.999, "p999_us")] {
@@ -755,6 +781,19 @@ struct RouteOptions {
     max_batch: Option<usize>,
 }
 
+impl RouteOptions {
+    /// The options' lines of a route in a rule file (none for the bridge's defaults).
+    fn yaml(self) -> String {
+        let mut lines = self
+            .max_in_flight
+            .map_or(String::new(), |n| format!("    max_in_flight: {n}\n"));
+        if let Some(n) = self.max_batch {
+            lines.push_str(&format!("    max_batch: {n}\n"));
+        }
+        lines
+    }
+}
+
 impl From<&Args> for RouteOptions {
     fn from(args: &Args) -> Self {
         RouteOptions {
@@ -772,12 +811,7 @@ fn rule_file(
     dst: &str,
     options: RouteOptions,
 ) -> String {
-    let mut window = options
-        .max_in_flight
-        .map_or(String::new(), |n| format!("    max_in_flight: {n}\n"));
-    if let Some(n) = options.max_batch {
-        window.push_str(&format!("    max_batch: {n}\n"));
-    }
+    let window = options.yaml();
     format!(
         "brokers:\n  src: {{ url: \"{}\" }}\n  dst: {{ url: \"{}\" }}\nroutes:\n  - name: bench\n{window}    from: {}\n    to:\n      - {{ broker: dst, destination: \"{}\" }}\nadmin: {{ enabled: false }}\n",
         source.url,
@@ -929,7 +963,8 @@ struct LatencyRun {
 
 /// End-to-end latency through the bridge at a fixed rate: raw source publisher → bridge →
 /// raw sink subscriber, the send time carried in the payload; and the route's own
-/// histograms over the same messages.
+/// histograms over the same messages. The bridge is the binary `process_bin` in its own
+/// process, or with `None` a [`Bridge`] in this one.
 async fn latency(
     source: &Endpoint,
     sink: &Endpoint,
@@ -937,31 +972,28 @@ async fn latency(
     count: u64,
     rate: u64,
     options: RouteOptions,
+    process_bin: Option<&std::path::Path>,
 ) -> Result<LatencyRun> {
     let src = unique_name("ls");
     let dst = unique_name("ld");
     raw::prepare(source, &src).await?;
     raw::prepare(sink, &dst).await?;
-    let yaml = rule_file(source, sink, &src, &dst, options);
-    let (config, brokers) = prepare_bridge(&yaml).await?;
     let sub = raw::subscriber(sink, &dst).await?;
-    let bridge = Bridge::start(config, &brokers, Duration::from_secs(5))?;
-    let route = bridge
-        .routes()
-        .first()
-        .cloned()
-        .ok_or_else(|| anyhow!("no route"))?;
-    let wait = Instant::now() + Duration::from_secs(30);
-    while !route
-        .metrics
-        .subscribed
-        .load(std::sync::atomic::Ordering::Relaxed)
-    {
-        if Instant::now() > wait {
-            bail!("the route did not subscribe within 30 s");
+    let bridge = match process_bin {
+        Some(bin) => {
+            let yaml = bridge_process::routes_yaml(
+                &[(source, sink, src.clone(), dst.clone())],
+                &options.yaml(),
+            );
+            // Returns once `/ready` says the route subscribed.
+            SeriesBridge::Process(
+                bridge_process::BridgeProcess::start(bin, &yaml, "latency").await?,
+            )
         }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+        None => {
+            SeriesBridge::start_in_process(&rule_file(source, sink, &src, &dst, options)).await?
+        }
+    };
     let warmed = Arc::new(AtomicBool::new(false));
     let receiver = record_latencies(
         sub,
@@ -970,29 +1002,98 @@ async fn latency(
         "no message at the sink for 30 s",
     );
     let mut publisher = raw::publisher(source, &src).await?;
+    let mut tick = rate_timer(rate);
+    warm_up(publisher.as_mut(), size, &mut tick, &warmed).await?;
     // The route's histograms from the end of the warm-up on (a few warm-up messages still
     // on their way to the route may count).
-    let mut at_warm = None;
-    publish_at_rate(publisher.as_mut(), size, count, rate, &warmed, &mut || {
-        at_warm = Some((
-            route.metrics.handoff.snapshot(),
-            route.metrics.latency.snapshot(),
-        ));
-    })
-    .await?;
+    let (handoff_at_warm, ack_at_warm) = bridge.histograms().await?;
+    tick.reset();
+    publish_at_rate(publisher.as_mut(), size, count, &mut tick).await?;
     let hist = receiver.await??;
-    let (handoff_at_warm, ack_at_warm) = at_warm.unwrap_or_default();
-    let handoff = route.metrics.handoff.snapshot().since(&handoff_at_warm);
-    let ack = route.metrics.latency.snapshot().since(&ack_at_warm);
+    let (handoff_now, ack_now) = bridge.histograms().await?;
     bridge.stop().await;
-    for b in brokers.values() {
-        let _ = b
-            .close(polybridge::Deadline::after(Duration::from_secs(5)))
-            .await;
-    }
     raw::cleanup(source, &src).await;
     raw::cleanup(sink, &dst).await;
-    Ok(LatencyRun { hist, handoff, ack })
+    Ok(LatencyRun {
+        hist,
+        handoff: handoff_now.since(&handoff_at_warm),
+        ack: ack_now.since(&ack_at_warm),
+    })
+}
+
+/// The bridge of one latency series.
+enum SeriesBridge {
+    /// A [`Bridge`] in this process, with its route and brokers.
+    InProcess {
+        bridge: Bridge,
+        route: Arc<Route>,
+        brokers: BTreeMap<String, Arc<dyn polybridge::Broker>>,
+    },
+    /// The `polybridge` binary.
+    Process(bridge_process::BridgeProcess),
+}
+
+impl SeriesBridge {
+    /// Starts a [`Bridge`] in this process on rule file `yaml` and waits until its route
+    /// subscribed.
+    async fn start_in_process(yaml: &str) -> Result<SeriesBridge> {
+        let (config, brokers) = prepare_bridge(yaml).await?;
+        let bridge = Bridge::start(config, &brokers, Duration::from_secs(5))?;
+        let route = bridge
+            .routes()
+            .first()
+            .cloned()
+            .ok_or_else(|| anyhow!("no route"))?;
+        let wait = Instant::now() + Duration::from_secs(30);
+        while !route
+            .metrics
+            .subscribed
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            if Instant::now() > wait {
+                bail!("the route did not subscribe within 30 s");
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        Ok(SeriesBridge::InProcess {
+            bridge,
+            route,
+            brokers,
+        })
+    }
+
+    /// The route's hand-off and delivery-to-acknowledgement histograms now.
+    async fn histograms(&self) -> Result<(HistogramSnapshot, HistogramSnapshot)> {
+        match self {
+            SeriesBridge::InProcess { route, .. } => Ok((
+                route.metrics.handoff.snapshot(),
+                route.metrics.latency.snapshot(),
+            )),
+            // The route of `routes_yaml`'s first pair is `r0`.
+            SeriesBridge::Process(p) => Ok((
+                p.histogram("polybridge_route_handoff_seconds", "r0")
+                    .await?,
+                p.histogram("polybridge_route_latency_seconds", "r0")
+                    .await?,
+            )),
+        }
+    }
+
+    async fn stop(self) {
+        match self {
+            SeriesBridge::InProcess {
+                bridge, brokers, ..
+            } => {
+                bridge.stop().await;
+                for b in brokers.values() {
+                    let _ = b
+                        .close(polybridge::Deadline::after(Duration::from_secs(5)))
+                        .await;
+                }
+            }
+            SeriesBridge::Process(p) => p.stop().await,
+        }
+    }
 }
 
 /// One-hop latency at a fixed rate on one broker: raw publisher → raw subscriber, the send
@@ -1009,7 +1110,10 @@ async fn raw_latency(
     let warmed = Arc::new(AtomicBool::new(false));
     let receiver = record_latencies(sub, count, warmed.clone(), "no message for 30 s");
     let mut publisher = raw::publisher(ep, &name).await?;
-    publish_at_rate(publisher.as_mut(), size, count, rate, &warmed, &mut || {}).await?;
+    let mut tick = rate_timer(rate);
+    warm_up(publisher.as_mut(), size, &mut tick, &warmed).await?;
+    tick.reset();
+    publish_at_rate(publisher.as_mut(), size, count, &mut tick).await?;
     let hist = receiver.await??;
     drop(publisher);
     raw::cleanup(ep, &name).await;
@@ -1047,7 +1151,35 @@ fn record_latencies(
     })
 }
 
-/// Publishes `count` messages of `size` bytes at `rate` per second, open loop: each is sent
+/// The timer of a series at `rate` messages per second (a late tick fires at once).
+fn rate_timer(rate: u64) -> tokio::time::Interval {
+    let mut tick = tokio::time::interval(Duration::from_nanos(1_000_000_000 / rate.max(1)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    tick
+}
+
+/// Publishes warm-up messages (stamped 0, not recorded) on `tick` until
+/// [`LATENCY_WARMUP`] were sent and one arrived (`warmed`).
+async fn warm_up(
+    publisher: &mut dyn raw::RawPub,
+    size: usize,
+    tick: &mut tokio::time::Interval,
+    warmed: &AtomicBool,
+) -> Result<()> {
+    let give_up = Instant::now() + Duration::from_secs(30);
+    let mut warmups = 0;
+    while warmups < LATENCY_WARMUP || !warmed.load(AtomicOrdering::Acquire) {
+        if Instant::now() > give_up {
+            bail!("no warm-up message arrived within 30 s");
+        }
+        tick.tick().await;
+        publisher.send(warmup_payload(size)).await?;
+        warmups += 1;
+    }
+    Ok(())
+}
+
+/// Publishes `count` messages of `size` bytes, one per `tick`, open loop: each is sent
 /// without waiting for the confirmations of the ones before it (the publisher's window
 /// collects those), and carries the time it was sent minus the time earlier sends held the
 /// publisher after it fell due. So a broker that stalls delays every message due during the
@@ -1059,23 +1191,8 @@ async fn publish_at_rate(
     publisher: &mut dyn raw::RawPub,
     size: usize,
     count: u64,
-    rate: u64,
-    warmed: &AtomicBool,
-    on_warm: &mut dyn FnMut(),
+    tick: &mut tokio::time::Interval,
 ) -> Result<()> {
-    let mut tick = tokio::time::interval(Duration::from_nanos(1_000_000_000 / rate.max(1)));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-    let give_up = Instant::now() + Duration::from_secs(30);
-    let mut warmups = 0;
-    while warmups < LATENCY_WARMUP || !warmed.load(AtomicOrdering::Acquire) {
-        if Instant::now() > give_up {
-            bail!("no warm-up message arrived within 30 s");
-        }
-        tick.tick().await;
-        publisher.send(warmup_payload(size)).await?;
-        warmups += 1;
-    }
-    on_warm();
     // When the earlier sends ran (start, end), newest last: the part of them after a
     // message's due time is time the publisher was held by the system under test.
     let mut sends: std::collections::VecDeque<(Instant, Instant)> = Default::default();
@@ -1131,7 +1248,8 @@ fn reset_peak_rss() {
 
 /// `VmHWM` of this process in MiB.
 fn peak_rss_mib() -> f64 {
-    memory::status_fields("/proc/self/status", ["VmHWM:"]).map_or(f64::NAN, |[kb]| kb / 1024.0)
+    bridge_process::status_fields("/proc/self/status", ["VmHWM:"])
+        .map_or(f64::NAN, |[kb]| kb / 1024.0)
 }
 
 fn write_results(args: &Args, results: &[serde_json::Value]) -> Result<()> {

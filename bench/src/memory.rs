@@ -6,180 +6,15 @@
 //!   every published message must have arrived at the sink (unique sequence numbers).
 
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context as _, Result};
+use anyhow::{anyhow, bail, Result};
 use bytes::Bytes;
 use serde_json::json;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::bridge_process::{routes_yaml, BridgeProcess};
 use crate::raw::{self, Endpoint};
-
-/// The bridge binary: `--bridge-bin`, else `polybridge` next to this program (same
-/// target directory and profile: build it with `cargo build [--release] -p
-/// polybridge-bridge --bin polybridge`).
-pub fn bridge_bin(arg: Option<&Path>) -> Result<PathBuf> {
-    let path = match arg {
-        Some(p) => p.to_path_buf(),
-        None => std::env::current_exe()?
-            .parent()
-            .ok_or_else(|| anyhow!("this program has no directory"))?
-            .join("polybridge"),
-    };
-    if !path.is_file() {
-        bail!(
-            "bridge binary {} not found: build it first (cargo build [--release] -p polybridge-bridge --bin polybridge) or pass --bridge-bin",
-            path.display()
-        );
-    }
-    Ok(path)
-}
-
-/// A running bridge subprocess; killed when dropped.
-pub struct BridgeProcess {
-    child: tokio::process::Child,
-    pid: u32,
-    admin_port: u16,
-    dir: PathBuf,
-}
-
-impl BridgeProcess {
-    /// Starts `bin run --config <file>` with `routes_yaml` (the `brokers:` and `routes:`
-    /// blocks) and an admin listener on a free port, and waits until `/ready` answers 200.
-    pub async fn start(bin: &Path, routes_yaml: &str, tag: &str) -> Result<BridgeProcess> {
-        let admin_port = free_port()?;
-        let dir = std::env::temp_dir().join(format!("pbbench-{tag}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir)?;
-        let file = dir.join("rules.yaml");
-        std::fs::write(
-            &file,
-            format!("{routes_yaml}admin: {{ listen: \"127.0.0.1:{admin_port}\" }}\n"),
-        )?;
-        let child = tokio::process::Command::new(bin)
-            .arg("run")
-            .arg("--config")
-            .arg(&file)
-            .arg("--watch-interval")
-            .arg("0s")
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
-        let pid = child
-            .id()
-            .ok_or_else(|| anyhow!("the bridge exited at once"))?;
-        let mut p = BridgeProcess {
-            child,
-            pid,
-            admin_port,
-            dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(status) = p.child.try_wait()? {
-                bail!("the bridge exited with {status} before it was ready");
-            }
-            if http_get(admin_port, "/ready")
-                .await
-                .is_ok_and(|r| r.0 == 200)
-            {
-                break;
-            }
-            if Instant::now() > deadline {
-                let body = http_get(p.admin_port, "/ready").await.map(|r| r.1);
-                bail!("the bridge was not ready within 60 s: {body:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        Ok(p)
-    }
-
-    /// `VmRSS` and `VmHWM` in MiB, and the thread count.
-    pub fn rss(&self) -> Result<(f64, f64, u64)> {
-        let status = format!("/proc/{}/status", self.pid);
-        let [rss, hwm, threads] = status_fields(&status, ["VmRSS:", "VmHWM:", "Threads:"])?;
-        Ok((rss / 1024.0, hwm / 1024.0, threads as u64))
-    }
-
-    /// `RssAnon` (heap, stacks) and `RssFile` (mapped pages of the binary and shared
-    /// libraries) in MiB.
-    pub fn rss_split(&self) -> Result<(f64, f64)> {
-        let status = format!("/proc/{}/status", self.pid);
-        let [anon, file] = status_fields(&status, ["RssAnon:", "RssFile:"])?;
-        Ok((anon / 1024.0, file / 1024.0))
-    }
-
-    /// Stops the bridge (SIGKILL: its state does not matter after a measurement).
-    pub async fn stop(mut self) {
-        let _ = self.child.start_kill();
-        let _ = self.child.wait().await;
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn free_port() -> Result<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(l.local_addr()?.port())
-}
-
-/// A plain HTTP/1.0 GET on the admin port: (status, body).
-async fn http_get(port: u16, path: &str) -> Result<(u16, String)> {
-    let mut s = tokio::time::timeout(
-        Duration::from_secs(2),
-        tokio::net::TcpStream::connect(("127.0.0.1", port)),
-    )
-    .await??;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
-        .await?;
-    let mut out = String::new();
-    tokio::time::timeout(Duration::from_secs(2), s.read_to_string(&mut out)).await??;
-    let status = out
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| anyhow!("not an HTTP answer: {out:?}"))?;
-    let body = out.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
-    Ok((status, body))
-}
-
-/// The `brokers:` and `routes:` blocks for routes `pairs` (source, sink, source name, sink
-/// name); broker `bN` is the N-th distinct URL.
-pub fn routes_yaml(pairs: &[(&Endpoint, &Endpoint, String, String)]) -> String {
-    let mut urls: Vec<String> = Vec::new();
-    let mut id = |url: &str| match urls.iter().position(|u| u == url) {
-        Some(i) => format!("b{i}"),
-        None => {
-            urls.push(url.to_string());
-            format!("b{}", urls.len() - 1)
-        }
-    };
-    let mut routes = String::from("routes:\n");
-    for (i, (src, dst, s, d)) in pairs.iter().enumerate() {
-        let sb = id(&subprocess_url(&src.url));
-        let db = id(&subprocess_url(&dst.url));
-        routes.push_str(&format!(
-            "  - name: r{i}\n    from: {}\n    to:\n      - {{ broker: {db}, destination: \"{}\" }}\n",
-            src.source_yaml(s).replacen("broker: src", &format!("broker: {sb}"), 1),
-            dst.sink_destination(d)
-        ));
-    }
-    let mut brokers = String::from("brokers:\n");
-    for (i, u) in urls.iter().enumerate() {
-        brokers.push_str(&format!("  b{i}: {{ url: \"{u}\" }}\n"));
-    }
-    brokers + &routes
-}
-
-/// The URL for the bridge subprocess: its own MQTT client id (one MQTT client id per
-/// connection, or Mosquitto disconnects the older one).
-fn subprocess_url(url: &str) -> String {
-    url.replace("client_id=pbbench", "client_id=pbbenchsub")
-}
 
 /// Idle RSS of the bridge binary with one route per pair, after `idle` of idling.
 pub async fn idle_rss(
@@ -195,7 +30,7 @@ pub async fn idle_rss(
         raw::prepare(dst, &d).await?;
         named.push((src, dst, s, d));
     }
-    let yaml = routes_yaml(&named);
+    let yaml = routes_yaml(&named, "");
     let bridge = BridgeProcess::start(bin, &yaml, "idle").await?;
     let (rss_ready, _, _) = bridge.rss()?;
     tokio::time::sleep(idle).await;
@@ -246,7 +81,7 @@ pub async fn outage(
     raw::prepare(source, &s).await?;
     raw::prepare(sink, &d).await?;
     let mut sub = raw::subscriber(sink, &d).await?;
-    let yaml = routes_yaml(&[(source, sink, s.clone(), d.clone())]);
+    let yaml = routes_yaml(&[(source, sink, s.clone(), d.clone())], "");
     let bridge = BridgeProcess::start(bin, &yaml, "outage").await?;
     let (rss_start, _, _) = bridge.rss()?;
 
@@ -393,19 +228,4 @@ pub async fn outage(
 
 fn round1(x: f64) -> f64 {
     (x * 10.0).round() / 10.0
-}
-
-/// The numbers of the lines named `names` of a `/proc/<pid>/status` file (kB for sizes).
-pub fn status_fields<const N: usize>(path: &str, names: [&str; N]) -> Result<[f64; N]> {
-    let s = std::fs::read_to_string(path)?;
-    let mut out = [0.0; N];
-    for (slot, name) in out.iter_mut().zip(names) {
-        *slot = s
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse::<f64>().ok())
-            .ok_or_else(|| anyhow!("no {name} in {path}"))?;
-    }
-    Ok(out)
 }
