@@ -1079,6 +1079,8 @@ impl SeriesBridge {
         }
     }
 
+    /// Stops the bridge: the in-process one drained and its brokers closed, the binary
+    /// killed.
     async fn stop(self) {
         match self {
             SeriesBridge::InProcess {
