@@ -50,11 +50,14 @@
 //!
 //! # Core NATS (`mode=core`)
 //! - **At most once.** `publish` sends the message and then flushes: it resolves once the
-//!   server answered a PING sent after the message, so the server has received and routed
-//!   it to the subscriptions that existed at that moment. It does not promise that any
-//!   subscriber received it, and nothing is stored: a message published while no one listens,
-//!   or while a subscriber is disconnected, is gone. `publish_batch` sends all and flushes
-//!   once.
+//!   message was written to the connection's socket (async-nats's flush does not wait for
+//!   the server), so a connection that breaks at that moment can still lose it. It does not
+//!   promise that any subscriber received it, and nothing is stored: a message published
+//!   while no one listens, or while a subscriber is disconnected, is gone. `publish_batch`
+//!   sends all and flushes once.
+//! - `subscribe` returns once the SUB was written to the socket, not once the server
+//!   processed it: a message another connection publishes right after it returns can
+//!   reach the server first and miss the subscription (core NATS keeps nothing for it).
 //! - A subscription with a group is a queue subscription: members of one group share the
 //!   messages. Ack, nack and reject are accepted and do nothing (core NATS cannot redeliver).
 //! - Request/reply: `reply_to` is the native reply subject, so a NATS requester's inbox

@@ -199,7 +199,7 @@ impl NatsBroker {
         self.client.flush().await.map_err(|e| Error::Transient {
             broker: BROKER,
             destination: destination.to_owned(),
-            reason: format!("the server did not confirm the flush: {e}"),
+            reason: format!("cannot flush the connection: {e}"),
             source: Some(Box::new(e)),
         })
     }

@@ -64,8 +64,9 @@ impl NatsBroker {
             reason: format!("cannot subscribe: {e}"),
             source: Some(Box::new(e)),
         })?;
-        // The server has the subscription once a flush returns: messages published after
-        // `subscribe` returns reach it.
+        // The SUB is written to the socket once the flush returns. async-nats's flush does
+        // not wait for the server: a message another connection publishes right after
+        // `subscribe` returns can reach the server first and miss the subscription.
         self.client.flush().await.map_err(|e| Error::Transient {
             broker: BROKER,
             destination: subject.clone(),
