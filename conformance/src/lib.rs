@@ -208,6 +208,29 @@ pub async fn receive_all(
     total
 }
 
+/// Publishes one probe to `topic` on `subscriber` (the connection that made the
+/// subscription) and receives it on `stream`: afterwards the broker is known to have the
+/// subscription, so messages published on other connections reach it. Where `subscribe`
+/// waits for the broker this costs one message; core NATS returns once the SUB was written to
+/// the socket (async-nats offers no round trip to wait on), and a message published on another
+/// connection right after can reach the server first and miss the subscription. The probe
+/// is sent after the SUB on the same connection, so the server handles it after the SUB.
+pub async fn wait_until_subscribed<F: Fixture + ?Sized>(
+    fixture: &F,
+    subscriber: &dyn Broker,
+    stream: &mut DeliveryStream,
+    topic: &str,
+) {
+    let probe = publish_n(fixture, subscriber, topic, "subscribed-probe", 1).await;
+    receive_all(
+        stream,
+        &probe,
+        fixture.timeout(),
+        "the subscription's probe",
+    )
+    .await;
+}
+
 /// Publishes `n` messages with ids `<prefix>-<i>` and payload `i` to `topic`.
 pub async fn publish_n<F: Fixture + ?Sized>(
     fixture: &F,

@@ -9,7 +9,10 @@ use polybridge_core::{
     well_known, Error, HeaderSupport, HeaderValue, Message, Ordering, Outgoing, StartPosition,
 };
 
-use crate::{deadline, expect_nothing, next, publish_n, receive_all, scaled, skip, Fixture};
+use crate::{
+    deadline, expect_nothing, next, publish_n, receive_all, scaled, skip, wait_until_subscribed,
+    Fixture,
+};
 
 /// Ids, payloads, headers, key, content type, reply-to and correlation id arrive.
 pub async fn publish_subscribe<F: Fixture>(f: &F) {
@@ -358,6 +361,8 @@ pub async fn publisher_close_flushes<F: Fixture>(f: &F) {
         .subscribe(f.subscription(&topic))
         .await
         .expect("subscribe");
+    // The batch comes from another connection.
+    wait_until_subscribed(f, subscriber.as_ref(), &mut sub, &topic).await;
     let n = scaled(f, 100);
     let messages: Vec<Message> = (0..n)
         .map(|i| Message::new(i.to_string()).with_id(format!("fl-{i}")))
