@@ -240,10 +240,9 @@ impl Seen {
 
     /// The arrivals, first or repeated, within `window` before `at`.
     fn arrivals_before(&self, at: Instant, window: Duration) -> u64 {
-        let from = at.checked_sub(window).unwrap_or(at);
         self.arrivals
             .iter()
-            .filter(|t| **t >= from && **t <= at)
+            .filter(|t| **t <= at && at.duration_since(**t) <= window)
             .count() as u64
     }
 

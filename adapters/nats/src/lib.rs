@@ -60,8 +60,8 @@
 //!   reach the server first and miss the subscription (core NATS keeps nothing for it).
 //!   To know the server has it, publish a message to the subscribed subject through the
 //!   same `NatsBroker` (one connection) and wait for it to arrive: the server handles it
-//!   after the SUB. The conformance suite does this before it publishes from another
-//!   connection.
+//!   after the SUB (other subscribers of the subject get that message too). The conformance
+//!   suite does this before it publishes from another connection.
 //! - A subscription with a group is a queue subscription: members of one group share the
 //!   messages. Ack, nack and reject are accepted and do nothing (core NATS cannot redeliver).
 //! - Request/reply: `reply_to` is the native reply subject, so a NATS requester's inbox
