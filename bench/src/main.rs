@@ -26,7 +26,7 @@ mod memory;
 mod raw;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -108,8 +108,9 @@ struct Args {
     /// The `polybridge` binary (default: next to this program).
     #[arg(long)]
     bridge_bin: Option<std::path::PathBuf>,
-    /// Where the bridge of the latency series runs (the committed table: `in-process`).
-    #[arg(long, value_enum, default_value_t = LatencyBridge::InProcess)]
+    /// Where the bridge of the latency series runs (default, and the committed table:
+    /// `process`, the binary as deployed).
+    #[arg(long, value_enum, default_value_t = LatencyBridge::Process)]
     latency_bridge: LatencyBridge,
 }
 
@@ -438,9 +439,14 @@ fn warmup_payload(size: usize) -> Bytes {
 }
 
 /// Before each latency series, messages stamped 0 are published at the series' rate until
-/// at least this many were sent and one of them arrived: the clients' first-use costs (a
-/// new Kafka producer's metadata and producer id, a new subscription's first fetch) stay
-/// out of the series, which measures the steady state at that rate.
+/// the first one arrived, and then until every one sent before that arrived and this many
+/// more after them (and at least this many in all): the clients' first-use costs (a new
+/// Kafka producer's metadata and producer id, a new subscription's first fetch) stay out of
+/// the series, and so does the backlog they leave. A first message that takes 0.9 s leaves
+/// 900 warm-up messages in flight; a series begun at their arrival, as before 2026-12-04,
+/// queued its first tens of messages behind them (up to 40 ms on NATS(JetStream)→Kafka,
+/// over 1% of a 2000-message series, so its p99 measured the backlog's drain). The series
+/// measures the steady state at that rate.
 const LATENCY_WARMUP: u64 = 100;
 
 fn sent_at(p: &[u8]) -> Option<Duration> {
@@ -994,16 +1000,16 @@ async fn latency(
             SeriesBridge::start_in_process(&rule_file(source, sink, &src, &dst, options)).await?
         }
     };
-    let warmed = Arc::new(AtomicBool::new(false));
+    let warmups_arrived = Arc::new(AtomicU64::new(0));
     let receiver = record_latencies(
         sub,
         count,
-        warmed.clone(),
+        warmups_arrived.clone(),
         "no message at the sink for 30 s",
     );
     let mut publisher = raw::publisher(source, &src).await?;
     let mut tick = rate_timer(rate);
-    warm_up(publisher.as_mut(), size, &mut tick, &warmed).await?;
+    warm_up(publisher.as_mut(), size, &mut tick, &warmups_arrived).await?;
     // The route's histograms from the end of the warm-up on (a few warm-up messages still
     // on their way to the route may count). A tick missed while they are read fires at
     // once; the timer's lateness is not stamped (`publish_at_rate`).
@@ -1109,11 +1115,11 @@ async fn raw_latency(
     let name = unique_name("rl");
     raw::prepare(ep, &name).await?;
     let sub = raw::subscriber(ep, &name).await?;
-    let warmed = Arc::new(AtomicBool::new(false));
-    let receiver = record_latencies(sub, count, warmed.clone(), "no message for 30 s");
+    let warmups_arrived = Arc::new(AtomicU64::new(0));
+    let receiver = record_latencies(sub, count, warmups_arrived.clone(), "no message for 30 s");
     let mut publisher = raw::publisher(ep, &name).await?;
     let mut tick = rate_timer(rate);
-    warm_up(publisher.as_mut(), size, &mut tick, &warmed).await?;
+    warm_up(publisher.as_mut(), size, &mut tick, &warmups_arrived).await?;
     publish_at_rate(publisher.as_mut(), size, count, &mut tick).await?;
     let hist = receiver.await??;
     drop(publisher);
@@ -1123,11 +1129,11 @@ async fn raw_latency(
 
 /// Receives messages on `sub` (in a task) until `count` were recorded: arrival time (before
 /// the acknowledgement) − the time carried in the payload, in an HDR histogram. Warm-up
-/// messages (stamped 0) are not recorded; the first one sets `warmed`.
+/// messages (stamped 0) are not recorded but counted in `warmups_arrived`.
 fn record_latencies(
     mut sub: Box<dyn raw::RawSub>,
     count: u64,
-    warmed: Arc<AtomicBool>,
+    warmups_arrived: Arc<AtomicU64>,
     silence: &'static str,
 ) -> tokio::task::JoinHandle<Result<hdrhistogram::Histogram<u64>>> {
     tokio::spawn(async move {
@@ -1139,7 +1145,9 @@ fn record_latencies(
                 .context(silence)??;
             let now = arrival.at.saturating_duration_since(epoch());
             match sent_at(&arrival.payload) {
-                Some(sent) if sent.is_zero() => warmed.store(true, AtomicOrdering::Release),
+                Some(sent) if sent.is_zero() => {
+                    warmups_arrived.fetch_add(1, AtomicOrdering::Release);
+                }
                 Some(sent) => {
                     let ns = u64::try_from(now.saturating_sub(sent).as_nanos()).unwrap_or(u64::MAX);
                     hist.saturating_record(ns.max(1));
@@ -1159,25 +1167,64 @@ fn rate_timer(rate: u64) -> tokio::time::Interval {
     tick
 }
 
-/// Publishes warm-up messages (stamped 0, not recorded) on `tick` until
-/// [`LATENCY_WARMUP`] were sent and one arrived (`warmed`).
+/// When a warm-up is over ([`LATENCY_WARMUP`]): after the first arrival, once every
+/// message sent before it arrived and `LATENCY_WARMUP` more after them (at least
+/// `LATENCY_WARMUP` in all). Arrivals are counted, not identified: a redelivered warm-up
+/// message counts twice, which only ends the warm-up a little early.
+#[derive(Debug, Default)]
+struct WarmUp {
+    sent: u64,
+    /// Set at the first arrival: how many must have arrived before the series starts.
+    needed: Option<u64>,
+}
+
+impl WarmUp {
+    /// Whether the warm-up is over now that `arrived` warm-up messages arrived.
+    fn done(&mut self, arrived: u64) -> bool {
+        if self.needed.is_none() && arrived > 0 {
+            self.needed = Some(self.sent.max(arrived) + LATENCY_WARMUP);
+        }
+        self.needed.is_some_and(|n| arrived >= n)
+    }
+
+    /// Why a warm-up that is not [`done`](Self::done) in time failed.
+    fn failure(&self, arrived: u64, within: Duration) -> String {
+        match self.needed {
+            None => format!(
+                "no warm-up message arrived within {within:?} ({} sent)",
+                self.sent
+            ),
+            Some(n) => format!(
+                "warm-up: {arrived} of the first {n} messages arrived within {within:?} ({} sent)",
+                self.sent
+            ),
+        }
+    }
+}
+
+/// Publishes warm-up messages (stamped 0, not recorded) on `tick` until the [`WarmUp`] is
+/// over; `warmups_arrived` counts their arrivals at the series' subscriber.
 async fn warm_up(
     publisher: &mut dyn raw::RawPub,
     size: usize,
     tick: &mut tokio::time::Interval,
-    warmed: &AtomicBool,
+    warmups_arrived: &AtomicU64,
 ) -> Result<()> {
-    let give_up = Instant::now() + Duration::from_secs(30);
-    let mut warmups = 0;
-    while warmups < LATENCY_WARMUP || !warmed.load(AtomicOrdering::Acquire) {
+    let within = Duration::from_secs(30);
+    let give_up = Instant::now() + within;
+    let mut warm_up = WarmUp::default();
+    loop {
+        let arrived = warmups_arrived.load(AtomicOrdering::Acquire);
+        if warm_up.done(arrived) {
+            return Ok(());
+        }
         if Instant::now() > give_up {
-            bail!("no warm-up message arrived within 30 s");
+            bail!("{}", warm_up.failure(arrived, within));
         }
         tick.tick().await;
         publisher.send(warmup_payload(size)).await?;
-        warmups += 1;
+        warm_up.sent += 1;
     }
-    Ok(())
 }
 
 /// Publishes `count` messages of `size` bytes, one per `tick`, open loop: each is sent
@@ -1407,9 +1454,41 @@ fn write_results(args: &Args, results: &[serde_json::Value]) -> Result<()> {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
-    use super::{stamp, two_hops};
+    use super::{stamp, two_hops, WarmUp};
     use std::collections::VecDeque;
     use std::time::{Duration, Instant};
+
+    #[test]
+    fn a_warm_up_ends_after_its_backlog_arrived_and_a_hundred_more() {
+        // The first message takes 900 ticks: 900 are on their way when it arrives.
+        let mut w = WarmUp {
+            sent: 900,
+            needed: None,
+        };
+        assert!(!w.done(0));
+        assert!(!w.done(1));
+        // The backlog arrives; the series may not start until 100 more did.
+        w.sent = 950;
+        assert!(!w.done(900));
+        w.sent = 1000;
+        assert!(!w.done(999));
+        assert!(w.done(1000));
+    }
+
+    #[test]
+    fn a_quick_warm_up_still_sends_a_hundred() {
+        let mut w = WarmUp {
+            sent: 1,
+            needed: None,
+        };
+        assert!(!w.done(1));
+        w.sent = 101;
+        assert!(!w.done(100));
+        assert!(w.done(101));
+        assert!(WarmUp::default()
+            .failure(0, Duration::from_secs(30))
+            .contains("no warm-up message arrived"));
+    }
 
     #[test]
     fn a_send_that_held_the_publisher_past_the_due_time_counts_and_the_timer_does_not() {
