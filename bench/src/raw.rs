@@ -268,6 +268,34 @@ pub async fn publisher(ep: &Endpoint, name: &str) -> Result<Box<dyn RawPub>> {
     })
 }
 
+/// Whether `ep` keeps what is published to a destination nobody subscribes to yet, so the
+/// raw consume run can open its subscriber after the pre-fill ([`subscriber_of_filled`])
+/// and read from the broker, as the bridged run's source does, not from what the client
+/// prefetched while the destination was filled. Kafka: the log keeps every record and a
+/// new consumer group starts at the earliest offset. The other endpoints keep messages
+/// only for a subscription that exists (a JetStream consumer, a Redis group, a queue, a
+/// persistent session), so their subscriber is opened before the pre-fill.
+pub fn keeps_messages_without_subscriber(ep: &Endpoint) -> bool {
+    ep.kind == Kind::Kafka
+}
+
+/// A raw subscriber to `name` on `ep`, which already holds messages
+/// ([`keeps_messages_without_subscriber`]): it starts at the oldest one. It returns at
+/// once; its first `next` waits for the consumer group's join and the first fetch.
+pub async fn subscriber_of_filled(ep: &Endpoint, name: &str) -> Result<Box<dyn RawSub>> {
+    match ep.kind {
+        Kind::Kafka => Ok(Box::new(KafkaSub::new(
+            &ep.url,
+            &ep.raw_name(name),
+            &format!("raw{name}"),
+        )?)),
+        _ => bail!(
+            "{} keeps no messages for a subscriber that does not exist yet",
+            ep.kind.label()
+        ),
+    }
+}
+
 /// A raw subscriber to `name` on `ep` that receives everything published after it returns.
 pub async fn subscriber(ep: &Endpoint, name: &str) -> Result<Box<dyn RawSub>> {
     let raw = ep.raw_name(name);
@@ -855,25 +883,8 @@ impl KafkaSub {
     /// offset), returned once it has its partitions.
     async fn subscribe(url: &str, topic: &str, group: &str) -> Result<KafkaSub> {
         use rdkafka::consumer::Consumer as _;
-        let consumer: rdkafka::consumer::StreamConsumer = rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", kafka_bootstrap(url))
-            .set("group.id", group)
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("allow.auto.create.topics", "true")
-            .set("enable.partition.eof", "false")
-            // The adapter's default `fetch_wait`: Tansu holds a fetch this long even when
-            // data arrives meanwhile (librdkafka's 500 ms default adds ~130 ms at p50).
-            .set("fetch.wait.max.ms", "10")
-            .create()
-            .context("creating the Kafka consumer")?;
-        // As the adapter does: a metadata request for the topic, which auto-creates it with
-        // the broker's defaults (a subscription alone does not).
-        consumer
-            .fetch_metadata(Some(topic), Duration::from_secs(10))
-            .with_context(|| format!("reading the metadata of {topic}"))?;
-        consumer.subscribe(&[topic])?;
+        let sub = KafkaSub::new(url, topic, group)?;
+        let consumer = &sub.consumer;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         loop {
             // Polling serves the group join; nothing is published to the topic yet.
@@ -893,6 +904,32 @@ impl KafkaSub {
                 bail!("the Kafka consumer got no partitions of {topic} within 60 s");
             }
         }
+        Ok(sub)
+    }
+
+    /// A consumer in `group` on `topic`, subscribed (the topic created if it is not), before
+    /// it joined the group: its first `recv` serves the join.
+    fn new(url: &str, topic: &str, group: &str) -> Result<KafkaSub> {
+        use rdkafka::consumer::Consumer as _;
+        let consumer: rdkafka::consumer::StreamConsumer = rdkafka::ClientConfig::new()
+            .set("bootstrap.servers", kafka_bootstrap(url))
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("allow.auto.create.topics", "true")
+            .set("enable.partition.eof", "false")
+            // The adapter's default `fetch_wait`: Tansu holds a fetch this long even when
+            // data arrives meanwhile (librdkafka's 500 ms default adds ~130 ms at p50).
+            .set("fetch.wait.max.ms", "10")
+            .create()
+            .context("creating the Kafka consumer")?;
+        // As the adapter does: a metadata request for the topic, which auto-creates it with
+        // the broker's defaults (a subscription alone does not).
+        consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .with_context(|| format!("reading the metadata of {topic}"))?;
+        consumer.subscribe(&[topic])?;
         Ok(KafkaSub {
             consumer,
             uncommitted: 0,
