@@ -9,7 +9,7 @@
 //! | RabbitMQ | `lapin`, confirm mode, persistent, confirms awaited in a window of [`WINDOW`] | `basic.consume`, prefetch [`WINDOW`], `basic.ack` per message |
 //! | STOMP (ActiveMQ) | no raw client crate exists: the polybridge STOMP adapter itself (own codec), [`WINDOW`] receipts outstanding | the adapter, `ACK` per message |
 //! | memory | the in-process memory broker itself, [`WINDOW`] publishes outstanding | the memory broker, ack per message |
-//! | Kafka (Tansu) | `rdkafka` `FutureProducer` (acks=all, idempotent, as the adapter), [`WINDOW`] delivery futures outstanding | `rdkafka` `StreamConsumer` in a group, offsets stored after each message and committed asynchronously every [`WINDOW`] |
+//! | Kafka (Tansu) | `rdkafka` `FutureProducer` (acks=all, idempotent, as the adapter), [`WINDOW`] delivery futures outstanding | `rdkafka` `StreamConsumer` in a new group (in the consume run opened after the pre-fill: [`subscriber_of_filled`]), offsets stored after each message and committed asynchronously every [`WINDOW`] |
 
 use std::collections::VecDeque;
 use std::future::Future;
