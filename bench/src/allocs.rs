@@ -21,6 +21,11 @@
 //! for an instruction profile: `valgrind --tool=callgrind` of two such processes, with `n`
 //! and `2n` messages, gives the instructions per message of the bridged route and of the
 //! raw client work by difference (docs/benchmarks/README.md, "memory→memory").
+//!
+//! `--mapping` counts instead what each broker source adapter allocates to rebuild one
+//! received record as a [`Message`] (its mapping function, called `--messages` times on a
+//! record as the benchmark's raw publisher writes it, the record built outside the count):
+//! Kafka `from_record`, Redis streams `from_fields`, NATS `from_nats`, AMQP `message`.
 
 use std::alloc::System;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -65,6 +70,9 @@ struct Args {
     /// Only this run, once, after the warm-up (for an instruction profile of the process).
     #[arg(long, value_enum)]
     only: Option<Only>,
+    /// Count the source adapters' record → `Message` mappings instead of the route.
+    #[arg(long)]
+    mapping: bool,
 }
 
 /// The one run of `--only`.
@@ -91,6 +99,11 @@ fn main() -> Result<()> {
 async fn run(args: Args) -> Result<()> {
     let n = args.messages;
     let payload = Bytes::from(vec![b'x'; args.size]);
+    if args.mapping {
+        let report = mappings(n, &payload);
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
     // Warm-up (lazy statics, first-use allocations of the runtime and the broker).
     bridged(n.min(1000), &payload).await?;
     raw(n.min(1000), &payload).await?;
@@ -133,6 +146,72 @@ async fn run(args: Args) -> Result<()> {
     });
     println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())
+}
+
+/// Allocations and bytes per call of `f`, called `n` times after one uncounted call.
+fn per_call(n: u64, mut f: impl FnMut(u64)) -> serde_json::Value {
+    f(0);
+    let region = Region::new(GLOBAL);
+    for i in 0..n {
+        f(i);
+    }
+    let stats = region.change();
+    let allocs = (stats.allocations + stats.reallocations) as f64;
+    serde_json::json!({
+        "allocs_per_msg": round2(allocs / n as f64),
+        "bytes_per_msg": round2(stats.bytes_allocated as f64 / n as f64),
+    })
+}
+
+/// What each source adapter's mapping allocates per received record (`--mapping`).
+fn mappings(n: u64, payload: &Bytes) -> serde_json::Value {
+    use polybridge::{amqp, kafka, nats, redis};
+    // Kafka: a record without headers, as the raw `FutureProducer` writes it.
+    let record = rdkafka::message::OwnedMessage::new(
+        Some(payload.to_vec()),
+        None,
+        "bench".to_string(),
+        rdkafka::Timestamp::CreateTime(1_764_806_400_000),
+        0,
+        42,
+        None,
+    );
+    let kafka = per_call(n, |_| {
+        std::hint::black_box(kafka::mapping::from_record(&record));
+    });
+    // Redis streams: an entry with one `payload` field, as the raw `XADD` writes it; the
+    // reply's fields are the client's (built before the count).
+    let mut entries: Vec<Vec<(Vec<u8>, Vec<u8>)>> = (0..=n)
+        .map(|_| vec![(b"payload".to_vec(), payload.to_vec())])
+        .collect();
+    let redis = per_call(n, |_| {
+        let fields = entries.pop().unwrap_or_default();
+        std::hint::black_box(redis::mapping::from_fields("1764806400000-0", fields));
+    });
+    // NATS JetStream: a message with a `Nats-Msg-Id` header, as the raw publisher sends it.
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Msg-Id", "raw-1");
+    let nats = per_call(n, |_| {
+        std::hint::black_box(nats::mapping::from_nats(
+            payload.clone(),
+            Some(&headers),
+            None,
+            || "BENCH:1".to_string(),
+        ));
+    });
+    // AMQP: a delivery without properties, as the raw `basic_publish` sends it.
+    let properties = lapin::BasicProperties::default();
+    let amqp = per_call(n, |_| {
+        std::hint::black_box(amqp::mapping::message(&properties, payload.clone()));
+    });
+    serde_json::json!({
+        "messages": n,
+        "payload_bytes": payload.len(),
+        "kafka_from_record": kafka,
+        "redis_from_fields": redis,
+        "nats_from_nats": nats,
+        "amqp_message": amqp,
+    })
 }
 
 fn round2(x: f64) -> f64 {

@@ -49,6 +49,23 @@ impl Message {
         }
     }
 
+    /// A message a source adapter rebuilds from a broker's record, before it sets what the
+    /// record carries: `id` as given (the adapter may set it later), the payload, no
+    /// timestamp and nothing else. Unlike [`Message::new`] it makes no id and does not read
+    /// the clock: per delivered message, work the adapter would overwrite.
+    pub fn rebuilt(id: String, payload: impl Into<Bytes>) -> Self {
+        Message {
+            id,
+            payload: payload.into(),
+            headers: Headers::new(),
+            key: None,
+            content_type: None,
+            timestamp: None,
+            reply_to: None,
+            correlation_id: None,
+        }
+    }
+
     /// Replaces the id.
     pub fn with_id(mut self, id: impl Into<String>) -> Self {
         self.id = id.into();

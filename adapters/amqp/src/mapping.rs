@@ -222,12 +222,12 @@ fn value_to_header(v: &AMQPValue) -> HeaderValue {
 
 /// The message a delivery (or returned message) carries.
 pub fn message(properties: &BasicProperties, payload: Bytes) -> Message {
-    let mut m = Message::new(payload);
-    m.id = properties
+    let id = properties
         .message_id()
         .as_ref()
         .map(|s| s.as_str().to_owned())
         .unwrap_or_else(new_message_id);
+    let mut m = Message::rebuilt(id, payload);
     m.timestamp = properties
         .timestamp()
         .map(|s| UNIX_EPOCH + Duration::from_secs(s));

@@ -93,19 +93,16 @@ pub fn to_headers(message: &Message, attempt: u32) -> HeaderMap {
 
 /// The message a request carries, and the sender's attempt number (1 if not given).
 pub fn from_request(headers: &HeaderMap, body: Bytes) -> (Message, u32) {
-    let mut m = Message::new(body);
-    m.timestamp = None;
     let text = |name: &str| {
         headers
             .get(name)
             .and_then(|v| v.to_str().ok())
             .map(|v| String::from_utf8_lossy(&decode(v)).into_owned())
     };
-    if let Some(id) = text(ID).or_else(|| text(IDEMPOTENCY_KEY)) {
-        m.id = id;
-    } else {
-        m.id = new_message_id();
-    }
+    let id = text(ID)
+        .or_else(|| text(IDEMPOTENCY_KEY))
+        .unwrap_or_else(new_message_id);
+    let mut m = Message::rebuilt(id, body);
     m.content_type = headers
         .get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())

@@ -21,6 +21,7 @@
 //! be mistaken for one of ours, and is restored on receipt. A record without `pb-id` gets the
 //! id `<topic>-<partition>-<offset>`, the same on every redelivery.
 
+use std::fmt::Write as _;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -109,7 +110,8 @@ pub fn timestamp_millis(message: &Message) -> Option<i64> {
 /// Rebuilds a [`Message`] from a consumed record.
 pub fn from_record<M: rdkafka::Message>(record: &M) -> Message {
     let payload = Bytes::copy_from_slice(record.payload().unwrap_or_default());
-    let mut message = Message::new(payload);
+    // Its id is set at the end, from the headers or the record's position.
+    let mut message = Message::rebuilt(String::new(), payload);
     message.key = record.key().map(Bytes::copy_from_slice);
     message.timestamp = record
         .timestamp()
@@ -158,12 +160,16 @@ pub fn from_record<M: rdkafka::Message>(record: &M) -> Message {
     }
     message.headers = headers;
     message.id = id.unwrap_or_else(|| {
-        format!(
+        // Sized once (`format!` would grow it as it writes).
+        let mut id = String::with_capacity(record.topic().len() + 32);
+        let _ = write!(
+            id,
             "{}-{}-{}",
             record.topic(),
             record.partition(),
             record.offset()
-        )
+        );
+        id
     });
     message
 }

@@ -22,7 +22,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
 use bytes::Bytes;
-use polybridge_core::{envelope, HeaderValue, Headers, Message};
+use polybridge_core::{envelope, new_message_id, HeaderValue, Headers, Message};
 
 use crate::config::{Format, MqttConfig, Version};
 use crate::wire::Properties;
@@ -98,8 +98,8 @@ pub fn from_mqtt(payload: Bytes, properties: Properties) -> (Message, u32) {
     if envelope::is_envelope(&payload) {
         return envelope::decode(payload);
     }
-    let mut message = Message::new(payload);
-    message.timestamp = None;
+    // A fresh id unless a user property carries one (below).
+    let mut message = Message::rebuilt(new_message_id(), payload);
     message.content_type = properties.content_type;
     message.reply_to = properties.response_topic;
     message.correlation_id = properties

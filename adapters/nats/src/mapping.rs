@@ -174,16 +174,18 @@ pub fn from_nats(
     native_reply: Option<String>,
     fallback_id: impl FnOnce() -> String,
 ) -> Message {
-    let mut message = Message::new(payload);
-    message.timestamp = None;
+    // Its id is set below, from the headers or `fallback_id`.
+    let mut message = Message::rebuilt(String::new(), payload);
     message.reply_to = native_reply;
     let Some(headers) = headers else {
         message.id = fallback_id();
         return message;
     };
-    let first = |name: &str| {
+    // The names are constants: `from_static` makes a name without allocating (a parsed
+    // one copies a custom name, once per lookup and message).
+    let first = |name: &'static str| {
         headers
-            .get(header_name(name))
+            .get(HeaderName::from_static(name))
             .map(|v| v.as_str().to_owned())
     };
     message.id = first(MESSAGE_ID)
@@ -202,7 +204,7 @@ pub fn from_nats(
     message.timestamp = first(TIMESTAMP)
         .and_then(|t| t.parse::<u64>().ok())
         .map(|ms| UNIX_EPOCH + Duration::from_millis(ms));
-    let list = |name: &str| -> Vec<String> {
+    let list = |name: &'static str| -> Vec<String> {
         first(name)
             .map(|v| v.split(',').map(str::to_owned).collect())
             .unwrap_or_default()
@@ -212,25 +214,26 @@ pub fn from_nats(
     let base64_text = list(BASE64_TEXT);
     let mut user = Headers::new();
     let mut names: Vec<&HeaderName> = headers.iter().map(|(n, _)| n).collect();
-    names.sort_by_key(|n| n.to_string());
+    names.sort_by(|a, b| AsRef::<[u8]>::as_ref(*a).cmp(AsRef::<[u8]>::as_ref(*b)));
     for wire_name in names {
-        let wire = wire_name.to_string();
+        // Borrowed: the client's names are UTF-8.
+        let wire = String::from_utf8_lossy(AsRef::<[u8]>::as_ref(wire_name));
         if is_reserved(&wire) {
             continue;
         }
-        let name = if encoded_names.contains(&wire) {
-            percent_decode(&wire).unwrap_or_else(|| wire.clone())
+        let name = if encoded_names.iter().any(|n| *n == wire) {
+            percent_decode(&wire).unwrap_or_else(|| wire.to_string())
         } else {
-            wire.clone()
+            wire.to_string()
         };
         for v in headers.get_all(wire_name.clone()) {
             let text = v.as_str();
-            let value = if binary.contains(&wire) {
+            let value = if binary.iter().any(|n| *n == wire) {
                 match BASE64.decode(text.as_bytes()) {
                     Ok(bytes) => HeaderValue::Binary(Bytes::from(bytes)),
                     Err(_) => HeaderValue::Text(text.to_owned()),
                 }
-            } else if base64_text.contains(&wire) {
+            } else if base64_text.iter().any(|n| *n == wire) {
                 match BASE64
                     .decode(text.as_bytes())
                     .ok()

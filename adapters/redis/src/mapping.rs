@@ -94,8 +94,8 @@ pub fn to_fields(message: &Message) -> Vec<(Bytes, Bytes)> {
 
 /// Rebuilds a message from a stream entry's fields; `entry_id` names it when it has no `id`.
 pub fn from_fields(entry_id: &str, fields: Vec<(Vec<u8>, Vec<u8>)>) -> Message {
-    let mut message = Message::new(Bytes::new());
-    message.timestamp = None;
+    // Its id is set below, from the `id` field or the entry's id.
+    let mut message = Message::rebuilt(String::new(), Bytes::new());
     if !fields.iter().any(|(f, _)| f == PAYLOAD.as_bytes()) {
         let object: Map<String, Json> = fields
             .into_iter()

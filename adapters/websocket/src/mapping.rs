@@ -108,10 +108,8 @@ pub fn get_message(frame: &Map<String, Json>) -> Result<Message, String> {
     };
     let payload =
         bytes("payload", "payload_b64")?.ok_or("a message needs payload or payload_b64")?;
-    let mut m = Message::new(payload);
-    m.timestamp = None;
     let text = |name: &str| frame.get(name).and_then(Json::as_str).map(str::to_owned);
-    m.id = text("id").unwrap_or_else(new_message_id);
+    let mut m = Message::rebuilt(text("id").unwrap_or_else(new_message_id), payload);
     m.key = bytes("key", "key_b64")?;
     m.content_type = text("content_type");
     m.reply_to = text("reply_to");
