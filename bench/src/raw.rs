@@ -9,7 +9,7 @@
 //! | RabbitMQ | `lapin`, confirm mode, persistent, confirms awaited in a window of [`WINDOW`] | `basic.consume`, prefetch [`WINDOW`], `basic.ack` per message |
 //! | STOMP (ActiveMQ) | no raw client crate exists: the polybridge STOMP adapter itself (own codec), [`WINDOW`] receipts outstanding | the adapter, `ACK` per message |
 //! | memory | the in-process memory broker itself, [`WINDOW`] publishes outstanding | the memory broker, ack per message |
-//! | Kafka (Tansu) | `rdkafka` `FutureProducer` (acks=all, idempotent, as the adapter), [`WINDOW`] delivery futures outstanding | `rdkafka` `StreamConsumer` in a new group (in the consume run opened after the pre-fill: [`subscriber_of_filled`]), offsets stored after each message and committed asynchronously every [`WINDOW`] |
+//! | Kafka (Tansu) | `rdkafka` `FutureProducer` with the adapter's settings (`KafkaConfig::producer`: acks=all, idempotent, `linger` 5 ms, batches of 128 records), [`WINDOW`] delivery futures outstanding | `rdkafka` `StreamConsumer` with the adapter's settings (`KafkaConfig::consumer`) in a new group (in the consume run opened after the pre-fill: [`subscriber_of_filled`]), offsets stored after each message and committed asynchronously every [`WINDOW`] |
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -791,11 +791,11 @@ impl RawSub for AmqpSub {
 
 // ---- Kafka ----
 
-/// The bootstrap servers of a `kafka://host:port[,host:port][?options]` URL.
-fn kafka_bootstrap(url: &str) -> String {
-    let rest = url.split_once("://").map(|(_, r)| r).unwrap_or(url);
-    let rest = rest.split(['?', '/']).next().unwrap_or(rest);
-    rest.rsplit('@').next().unwrap_or(rest).to_string()
+/// The Kafka adapter's settings for `url`: the raw clients are configured as the
+/// adapter's producer and consumers are.
+fn kafka_config(url: &str) -> Result<polybridge::kafka::KafkaConfig> {
+    let url: polybridge::BrokerUrl = url.parse().context("parsing the Kafka URL")?;
+    Ok(polybridge::kafka::KafkaConfig::from_url(&url)?)
 }
 
 struct KafkaPub {
@@ -809,12 +809,9 @@ impl KafkaPub {
     /// auto-creates it, so the first publish does not wait for that).
     async fn new(url: &str, topic: String) -> Result<KafkaPub> {
         use rdkafka::producer::Producer as _;
-        // The adapter's producer settings: acks=all, idempotent, linger 5 ms.
-        let producer: rdkafka::producer::FutureProducer = rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", kafka_bootstrap(url))
-            .set("acks", "all")
-            .set("enable.idempotence", "true")
-            .set("linger.ms", "5")
+        // The adapter's producer settings, `--url-option`s included.
+        let producer: rdkafka::producer::FutureProducer = kafka_config(url)?
+            .producer()
             .create()
             .context("creating the Kafka producer")?;
         let (p, t) = (producer.clone(), topic.clone());
@@ -911,17 +908,11 @@ impl KafkaSub {
     /// it joined the group: its first `recv` serves the join.
     fn new(url: &str, topic: &str, group: &str) -> Result<KafkaSub> {
         use rdkafka::consumer::Consumer as _;
-        let consumer: rdkafka::consumer::StreamConsumer = rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", kafka_bootstrap(url))
-            .set("group.id", group)
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("allow.auto.create.topics", "true")
-            .set("enable.partition.eof", "false")
-            // The adapter's default `fetch_wait`: Tansu holds a fetch this long even when
-            // data arrives meanwhile (librdkafka's 500 ms default adds ~130 ms at p50).
-            .set("fetch.wait.max.ms", "10")
+        // The adapter's consumer settings (offsets stored and committed by the caller, the
+        // bounded prefetch, `fetch_wait`), `--url-option`s included; a new group starts at
+        // the earliest offset.
+        let consumer: rdkafka::consumer::StreamConsumer = kafka_config(url)?
+            .consumer(group)
             .create()
             .context("creating the Kafka consumer")?;
         // As the adapter does: a metadata request for the topic, which auto-creates it with

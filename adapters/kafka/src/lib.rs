@@ -38,6 +38,7 @@
 //! | `compression` | `none` | `none`, `gzip`, `snappy`, `lz4` or `zstd` |
 //! | `linger` | `5ms` | how long the producer waits to fill a batch (`linger.ms`) |
 //! | `batch_size` | librdkafka's | largest batch in bytes (`batch.size`) |
+//! | `batch_messages` | `128` | largest batch in records (`batch.num.messages`, 1 to 1000000): a full batch is sent without waiting for `linger`, so a publisher with a bounded window (a route's `max_in_flight`) keeps a batch in flight while the next fills |
 //! | `fetch_wait` | `10ms` | longest time the broker may hold a fetch without new data (`fetch.wait.max.ms`); Tansu holds it that long even when data arrives, so it bounds delivery latency there |
 //! | `partition` | the partitioner's pick | every publish goes to this partition |
 //! | `start` | `latest` | where a new group starts when the subscription keeps the default `StartPosition::Latest`: `latest` or `earliest` |
