@@ -31,6 +31,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 pub use polybridge_core::envelope::{decode as from_element, encode as to_envelope, with_attempt};
 use polybridge_core::{HeaderValue, Headers, Message};
+use redis::RedisWrite;
 use serde_json::{Map, Value as Json};
 
 /// Stream field of the payload.
@@ -44,52 +45,77 @@ const CORRELATION_ID: &str = "correlation_id";
 const TEXT_HEADER: &str = "h:";
 const BINARY_HEADER: &str = "hb:";
 
-/// The field/value pairs of a stream entry for `message`, in order.
-pub fn to_fields(message: &Message) -> Vec<(Bytes, Bytes)> {
-    let mut fields = Vec::with_capacity(4 + message.headers.len());
-    fields.push((
-        Bytes::from_static(PAYLOAD.as_bytes()),
-        message.payload.clone(),
-    ));
-    fields.push((
-        Bytes::from_static(ID.as_bytes()),
-        Bytes::from(message.id.clone()),
-    ));
+/// Writes the field/value pairs of a stream entry for `message`, in order, as command
+/// arguments (an `XADD`'s, after the entry id). Everything is written from the message as
+/// it is, into `out` only (no list of pairs, no copy of the id or a header).
+pub fn write_fields(message: &Message, out: &mut impl RedisWrite) {
+    out.write_arg(PAYLOAD.as_bytes());
+    out.write_arg(&message.payload);
+    out.write_arg(ID.as_bytes());
+    out.write_arg(message.id.as_bytes());
     if let Some(key) = &message.key {
-        fields.push((Bytes::from_static(KEY.as_bytes()), key.clone()));
+        out.write_arg(KEY.as_bytes());
+        out.write_arg(key);
     }
     if let Some(ct) = &message.content_type {
-        fields.push((
-            Bytes::from_static(CONTENT_TYPE.as_bytes()),
-            Bytes::from(ct.clone()),
-        ));
+        out.write_arg(CONTENT_TYPE.as_bytes());
+        out.write_arg(ct.as_bytes());
     }
     if let Some(ms) = millis(message.timestamp) {
-        fields.push((
-            Bytes::from_static(TIMESTAMP.as_bytes()),
-            Bytes::from(ms.to_string()),
-        ));
+        out.write_arg(TIMESTAMP.as_bytes());
+        out.write_arg_fmt(ms);
     }
     if let Some(r) = &message.reply_to {
-        fields.push((
-            Bytes::from_static(REPLY_TO.as_bytes()),
-            Bytes::from(r.clone()),
-        ));
+        out.write_arg(REPLY_TO.as_bytes());
+        out.write_arg(r.as_bytes());
     }
     if let Some(c) = &message.correlation_id {
-        fields.push((
-            Bytes::from_static(CORRELATION_ID.as_bytes()),
-            Bytes::from(c.clone()),
-        ));
+        out.write_arg(CORRELATION_ID.as_bytes());
+        out.write_arg(c.as_bytes());
     }
     for (name, value) in message.headers.iter() {
-        let (prefix, bytes) = match value {
-            HeaderValue::Text(t) => (TEXT_HEADER, Bytes::from(t.clone())),
-            HeaderValue::Binary(b) => (BINARY_HEADER, b.clone()),
-        };
-        fields.push((Bytes::from(format!("{prefix}{name}")), bytes));
+        match value {
+            HeaderValue::Text(t) => {
+                out.write_arg_fmt(format_args!("{TEXT_HEADER}{name}"));
+                out.write_arg(t.as_bytes());
+            }
+            HeaderValue::Binary(b) => {
+                out.write_arg_fmt(format_args!("{BINARY_HEADER}{name}"));
+                out.write_arg(b);
+            }
+        }
     }
-    fields
+}
+
+/// At least the arguments and bytes [`write_fields`] writes for `message`, to size a
+/// command once.
+pub fn fields_size(message: &Message) -> (usize, usize) {
+    /// The longest field name but a header's, and the longest timestamp in decimal.
+    const NAME: usize = 16;
+    const TIMESTAMP_DIGITS: usize = 20;
+    let optional = [
+        message.key.as_ref().map(|k| k.len()),
+        message.content_type.as_ref().map(String::len),
+        message.timestamp.map(|_| TIMESTAMP_DIGITS),
+        message.reply_to.as_ref().map(String::len),
+        message.correlation_id.as_ref().map(String::len),
+    ];
+    let mut args = 4;
+    let mut bytes = 2 * NAME + message.payload.len() + message.id.len();
+    for len in optional.into_iter().flatten() {
+        args += 2;
+        bytes += NAME + len;
+    }
+    for (name, value) in message.headers.iter() {
+        args += 2;
+        bytes += BINARY_HEADER.len()
+            + name.len()
+            + match value {
+                HeaderValue::Text(t) => t.len(),
+                HeaderValue::Binary(b) => b.len(),
+            };
+    }
+    (args, bytes)
 }
 
 /// Rebuilds a message from a stream entry's fields; `entry_id` names it when it has no `id`.
@@ -191,10 +217,13 @@ mod tests {
     #[test]
     fn stream_fields_round_trip_in_order() {
         let m = full();
-        let fields = to_fields(&m)
-            .into_iter()
-            .map(|(f, v)| (f.to_vec(), v.to_vec()))
-            .collect();
+        let mut args: Vec<Vec<u8>> = Vec::new();
+        write_fields(&m, &mut args);
+        let (arg_count, bytes) = fields_size(&m);
+        assert_eq!(args.len(), arg_count);
+        assert!(args.iter().map(Vec::len).sum::<usize>() <= bytes);
+        let mut args = args.into_iter();
+        let fields = std::iter::from_fn(|| Some((args.next()?, args.next()?))).collect();
         same(&from_fields("1-0", fields), &m);
     }
 

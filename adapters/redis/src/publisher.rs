@@ -47,8 +47,8 @@ impl Publisher for RedisBroker {
         }
         // Refused messages keep their error; the rest go in one pipeline.
         let mut results: Vec<Option<Result<Receipt>>> = Vec::with_capacity(batch.len());
-        let mut pipeline = redis::pipe();
-        let mut sent = Vec::new();
+        let mut pipeline = redis::Pipeline::with_capacity(batch.len());
+        let mut sent = Vec::with_capacity(batch.len());
         for (i, o) in batch.iter().enumerate() {
             match self.command_for(o.destination, o.message) {
                 Ok(cmd) => {
@@ -159,15 +159,16 @@ impl RedisBroker {
         };
         Ok(match self.config.mode {
             Mode::Streams => {
-                let mut cmd = redis::cmd("XADD");
-                cmd.arg(destination);
+                // Sized once: the payload is copied into the command without regrowing it.
+                let (field_args, field_bytes) = mapping::fields_size(message);
+                let mut cmd =
+                    redis::Cmd::with_capacity(field_args + 6, field_bytes + destination.len() + 32);
+                cmd.arg("XADD").arg(destination);
                 if let Some(maxlen) = self.config.maxlen {
                     cmd.arg("MAXLEN").arg("~").arg(maxlen);
                 }
                 cmd.arg("*");
-                for (field, value) in mapping::to_fields(message) {
-                    cmd.arg(&field[..]).arg(&value[..]);
-                }
+                mapping::write_fields(message, &mut cmd);
                 cmd
             }
             Mode::PubSub => {
@@ -185,8 +186,10 @@ impl RedisBroker {
 
     fn receipt(&self, reply: Value) -> Receipt {
         let position = match (self.config.mode, reply) {
+            // The reply's own buffer becomes the id (stream ids are ASCII).
             (Mode::Streams, Value::BulkString(id)) => Some(Position::StreamId(
-                String::from_utf8_lossy(&id).into_owned(),
+                String::from_utf8(id)
+                    .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
             )),
             (Mode::Streams, Value::SimpleString(id)) => Some(Position::StreamId(id)),
             _ => None,

@@ -599,9 +599,7 @@ impl Pump {
             .set(well_known::ATTEMPTS, held.attempt.to_string());
         let mut xadd = redis::cmd("XADD");
         xadd.arg(&self.dead_letter).arg("*");
-        for (field, value) in mapping::to_fields(&message) {
-            xadd.arg(&field[..]).arg(&value[..]);
-        }
+        mapping::write_fields(&message, &mut xadd);
         let mut xack = redis::cmd("XACK");
         xack.arg(&self.key).arg(&self.group).arg(&held.entry_id);
         redis::pipe()
