@@ -262,8 +262,8 @@ use rdkafka::producer::FutureProducer;
 use rdkafka::ClientContext;
 
 pub use config::{
-    DefaultStart, KafkaConfig, SaslMechanism, DEFAULT_MESSAGE_MAX_BYTES, DEFAULT_PORT,
-    RECORD_RESERVE,
+    DefaultStart, KafkaConfig, SaslMechanism, DEFAULT_BATCH_MESSAGES, DEFAULT_MESSAGE_MAX_BYTES,
+    DEFAULT_PORT, RECORD_RESERVE,
 };
 
 /// The broker name in errors and metrics.
