@@ -25,8 +25,9 @@ pub const RECORD_RESERVE: usize = 16 * 1024;
 /// route's `max_in_flight`, 256 by default) rarely fills a batch of 10 000 records or
 /// `batch.size` bytes, so every batch waited the whole `linger` and the in-flight window
 /// sat idle meanwhile; with half the default window per batch, one batch is sent while the
-/// next fills (NATS(JetStream)→Kafka moved 2.1× more at 256 B and 1.3× more at 4 KiB on
-/// Tansu, with less CPU per message: docs/benchmarks, "The Kafka producer's batches").
+/// next fills (NATS(JetStream)→Kafka moved 2.5× more at 256 B and about 1.2× more at 4 KiB
+/// on Tansu, its medians in alternated runs: docs/benchmarks, "The Kafka producer's
+/// batches").
 pub const DEFAULT_BATCH_MESSAGES: usize = 128;
 
 /// Where a new consumer group starts when the subscription keeps the default
