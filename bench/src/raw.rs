@@ -284,11 +284,9 @@ pub fn keeps_messages_without_subscriber(ep: &Endpoint) -> bool {
 /// once; its first `next` waits for the consumer group's join and the first fetch.
 pub async fn subscriber_of_filled(ep: &Endpoint, name: &str) -> Result<Box<dyn RawSub>> {
     match ep.kind {
-        Kind::Kafka => Ok(Box::new(KafkaSub::new(
-            &ep.url,
-            &ep.raw_name(name),
-            &format!("raw{name}"),
-        )?)),
+        Kind::Kafka => Ok(Box::new(
+            KafkaSub::open(&ep.url, &ep.raw_name(name), &format!("raw{name}")).await?,
+        )),
         _ => bail!(
             "{} keeps no messages for a subscriber that does not exist yet",
             ep.kind.label()
@@ -880,7 +878,7 @@ impl KafkaSub {
     /// offset), returned once it has its partitions.
     async fn subscribe(url: &str, topic: &str, group: &str) -> Result<KafkaSub> {
         use rdkafka::consumer::Consumer as _;
-        let sub = KafkaSub::new(url, topic, group)?;
+        let sub = KafkaSub::open(url, topic, group).await?;
         let consumer = &sub.consumer;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         loop {
@@ -902,6 +900,12 @@ impl KafkaSub {
             }
         }
         Ok(sub)
+    }
+
+    /// [`KafkaSub::new`] on a blocking thread (its metadata request blocks).
+    async fn open(url: &str, topic: &str, group: &str) -> Result<KafkaSub> {
+        let (url, topic, group) = (url.to_owned(), topic.to_owned(), group.to_owned());
+        tokio::task::spawn_blocking(move || KafkaSub::new(&url, &topic, &group)).await?
     }
 
     /// A consumer in `group` on `topic`, subscribed (the topic created if it is not), before
