@@ -38,14 +38,8 @@ impl Message {
     /// A message with the given payload, a fresh id, the current time and nothing else.
     pub fn new(payload: impl Into<Bytes>) -> Self {
         Message {
-            id: new_message_id(),
-            payload: payload.into(),
-            headers: Headers::new(),
-            key: None,
-            content_type: None,
             timestamp: Some(SystemTime::now()),
-            reply_to: None,
-            correlation_id: None,
+            ..Message::rebuilt(new_message_id(), payload)
         }
     }
 

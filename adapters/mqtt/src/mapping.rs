@@ -98,8 +98,8 @@ pub fn from_mqtt(payload: Bytes, properties: Properties) -> (Message, u32) {
     if envelope::is_envelope(&payload) {
         return envelope::decode(payload);
     }
-    // A fresh id unless a user property carries one (below).
-    let mut message = Message::rebuilt(new_message_id(), payload);
+    // Its id is set below: a user property's, or a fresh one.
+    let mut message = Message::rebuilt(String::new(), payload);
     message.content_type = properties.content_type;
     message.reply_to = properties.response_topic;
     message.correlation_id = properties
@@ -118,9 +118,10 @@ pub fn from_mqtt(payload: Bytes, properties: Properties) -> (Message, u32) {
         .map(|(_, v)| v.clone())
         .collect();
     let mut headers = Headers::new();
+    let mut id = None;
     for (name, value) in properties.user {
         match name.as_str() {
-            ID => message.id = value,
+            ID => id = Some(value),
             KEY => message.key = Some(Bytes::from(value)),
             KEY_BASE64 => message.key = BASE64.decode(value).ok().map(Bytes::from),
             TIMESTAMP => {
@@ -145,6 +146,7 @@ pub fn from_mqtt(payload: Bytes, properties: Properties) -> (Message, u32) {
             _ => headers.append(name, value),
         }
     }
+    message.id = id.unwrap_or_else(new_message_id);
     message.headers = headers;
     (message, 1)
 }

@@ -160,6 +160,8 @@ impl RedisBroker {
         Ok(match self.config.mode {
             Mode::Streams => {
                 // Sized once: the payload is copied into the command without regrowing it.
+                // Besides the fields: up to 6 arguments of at most 32 bytes (`XADD`, the
+                // key, `MAXLEN ~ n`, `*`) and the key.
                 let (field_args, field_bytes) = mapping::fields_size(message);
                 let mut cmd =
                     redis::Cmd::with_capacity(field_args + 6, field_bytes + destination.len() + 32);
