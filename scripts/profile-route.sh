@@ -21,6 +21,7 @@
 #     CARGO_PROFILE_RELEASE_DEBUG=line-tables-only \
 #     cargo build --release --locked -p polybridge-bridge --bin polybridge
 # (librdkafka, built by its own C build, has none: its frames are counted by their leaf.)
+# MAX_IN_FLIGHT and MAX_BATCH set the route's (defaults 256 and 64, the bridge's).
 # PERF=0 skips perf (rate and CPU only, e.g. to compare two binaries); PERF_OUT=FILE keeps
 # the perf.data (e.g. for `perf script -i FILE` or `perf report -i FILE`).
 # PERF_CALL_GRAPH=dwarf (with PERF_FREQ=500: the samples are large) unwinds through code
@@ -64,10 +65,11 @@ start_tansu() {
 }
 # The bridge's admin server, where the route's acknowledged messages are counted.
 admin_port=$(free_port)
-done_count() {
+route_metric() {
   { curl -s "http://127.0.0.1:$admin_port/metrics" || true; } |
-    awk '/^polybridge_route_acked_total/ { print $NF; exit }'
+    awk -v name="$1" '$1 ~ "^" name "[{]" { print $NF; exit }'
 }
+done_count() { route_metric polybridge_route_acked_total; }
 
 case "$route" in
 redis-nats)
@@ -146,6 +148,8 @@ PY
   exit 2
   ;;
 esac
+# SINK_URL=memory://x (for one) replaces the sink: the source's and the route's own limit.
+sink_url=${SINK_URL:-$sink_url}
 cat >"$work/bridge.yaml" <<YAML
 brokers:
   src: { url: "$source_url" }
@@ -153,6 +157,8 @@ brokers:
 routes:
   - name: profile
     from: { broker: src, topic: "bs", group: "profile", start: earliest }
+    max_in_flight: ${MAX_IN_FLIGHT:-256}
+    max_batch: ${MAX_BATCH:-64}
     to:
       - { broker: dst, destination: "$destination" }
 admin: { listen: "127.0.0.1:$admin_port" }
@@ -175,13 +181,25 @@ brokers_cpu() {
     echo "$(cat "/proc/$p/comm")=$(process_cpu "$p")"
   done | paste -sd, -
 }
+# Each of the bridge's threads' CPU ticks, "name:tid ticks" per line.
+threads_cpu() {
+  for t in /proc/"$bridge"/task/*; do
+    echo "$(cat "$t/comm" | tr ' ' _):${t##*/} $(process_cpu "${t#/proc/}")"
+  done
+}
+g0=$(route_metric polybridge_route_received_total); n0=$(route_metric polybridge_route_batches_total)
 r0=$(done_count); t0=$(date +%s.%N); p0=$(process_cpu "$bridge"); m0=$(machine_busy); s0=$(machine_steal); b0=$(brokers_cpu)
+threads_cpu >"$work/threads0"
 if [ "${PERF:-1}" = 1 ]; then
   perf record -F "${PERF_FREQ:-4000}" -e cpu-clock --call-graph "${PERF_CALL_GRAPH:-fp}" -p "$bridge" -o "$work/perf.data" -- sleep 4 >/dev/null 2>&1
 else
-  sleep 4
+  # The route's in-flight gauge every 200 ms: at the window (`max_in_flight`, 256) the
+  # route waits for its sink; well below it, for its source.
+  for _ in $(seq 1 20); do route_metric polybridge_route_in_flight; sleep 0.2; done >"$work/in_flight"
 fi
 r1=$(done_count); t1=$(date +%s.%N); p1=$(process_cpu "$bridge"); m1=$(machine_busy); s1=$(machine_steal); b1=$(brokers_cpu)
+threads_cpu >"$work/threads1"
+g1=$(route_metric polybridge_route_received_total); n1=$(route_metric polybridge_route_batches_total)
 tick=$(getconf CLK_TCK)
 python3 - "$r0" "$r1" "$t0" "$t1" "$p0" "$p1" "$m0" "$m1" "$tick" "$s0" "$s1" "$b0" "$b1" <<'PY'
 import sys
@@ -194,6 +212,15 @@ print(f"rate {n / (t1 - t0):.0f} msg/s over {t1 - t0:.1f} s ({n:.0f} messages)")
 print(f"bridge process CPU {(p1 - p0) / tick * 1e6 / n:.2f} us/msg; whole machine {(m1 - m0) / tick * 1e6 / n:.2f} us/msg; stolen {(s1 - s0) / tick / (t1 - t0):.2f} cores")
 print("brokers' CPU: " + "; ".join(f"{name} {(float(b1[name]) - float(b0[name])) / tick * 1e6 / n:.2f} us/msg" for name in b0))
 PY
+awk -v g="$((g1 - g0))" -v n="$((${n1:-0} - ${n0:-0}))" \
+  'BEGIN { if (n > 0) printf "route batches: %d deliveries in %d groups, %.1f per group\n", g, n, g / n }'
+if [ -s "$work/in_flight" ]; then
+  [ -n "${SHOW_IN_FLIGHT:-}" ] && paste -sd" " "$work/in_flight"
+  sort -n "$work/in_flight" | awk '{ v[NR] = $1; sum += $1 } END { printf "route in flight (every 200 ms): mean %.0f, min %d, median %d, max %d\n", sum / NR, v[1], v[int((NR + 1) / 2)], v[NR] }'
+fi
+# The bridge's busiest threads, in cores: one near 1.0 is the route's serial limit.
+join <(sort "$work/threads0") <(sort "$work/threads1") | awk -v tick="$tick" -v t0="$t0" -v t1="$t1" \
+  '{ printf "%.2f cores %s\n", ($3 - $2) / tick / (t1 - t0), $1 }' | sort -rn | head -8 | sed 's/^/  thread: /'
 if [ "${PERF:-1}" = 1 ]; then
   perf script -i "$work/perf.data" -F ip,sym 2>/dev/null | python3 "$here/profile-fold.py"
   if [ -n "${PERF_OUT:-}" ]; then cp "$work/perf.data" "$PERF_OUT"; fi

@@ -167,6 +167,10 @@ pub struct RouteMetrics {
     pub dead_lettered: AtomicU64,
     /// Retries of a publish.
     pub retries: AtomicU64,
+    /// Groups of deliveries the route took from the source together, each published with
+    /// one publish (or one batch) per sink; a delivery taken alone counts as one.
+    /// `received / batches` is the mean batch size.
+    pub batches: AtomicU64,
     /// Errors by kind, indexed like [`ERROR_KINDS`].
     pub errors: [AtomicU64; 13],
     /// Deliveries being processed now.
@@ -301,7 +305,7 @@ type CounterSpec = (&'static str, &'static str, fn(&RouteMetrics) -> &AtomicU64)
 
 /// Writes the Prometheus text exposition of `routes` (name, metrics) into `out`.
 pub fn render(routes: &[(&str, &RouteMetrics)], out: &mut String) {
-    let counters: [CounterSpec; 7] = [
+    let counters: [CounterSpec; 8] = [
         (
             "polybridge_route_received_total",
             "Deliveries taken from the source.",
@@ -335,6 +339,11 @@ pub fn render(routes: &[(&str, &RouteMetrics)], out: &mut String) {
         ("polybridge_route_retries_total", "Publish retries.", |m| {
             &m.retries
         }),
+        (
+            "polybridge_route_batches_total",
+            "Groups of deliveries taken from the source together (one publish per sink each); received / batches is the mean batch size.",
+            |m| &m.batches,
+        ),
     ];
     for (name, help, get) in counters {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");

@@ -252,6 +252,7 @@ impl Route {
 
     /// Runs one slot's work; returns the number of deliveries it carried.
     async fn process_work(self: Arc<Self>, work: Work) -> usize {
+        self.metrics.batches.fetch_add(1, AtomicOrdering::Relaxed);
         match work {
             Work::One(delivery) => {
                 self.process(delivery).await;
@@ -284,6 +285,7 @@ impl Route {
             let route = self.clone();
             workers.push(tokio::spawn(async move {
                 while let Some(delivery) = rx.recv().await {
+                    route.metrics.batches.fetch_add(1, AtomicOrdering::Relaxed);
                     route.clone().process(delivery).await;
                 }
             }));

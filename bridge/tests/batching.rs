@@ -56,14 +56,14 @@ routes:
 
 /// Starts the bridge with `sink` as `out`, publishes `n` messages (payloads "0".."n-1")
 /// to the source while the route runs, and returns what reached the sink's topic and the
-/// dead-letter topic once the route settled all `n`, and how many hand-offs to the sink
-/// the route's histogram counted.
+/// dead-letter topic once the route settled all `n`, how many hand-offs to the sink the
+/// route's histogram counted, and the route's `batches` counter.
 async fn run(
     prefix: &str,
     route_options: &str,
     sink: Arc<FaultySink>,
     n: usize,
-) -> (Vec<String>, Vec<String>, u64) {
+) -> (Vec<String>, Vec<String>, u64, u64) {
     let dlq = memory(&format!("{prefix}-dlq"));
     let brokers: BTreeMap<String, Arc<dyn Broker>> = [
         ("src".to_string(), memory(&format!("{prefix}-src"))),
@@ -114,7 +114,12 @@ async fn run(
         d.ack().unwrap();
     }
     bridge.stop().await;
-    (arrived, dead_lettered, m.handoff.snapshot().count())
+    (
+        arrived,
+        dead_lettered,
+        m.handoff.snapshot().count(),
+        m.batches.load(Ordering::Relaxed),
+    )
 }
 
 fn all_once(arrived: &[String], n: usize, except: &[&str]) {
@@ -131,7 +136,8 @@ fn all_once(arrived: &[String], n: usize, except: &[&str]) {
 #[tokio::test]
 async fn a_backlog_goes_to_a_pipelining_sink_in_batches_and_arrives_whole() {
     let sink = FaultySink::new("bt1-out", true);
-    let (arrived, dead, handoffs) = run("bt1", "    max_batch: 32\n", sink.clone(), 500).await;
+    let (arrived, dead, handoffs, batches) =
+        run("bt1", "    max_batch: 32\n", sink.clone(), 500).await;
     all_once(&arrived, 500, &[]);
     assert!(dead.is_empty());
     assert_eq!(
@@ -152,12 +158,17 @@ async fn a_backlog_goes_to_a_pipelining_sink_in_batches_and_arrives_whole() {
         sizes.iter().all(|&s| (2..=32).contains(&s)),
         "batch sizes outside 2..=max_batch: {sizes:?}"
     );
+    assert_eq!(
+        batches as usize,
+        sizes.len() + sink.publishes.load(Ordering::SeqCst),
+        "the route's batches counter: one per batch and one per message taken alone"
+    );
 }
 
 #[tokio::test]
 async fn a_message_refused_in_a_batch_is_dead_lettered_and_a_failed_one_retried_alone() {
     let sink = FaultySink::refusing("bt2-out", "13", "42", 2);
-    let (arrived, dead, handoffs) = run("bt2", "", sink.clone(), 200).await;
+    let (arrived, dead, handoffs, _) = run("bt2", "", sink.clone(), 200).await;
     assert_eq!(handoffs, 200, "a retry is not a second hand-off");
     // "42" failed twice inside its batch, then went through on a retry of its own.
     all_once(&arrived, 200, &["13"]);
@@ -172,13 +183,14 @@ async fn a_message_refused_in_a_batch_is_dead_lettered_and_a_failed_one_retried_
 #[tokio::test]
 async fn max_batch_1_or_a_sink_without_pipelining_publishes_one_at_a_time() {
     let off = FaultySink::new("bt3-out", true);
-    let (arrived, _, _) = run("bt3", "    max_batch: 1\n", off.clone(), 300).await;
+    let (arrived, _, _, batches) = run("bt3", "    max_batch: 1\n", off.clone(), 300).await;
     all_once(&arrived, 300, &[]);
     assert!(off.batch_sizes().is_empty());
     assert_eq!(off.publishes.load(Ordering::SeqCst), 300);
+    assert_eq!(batches, 300, "each message a batch of its own");
 
     let plain = FaultySink::new("bt4-out", false);
-    let (arrived, _, _) = run("bt4", "", plain.clone(), 300).await;
+    let (arrived, _, _, _) = run("bt4", "", plain.clone(), 300).await;
     all_once(&arrived, 300, &[]);
     assert!(plain.batch_sizes().is_empty());
     assert_eq!(plain.publishes.load(Ordering::SeqCst), 300);
