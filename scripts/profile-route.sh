@@ -13,15 +13,21 @@
 # (default target-fp/release/polybridge) with one route from the source to the sink, and
 # while it works measures for 4 s: the rate (the route's acknowledged messages, from the
 # bridge's /metrics), the CPU of the bridge process, of each broker and of the whole
-# machine per message, the cores stolen by the hypervisor, and a `perf record -g`
+# machine per message, the cores stolen by the hypervisor, the CPU of each of the bridge's
+# threads (in cores), the route's mean batch size (`received / batches`), the route's
+# in-flight gauge every 200 ms when PERF=0 (at the window: the route waits for its sink;
+# near 0: for its source; SHOW_IN_FLIGHT=1 prints every sample), and a `perf record -g`
 # call-graph profile of the bridge (cpu-clock), folded by scripts/profile-fold.py.
+# Fill well over 4 s of the route's work (e.g. 1500000 at 256 B on kafka-redis): a backlog
+# that runs out inside the measurement understates the rate.
 #
 # Call graphs need frame pointers; build the binary with them in a separate target dir:
 #   CARGO_TARGET_DIR=target-fp RUSTFLAGS="-C force-frame-pointers=yes" \
 #     CARGO_PROFILE_RELEASE_DEBUG=line-tables-only \
 #     cargo build --release --locked -p polybridge-bridge --bin polybridge
 # (librdkafka, built by its own C build, has none: its frames are counted by their leaf.)
-# MAX_IN_FLIGHT and MAX_BATCH set the route's (defaults 256 and 64, the bridge's).
+# MAX_IN_FLIGHT and MAX_BATCH set the route's (defaults 256 and 64, the bridge's);
+# SINK_URL=memory://x replaces the sink, to measure the source and the route alone.
 # PERF=0 skips perf (rate and CPU only, e.g. to compare two binaries); PERF_OUT=FILE keeps
 # the perf.data (e.g. for `perf script -i FILE` or `perf report -i FILE`).
 # PERF_CALL_GRAPH=dwarf (with PERF_FREQ=500: the samples are large) unwinds through code
