@@ -252,7 +252,6 @@ impl Route {
 
     /// Runs one slot's work; returns the number of deliveries it carried.
     async fn process_work(self: Arc<Self>, work: Work) -> usize {
-        self.metrics.batches.fetch_add(1, AtomicOrdering::Relaxed);
         match work {
             Work::One(delivery) => {
                 self.process(delivery).await;
@@ -285,7 +284,6 @@ impl Route {
             let route = self.clone();
             workers.push(tokio::spawn(async move {
                 while let Some(delivery) = rx.recv().await {
-                    route.metrics.batches.fetch_add(1, AtomicOrdering::Relaxed);
                     route.clone().process(delivery).await;
                 }
             }));
@@ -462,9 +460,10 @@ impl Route {
             .fetch_sub(n as i64, AtomicOrdering::Relaxed);
     }
 
-    /// Counts `n` deliveries received at `started` and now in flight.
+    /// Counts `n` deliveries received together at `started` (one batch) and now in flight.
     fn count_received(&self, n: usize, started: Instant) {
         let m = &self.metrics;
+        m.batches.fetch_add(1, AtomicOrdering::Relaxed);
         if m.received.fetch_add(n as u64, AtomicOrdering::Relaxed) == 0 {
             let _ = m.first_received_at.set(started.into_std());
         }
