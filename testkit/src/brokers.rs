@@ -416,9 +416,10 @@ impl BrokerProcess {
       <policyEntry queue=">" producerFlowControl="false"/>
     </policyEntries></policyMap></destinationPolicy>
     <!-- KahaDB's journal cleanup every 5 min instead of every 30 s: a cleanup stopped the
-         broker from reading its publishers' SENDs for 120-175 ms, which hit one latency
+         broker from reading its publishers' SENDs for 144-174 ms, which hit one latency
          series in most benchmark runs (docs/benchmarks, "RabbitMQ→STOMP(ActiveMQ) 4 KiB:
-         the round of ~100 ms"). A test run lasts minutes; its journal stays small. -->
+         the round of ~100 ms"). The journal's files go with the run's temporary
+         directory. -->
     <persistenceAdapter><kahaDB directory="{dir}/data/kahadb" cleanupInterval="300000"/></persistenceAdapter>
 {ssl_context}    <systemUsage><systemUsage><memoryUsage><memoryUsage limit="64 mb"/></memoryUsage></systemUsage></systemUsage>
     <transportConnectors>
