@@ -112,6 +112,11 @@ struct Args {
     /// `process`, the binary as deployed).
     #[arg(long, value_enum, default_value_t = LatencyBridge::Process)]
     latency_bridge: LatencyBridge,
+    /// Writes every latency series' messages to a CSV file in this directory (send time,
+    /// arrival time and latency of each, µs), for `scripts/latency-trace.py`: which
+    /// messages a tail is made of, one stall or many.
+    #[arg(long)]
+    trace_dir: Option<std::path::PathBuf>,
 }
 
 /// Where the bridge of a latency series runs.
@@ -198,6 +203,10 @@ async fn run(args: Args) -> Result<()> {
     let mut endpoints: BTreeMap<&'static str, Endpoint> = BTreeMap::new();
     let mut results = Vec::new();
     let mut failures = 0usize;
+    if let Some(dir) = &args.trace_dir {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating the trace directory {}", dir.display()))?;
+    }
     for (src, dst) in ROUTES {
         if args.memory_only {
             break;
@@ -547,7 +556,8 @@ async fn bench_route(
         }
         _ => None,
     };
-    for _ in 0..args.rounds.max(1) {
+    for round in 1..=args.rounds.max(1) {
+        let trace = |which: &str| trace_file(args, name, size, round, which);
         let LatencyRun {
             hist: bridged,
             handoff: round_handoff,
@@ -555,17 +565,15 @@ async fn bench_route(
         } = latency(
             source,
             sink,
-            size,
-            args.latency_messages,
-            args.rate,
+            Series::of(args, size, trace("bridged")),
             RouteOptions::from(args),
             process_bin.as_deref(),
         )
         .await
         .context("latency")?;
         let (src, dst) = tokio::try_join!(
-            raw_latency(source, size, args.latency_messages, args.rate),
-            raw_latency(sink, size, args.latency_messages, args.rate),
+            raw_latency(source, Series::of(args, size, trace("source-hop"))),
+            raw_latency(sink, Series::of(args, size, trace("sink-hop"))),
         )
         .context("raw latency at the source and the sink together")?;
         round_added_p99.push(
@@ -985,6 +993,27 @@ struct LatencyRun {
     ack: HistogramSnapshot,
 }
 
+/// One latency series: `count` messages of `size` bytes at `rate` per second, each
+/// message's times written to `trace` when it is set (`--trace-dir`).
+struct Series {
+    size: usize,
+    count: u64,
+    rate: u64,
+    trace: Option<std::path::PathBuf>,
+}
+
+impl Series {
+    /// A series of `--latency-messages` at `--rate`.
+    fn of(args: &Args, size: usize, trace: Option<std::path::PathBuf>) -> Series {
+        Series {
+            size,
+            count: args.latency_messages,
+            rate: args.rate,
+            trace,
+        }
+    }
+}
+
 /// End-to-end latency through the bridge at a fixed rate: raw source publisher → bridge →
 /// raw sink subscriber, the send time carried in the payload; and the route's own
 /// histograms over the same messages. The bridge is the binary `process_bin` in its own
@@ -992,9 +1021,7 @@ struct LatencyRun {
 async fn latency(
     source: &Endpoint,
     sink: &Endpoint,
-    size: usize,
-    count: u64,
-    rate: u64,
+    series: Series,
     options: RouteOptions,
     process_bin: Option<&std::path::Path>,
 ) -> Result<LatencyRun> {
@@ -1021,18 +1048,19 @@ async fn latency(
     let warmups_arrived = Arc::new(AtomicU64::new(0));
     let receiver = record_latencies(
         sub,
-        count,
+        series.count,
         warmups_arrived.clone(),
         "no message at the sink for 30 s",
+        series.trace,
     );
     let mut publisher = raw::publisher(source, &src).await?;
-    let mut tick = rate_timer(rate);
-    warm_up(publisher.as_mut(), size, &mut tick, &warmups_arrived).await?;
+    let mut tick = rate_timer(series.rate);
+    warm_up(publisher.as_mut(), series.size, &mut tick, &warmups_arrived).await?;
     // The route's histograms from the end of the warm-up on (a few warm-up messages still
     // on their way to the route may count). A tick missed while they are read fires at
     // once; the timer's lateness is not stamped (`publish_at_rate`).
     let (handoff_at_warm, ack_at_warm) = bridge.histograms().await?;
-    publish_at_rate(publisher.as_mut(), size, count, &mut tick).await?;
+    publish_at_rate(publisher.as_mut(), series.size, series.count, &mut tick).await?;
     let hist = receiver.await??;
     let (handoff_now, ack_now) = bridge.histograms().await?;
     bridge.stop().await;
@@ -1124,21 +1152,22 @@ impl SeriesBridge {
 
 /// One-hop latency at a fixed rate on one broker: raw publisher → raw subscriber, the send
 /// time carried in the payload (the baseline the bridged latency is compared with).
-async fn raw_latency(
-    ep: &Endpoint,
-    size: usize,
-    count: u64,
-    rate: u64,
-) -> Result<hdrhistogram::Histogram<u64>> {
+async fn raw_latency(ep: &Endpoint, series: Series) -> Result<hdrhistogram::Histogram<u64>> {
     let name = unique_name("rl");
     raw::prepare(ep, &name).await?;
     let sub = raw::subscriber(ep, &name).await?;
     let warmups_arrived = Arc::new(AtomicU64::new(0));
-    let receiver = record_latencies(sub, count, warmups_arrived.clone(), "no message for 30 s");
+    let receiver = record_latencies(
+        sub,
+        series.count,
+        warmups_arrived.clone(),
+        "no message for 30 s",
+        series.trace,
+    );
     let mut publisher = raw::publisher(ep, &name).await?;
-    let mut tick = rate_timer(rate);
-    warm_up(publisher.as_mut(), size, &mut tick, &warmups_arrived).await?;
-    publish_at_rate(publisher.as_mut(), size, count, &mut tick).await?;
+    let mut tick = rate_timer(series.rate);
+    warm_up(publisher.as_mut(), series.size, &mut tick, &warmups_arrived).await?;
+    publish_at_rate(publisher.as_mut(), series.size, series.count, &mut tick).await?;
     let hist = receiver.await??;
     drop(publisher);
     raw::cleanup(ep, &name).await;
@@ -1153,10 +1182,16 @@ fn record_latencies(
     count: u64,
     warmups_arrived: Arc<AtomicU64>,
     silence: &'static str,
+    trace: Option<std::path::PathBuf>,
 ) -> tokio::task::JoinHandle<Result<hdrhistogram::Histogram<u64>>> {
     tokio::spawn(async move {
         let mut hist = new_histogram()?;
         let mut recorded = 0;
+        // (send, arrival) of every recorded message, ns since `epoch`, when traced.
+        let mut traced: Vec<(Duration, Duration)> = Vec::new();
+        if trace.is_some() {
+            traced.reserve(usize::try_from(count).unwrap_or(0));
+        }
         while recorded < count {
             let arrival = tokio::time::timeout(Duration::from_secs(30), sub.next())
                 .await
@@ -1170,12 +1205,57 @@ fn record_latencies(
                     let ns = u64::try_from(now.saturating_sub(sent).as_nanos()).unwrap_or(u64::MAX);
                     hist.saturating_record(ns.max(1));
                     recorded += 1;
+                    if trace.is_some() {
+                        traced.push((sent, now));
+                    }
                 }
                 None => recorded += 1,
             }
         }
+        if let Some(path) = trace {
+            write_trace(&path, &traced)?;
+        }
         anyhow::Ok(hist)
     })
+}
+
+/// The trace file of one latency series (`--trace-dir`): `<route>-<size>B-r<round>-<which>.csv`,
+/// the route's name in ASCII (`NATS(JetStream)→Kafka` → `nats-jetstream-kafka`).
+fn trace_file(
+    args: &Args,
+    route: &str,
+    size: usize,
+    round: usize,
+    which: &str,
+) -> Option<std::path::PathBuf> {
+    let dir = args.trace_dir.as_ref()?;
+    let mut slug = String::new();
+    for c in route.chars() {
+        if c.is_ascii_alphanumeric() {
+            slug.push(c.to_ascii_lowercase());
+        } else if !slug.is_empty() && !slug.ends_with('-') {
+            slug.push('-');
+        }
+    }
+    let slug = slug.trim_end_matches('-');
+    Some(dir.join(format!("{slug}-{size}B-r{round}-{which}.csv")))
+}
+
+/// Writes one series' messages in the order they arrived: send time, arrival time (µs
+/// since the benchmark started) and latency (µs).
+fn write_trace(path: &std::path::Path, traced: &[(Duration, Duration)]) -> Result<()> {
+    use std::fmt::Write as _;
+    let mut csv = String::from("sent_us,arrival_us,latency_us\n");
+    for (sent, arrival) in traced {
+        let _ = writeln!(
+            csv,
+            "{:.1},{:.1},{:.1}",
+            sent.as_secs_f64() * 1e6,
+            arrival.as_secs_f64() * 1e6,
+            arrival.saturating_sub(*sent).as_secs_f64() * 1e6
+        );
+    }
+    std::fs::write(path, csv).with_context(|| format!("writing the trace {}", path.display()))
 }
 
 /// The timer of a series at `rate` messages per second (a late tick fires at once).
@@ -1472,7 +1552,8 @@ fn write_results(args: &Args, results: &[serde_json::Value]) -> Result<()> {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
-    use super::{stamp, two_hops, WarmUp};
+    use super::{stamp, trace_file, two_hops, write_trace, Args, WarmUp};
+    use clap::Parser;
     use std::collections::VecDeque;
     use std::time::{Duration, Instant};
 
@@ -1523,6 +1604,32 @@ mod tests {
         // Two sends after the due time: both count.
         let two = VecDeque::from([(due + ms(1), due + ms(4)), (due + ms(4), due + ms(6))]);
         assert_eq!(stamp(&two, due, due + ms(7)), due + ms(2));
+    }
+
+    #[test]
+    fn a_trace_is_named_by_route_size_round_and_series_and_lists_every_message() {
+        let dir = std::env::temp_dir().join(format!("pb-trace-test-{}", std::process::id()));
+        let args = Args::parse_from(["polybridge-bench", "--trace-dir", dir.to_str().unwrap()]);
+        let path = trace_file(&args, "NATS(JetStream)→Kafka", 4096, 2, "sink-hop").unwrap();
+        assert_eq!(path, dir.join("nats-jetstream-kafka-4096B-r2-sink-hop.csv"));
+        assert!(trace_file(
+            &Args::parse_from(["polybridge-bench"]),
+            "x",
+            1,
+            1,
+            "bridged"
+        )
+        .is_none());
+
+        std::fs::create_dir_all(&dir).unwrap();
+        let us = Duration::from_micros;
+        write_trace(&path, &[(us(1000), us(1250)), (us(2000), us(2100))]).unwrap();
+        let csv = std::fs::read_to_string(&path).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(
+            csv,
+            "sent_us,arrival_us,latency_us\n1000.0,1250.0,250.0\n2000.0,2100.0,100.0\n"
+        );
     }
 
     fn histogram(samples: &[(u64, u64)]) -> hdrhistogram::Histogram<u64> {
