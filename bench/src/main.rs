@@ -1187,11 +1187,11 @@ fn record_latencies(
     tokio::spawn(async move {
         let mut hist = new_histogram()?;
         let mut recorded = 0;
-        // (send, arrival) of every recorded message, ns since `epoch`, when traced.
-        let mut traced: Vec<(Duration, Duration)> = Vec::new();
-        if trace.is_some() {
-            traced.reserve(usize::try_from(count).unwrap_or(0));
-        }
+        // When traced: the file, and (send, arrival) of every recorded message since `epoch`.
+        let mut trace = trace.map(|path| {
+            let capacity = usize::try_from(count).unwrap_or(0);
+            (path, Vec::<(Duration, Duration)>::with_capacity(capacity))
+        });
         while recorded < count {
             let arrival = tokio::time::timeout(Duration::from_secs(30), sub.next())
                 .await
@@ -1205,14 +1205,14 @@ fn record_latencies(
                     let ns = u64::try_from(now.saturating_sub(sent).as_nanos()).unwrap_or(u64::MAX);
                     hist.saturating_record(ns.max(1));
                     recorded += 1;
-                    if trace.is_some() {
+                    if let Some((_, traced)) = trace.as_mut() {
                         traced.push((sent, now));
                     }
                 }
                 None => recorded += 1,
             }
         }
-        if let Some(path) = trace {
+        if let Some((path, traced)) = trace {
             write_trace(&path, &traced)?;
         }
         anyhow::Ok(hist)
