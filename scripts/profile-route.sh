@@ -28,6 +28,12 @@
 # (librdkafka, built by its own C build, has none: its frames are counted by their leaf.)
 # MAX_IN_FLIGHT and MAX_BATCH set the route's (defaults 256 and 64, the bridge's);
 # SINK_URL=memory://x replaces the sink, to measure the source and the route alone.
+# ALLOCS=1 counts heap allocation calls (malloc, calloc, realloc, posix_memalign,
+# aligned_alloc; uprobes on glibc, added if missing) per routed message, per thread of the
+# bridge, instead of the profile (needs root for the probes; each probed call traps, so the
+# rate and CPU figures of such a run are not the route's); ALLOCS=sites also records 1 s of
+# those calls with their call chains and prints, per thread, the sites that allocate (both
+# printed by scripts/alloc-calls.py).
 # PERF=0 skips perf (rate and CPU only, e.g. to compare two binaries); PERF_OUT=FILE keeps
 # the perf.data (e.g. for `perf script -i FILE` or `perf report -i FILE`).
 # PERF_CALL_GRAPH=dwarf (with PERF_FREQ=500: the samples are large) unwinds through code
@@ -40,7 +46,13 @@ size=${3:-256}
 route=${ROUTE:-redis-nats}
 work=$(mktemp -d)
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+added_probes=()
+cleanup() {
+  for p in "${pids[@]}"; do kill -KILL "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  for e in "${added_probes[@]}"; do perf probe -q -d "$e" 2>/dev/null || true; done
+  rm -rf "$work"
+}
 trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 # Waits up to 10 s for a listener on loopback port $1.
@@ -196,7 +208,28 @@ threads_cpu() {
 g0=$(route_metric polybridge_route_received_total); n0=$(route_metric polybridge_route_batches_total)
 r0=$(done_count); t0=$(date +%s.%N); p0=$(process_cpu "$bridge"); m0=$(machine_busy); s0=$(machine_steal); b0=$(brokers_cpu)
 threads_cpu >"$work/threads0"
-if [ "${PERF:-1}" = 1 ]; then
+if [ "${ALLOCS:-0}" != 0 ]; then
+  # Heap allocation calls per thread: uprobes on glibc's allocation functions (the Rust
+  # global allocator and librdkafka both call them), counted by `perf stat`.
+  libc=$(ldd "$bin" | awk '$1 ~ /^libc[.]so/ { print $3 }')
+  events=
+  for f in malloc calloc realloc posix_memalign aligned_alloc; do
+    # Defined here unless already defined (then left as found); deleted on exit.
+    if perf probe -q -x "$libc" "$f" 2>/dev/null; then added_probes+=("probe_libc:$f"); fi
+    events="$events${events:+,}probe_libc:$f"
+  done
+  # The messages are counted inside the counted span (attaching the probes takes seconds).
+  export -f route_metric done_count
+  export admin_port
+  perf stat --per-thread -x, -e "$events" -p "$bridge" -o "$work/allocs" -- \
+    bash -c "done_count >'$work/r0'; sleep 4; done_count >'$work/r1'" >/dev/null 2>&1
+  if [ "$ALLOCS" = sites ]; then
+    # The same calls with their call chains (DWARF: librdkafka and glibc have no frame
+    # pointers), for 1 s: the samples are large.
+    perf record -e "$events" --call-graph dwarf,16384 -p "$bridge" -o "$work/allocs.data" -- \
+      sleep 1 >/dev/null 2>&1
+  fi
+elif [ "${PERF:-1}" = 1 ]; then
   perf record -F "${PERF_FREQ:-4000}" -e cpu-clock --call-graph "${PERF_CALL_GRAPH:-fp}" -p "$bridge" -o "$work/perf.data" -- sleep 4 >/dev/null 2>&1
 else
   # The route's in-flight gauge every 200 ms: at the window (`max_in_flight`, 256) the
@@ -227,7 +260,14 @@ fi
 # The bridge's busiest threads, in cores: one near 1.0 is the route's serial limit.
 join <(sort "$work/threads0") <(sort "$work/threads1") | awk -v tick="$tick" -v t0="$t0" -v t1="$t1" \
   '{ printf "%.2f cores %s\n", ($3 - $2) / tick / (t1 - t0), $1 }' | sort -rn | head -8 | sed 's/^/  thread: /'
-if [ "${PERF:-1}" = 1 ]; then
+if [ "${ALLOCS:-0}" != 0 ]; then
+  sites=()
+  if [ "$ALLOCS" = sites ]; then
+    perf script -i "$work/allocs.data" -F comm,event,ip,sym >"$work/allocs.txt" 2>/dev/null
+    sites=("$work/allocs.txt")
+  fi
+  python3 "$here/alloc-calls.py" "$work/allocs" "$(($(cat "$work/r1") - $(cat "$work/r0")))" "${sites[@]}"
+elif [ "${PERF:-1}" = 1 ]; then
   perf script -i "$work/perf.data" -F ip,sym 2>/dev/null | python3 "$here/profile-fold.py"
   if [ -n "${PERF_OUT:-}" ]; then cp "$work/perf.data" "$PERF_OUT"; fi
 fi

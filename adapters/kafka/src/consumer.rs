@@ -12,7 +12,7 @@
 //! that does not close in time is abandoned (leaked) rather than destroyed, because
 //! `rd_kafka_destroy` can block forever on some brokers (seen with Tansu).
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -45,12 +45,16 @@ const REBALANCE_IO: Duration = Duration::from_secs(10);
 /// Prefix of the metadata committed with each offset: `pb:<delivered-until>`.
 const METADATA_PREFIX: &str = "pb:";
 
-type Tp = (String, i32);
+/// A partition: its topic (shared, so the per-record bookkeeping clones a pointer, not the
+/// name) and its number.
+type Tp = (Arc<str>, i32);
 
 /// The maps the consumer thread looks up for every record and every settlement: foldhash
 /// instead of SipHash (the keys are this thread's own tokens and the assigned partitions,
 /// not input an attacker chooses; SipHash was a tenth of the thread's time).
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+/// A set of the same kind (the topics the consumer thread has seen).
+type FastSet<K> = HashSet<K, foldhash::fast::RandomState>;
 
 /// Where partitions without a committed offset start.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -164,6 +168,7 @@ pub(crate) async fn subscribe(
         runtime: tokio::runtime::Handle::current(),
         last_commit: Instant::now(),
         last_stashed_poll: Instant::now(),
+        topics: FastSet::default(),
     };
     std::thread::Builder::new()
         .name("pb-kafka-consumer".into())
@@ -244,7 +249,7 @@ fn registry_get(group_key: &str, topic: &str, partition: i32) -> i64 {
 fn registry_put(group_key: &str, tp: &Tp, delivered_until: i64) {
     let mut r = registry();
     let e = r
-        .entry((group_key.to_owned(), tp.0.clone(), tp.1))
+        .entry((group_key.to_owned(), String::from(&*tp.0), tp.1))
         .or_insert(0);
     *e = (*e).max(delivered_until);
 }
@@ -252,6 +257,16 @@ fn registry_put(group_key: &str, tp: &Tp, delivered_until: i64) {
 /// Forgets a private group (nobody resumes it).
 fn registry_forget(group_key: &str) {
     registry().retain(|(g, _, _), _| g != group_key);
+}
+
+/// The shared name of `topic` in `topics`, allocated the first time it is seen.
+fn shared_name(topics: &mut FastSet<Arc<str>>, topic: &str) -> Arc<str> {
+    if let Some(name) = topics.get(topic) {
+        return Arc::clone(name);
+    }
+    let name: Arc<str> = Arc::from(topic);
+    topics.insert(Arc::clone(&name));
+    name
 }
 
 fn lock(shared: &Mutex<Tracker>) -> MutexGuard<'_, Tracker> {
@@ -575,7 +590,12 @@ impl Ctx {
                     s
                 }
             };
-            states.push(((topic, partition), start, delivered_until, committed_offset));
+            states.push((
+                (Arc::from(topic), partition),
+                start,
+                delivered_until,
+                committed_offset,
+            ));
         }
         let mut assignment = TopicPartitionList::new();
         for ((topic, partition), start, _, _) in &states {
@@ -656,7 +676,7 @@ impl Ctx {
         let gone: Vec<Tp> = tpl
             .elements()
             .iter()
-            .map(|e| (e.topic().to_owned(), e.partition()))
+            .map(|e| (Arc::from(e.topic()), e.partition()))
             .collect();
         let offsets = lock(&self.shared).offsets_to_commit(Some(&gone), true);
         if !consumer.assignment_lost() {
@@ -697,6 +717,9 @@ struct Worker {
     last_commit: Instant,
     /// When the consumer was last polled while the stash held a full window.
     last_stashed_poll: Instant,
+    /// The names of the topics records came from, each allocated once and shared by the
+    /// partition key of every record from that topic.
+    topics: FastSet<Arc<str>>,
 }
 
 impl Worker {
@@ -808,7 +831,10 @@ impl Worker {
         let polled = match self.consumer.poll(timeout) {
             None => return false,
             Some(Ok(record)) => Ok((
-                (record.topic().to_owned(), record.partition()),
+                (
+                    shared_name(&mut self.topics, record.topic()),
+                    record.partition(),
+                ),
                 record.offset(),
                 mapping::from_record(&record),
             )),
@@ -915,7 +941,7 @@ impl Worker {
         let delivery = Delivery {
             message,
             info: DeliveryInfo {
-                topic: tp.0,
+                topic: String::from(&*tp.0),
                 attempt,
                 redelivered: attempt != 1,
                 position: Some(Position::Offset {
@@ -1002,7 +1028,8 @@ impl Worker {
                     .unwrap_or_else(|| self.config.dead_letter_for(&f.tp.0));
                 let mut copy = f.message.clone();
                 copy.headers.set(well_known::REJECT_REASON, reason);
-                copy.headers.set(well_known::ORIGINAL_TOPIC, f.tp.0.clone());
+                copy.headers
+                    .set(well_known::ORIGINAL_TOPIC, String::from(&*f.tp.0));
                 copy.headers
                     .set(well_known::ATTEMPTS, f.attempt.to_string());
                 copy.headers

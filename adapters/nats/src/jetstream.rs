@@ -2,17 +2,19 @@
 //! the free in-flight slots, acked only when a delivery is acked.
 //!
 //! One task per subscription owns everything mutable (its pull inbox, the pull requests sent,
-//! the acknowledgement handles of the deliveries in flight): deliveries are settled by
-//! sending `(token, settlement)` to it over a bounded channel, so the hot path has no lock.
+//! the reply subjects of the deliveries in flight, where their settlements are published):
+//! deliveries are settled by sending `(token, settlement)` to it over a bounded channel, so
+//! the hot path has no lock.
 
 use std::collections::{HashMap, VecDeque};
+use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use async_nats::jetstream::consumer::pull::Config as PullConfig;
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer};
-use async_nats::jetstream::message::{AckKind, Acker};
+use async_nats::jetstream::message::AckKind;
 use async_nats::jetstream::stream::{Config as StreamConfig, StorageType};
 use async_nats::jetstream::Context;
 use async_nats::StatusCode;
@@ -237,7 +239,8 @@ impl Acknowledger for SubscriptionAcker {
 
 /// A delivery handed out and not yet settled.
 struct InFlight {
-    acker: Acker,
+    /// Where its settlement goes: the `$JS.ACK.…` subject it came with (moved, not copied).
+    reply: async_nats::Subject,
     /// Kept only when the subscription has a dead-letter subject.
     message: Option<polybridge_core::Message>,
     /// The subject it came on, as the client holds it (a shared buffer: no copy).
@@ -373,11 +376,7 @@ impl Pump {
                     Some(reply) => match reply.status {
                         None => {
                             pulls.received_one();
-                            let message = async_nats::jetstream::Message {
-                                message: reply,
-                                context: self.context.clone(),
-                            };
-                            if !self.hand_out(message).await {
+                            if !self.hand_out(reply).await {
                                 break;
                             }
                         }
@@ -410,23 +409,24 @@ impl Pump {
     }
 
     /// Turns a JetStream message into a delivery. False when the subscriber is gone.
-    async fn hand_out(&mut self, message: async_nats::jetstream::Message) -> bool {
-        let (stream_sequence, delivered, published) = match message.info() {
-            Ok(info) => (
-                info.stream_sequence,
-                info.delivered,
-                mapping::system_time(info.published.unix_timestamp_nanos()),
-            ),
-            Err(e) => {
-                tracing::warn!(broker = BROKER, subject = %self.filter, error = %e, "a JetStream message without metadata; skipping it (it is redelivered after ack_wait)");
-                return true;
-            }
+    async fn hand_out(&mut self, mut message: async_nats::Message) -> bool {
+        let Some(reply) = message.reply.take() else {
+            tracing::warn!(broker = BROKER, subject = %self.filter, "a message without a reply subject on the pull inbox; skipping it");
+            return true;
         };
-        let (message, acker) = message.split();
+        let Some(metadata) = AckMetadata::parse(&reply) else {
+            tracing::warn!(broker = BROKER, subject = %self.filter, reply = %reply, "a JetStream message without metadata; skipping it (it is redelivered after ack_wait)");
+            return true;
+        };
+        let (stream_sequence, delivered) = (metadata.stream_sequence, metadata.delivered);
+        let published = mapping::system_time(metadata.published_nanos);
         let stream_name = &self.stream_name;
         let mut polybridge_message =
             mapping::from_nats(message.payload, message.headers.as_ref(), None, || {
-                format!("{stream_name}:{stream_sequence}")
+                // Sized once (`format!` would grow it as it writes the number).
+                let mut id = String::with_capacity(stream_name.len() + 21);
+                let _ = write!(id, "{stream_name}:{stream_sequence}");
+                id
             });
         if polybridge_message.timestamp.is_none() {
             polybridge_message.timestamp = published;
@@ -442,7 +442,7 @@ impl Pump {
         let delivery = Delivery {
             message: polybridge_message,
             info: DeliveryInfo {
-                topic: message.subject.to_string(),
+                topic: message.subject.as_str().to_owned(),
                 attempt,
                 redelivered: attempt > 1,
                 position: Some(Position::Sequence(stream_sequence)),
@@ -453,7 +453,7 @@ impl Pump {
         self.in_flight.insert(
             token,
             InFlight {
-                acker,
+                reply,
                 message: kept,
                 topic: message.subject,
                 sequence: stream_sequence,
@@ -488,7 +488,7 @@ impl Pump {
                 },
             },
         };
-        if let Err(e) = entry.acker.ack_with(kind).await {
+        if let Err(e) = self.client.publish(entry.reply, kind.into()).await {
             // The server redelivers after ack_wait: at least once still holds.
             tracing::warn!(broker = BROKER, topic = %entry.topic, error = %e, "cannot send the settlement to JetStream; the message will be redelivered");
         }
@@ -527,7 +527,8 @@ impl Pump {
         let threshold = self.ack_wait / 3;
         for entry in self.in_flight.values() {
             if entry.since.elapsed() >= threshold {
-                if let Err(e) = entry.acker.ack_with(AckKind::Progress).await {
+                let progress = AckKind::Progress.into();
+                if let Err(e) = self.client.publish(entry.reply.clone(), progress).await {
                     tracing::debug!(broker = BROKER, topic = %entry.topic, error = %e, "in-progress ack failed");
                 }
             }
@@ -547,7 +548,8 @@ impl Pump {
             self.settle(token, settlement).await;
         }
         for (_, entry) in self.in_flight.drain() {
-            if let Err(e) = entry.acker.ack_with(AckKind::Nak(nak_delay)).await {
+            let nak = AckKind::Nak(nak_delay).into();
+            if let Err(e) = self.client.publish(entry.reply, nak).await {
                 tracing::debug!(broker = BROKER, topic = %entry.topic, error = %e, "nak on close failed; redelivered after ack_wait");
             }
         }
@@ -568,9 +570,87 @@ impl Pump {
     }
 }
 
+/// What JetStream says about a delivery in its reply subject (ADR-15):
+/// `$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<published ns>.<pending>`,
+/// or since NATS 2.9 the same after `<domain>.<account hash>` and with more tokens after it.
+#[derive(Debug, PartialEq, Eq)]
+struct AckMetadata {
+    /// How many times this message was delivered, this time included.
+    delivered: u64,
+    stream_sequence: u64,
+    /// When the stream stored it, in nanoseconds since the Unix epoch.
+    published_nanos: i128,
+}
+
+impl AckMetadata {
+    /// Parsed from a reply subject; `None` for one that is not a JetStream acknowledgement
+    /// subject. Parsed here rather than through the client's `jetstream::Message`, which
+    /// would need a copy of the JetStream context for every message.
+    fn parse(reply: &str) -> Option<AckMetadata> {
+        let tokens = reply.strip_prefix("$JS.ACK.")?.split('.');
+        let before_delivered = match tokens.clone().count() {
+            7 => 2,           // stream, consumer
+            n if n >= 9 => 4, // domain, account hash, stream, consumer
+            _ => return None,
+        };
+        let mut tokens = tokens.skip(before_delivered);
+        let delivered = tokens.next()?.parse().ok()?;
+        let stream_sequence = tokens.next()?.parse().ok()?;
+        let _consumer_sequence = tokens.next()?;
+        let published_nanos = tokens.next()?.parse().ok()?;
+        Some(AckMetadata {
+            delivered,
+            stream_sequence,
+            published_nanos,
+        })
+    }
+}
+
 async fn sleep_until_opt(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::AckMetadata;
+
+    #[test]
+    fn ack_metadata_is_read_from_both_forms_of_the_reply_subject() {
+        let expected = AckMetadata {
+            delivered: 2,
+            stream_sequence: 42,
+            published_nanos: 1_764_806_400_123_456_789,
+        };
+        // Before NATS 2.9: stream, consumer, delivered, stream seq, consumer seq, time, pending.
+        assert_eq!(
+            AckMetadata::parse("$JS.ACK.ORDERS.pull.2.42.40.1764806400123456789.3"),
+            Some(expected)
+        );
+        // Since 2.9: domain ("_" for none) and account hash first, a random token last.
+        assert_eq!(
+            AckMetadata::parse("$JS.ACK._.ACCHASH.ORDERS.pull.2.42.40.1764806400123456789.3.x7"),
+            AckMetadata::parse("$JS.ACK.hub.ACCHASH.ORDERS.pull.2.42.40.1764806400123456789.3"),
+        );
+        assert_eq!(
+            AckMetadata::parse("$JS.ACK.hub.ACCHASH.ORDERS.pull.2.42.40.1764806400123456789.3")
+                .map(|m| (m.delivered, m.stream_sequence)),
+            Some((2, 42))
+        );
+    }
+
+    #[test]
+    fn a_reply_subject_that_is_not_a_jetstream_ack_has_no_metadata() {
+        for reply in [
+            "_INBOX.abc.def",
+            "$JS.ACK.ORDERS.pull.2.42",
+            "$JS.ACK.ORDERS.pull.two.42.40.1764806400123456789.3",
+            "$JS.ACK.ORDERS.pull.2.42.40.1764806400123456789",
+            "$JS.API.ORDERS.pull.2.42.40.1764806400123456789.3",
+        ] {
+            assert_eq!(AckMetadata::parse(reply), None, "{reply}");
+        }
     }
 }
