@@ -718,7 +718,8 @@ struct Worker {
     /// When the consumer was last polled while the stash held a full window.
     last_stashed_poll: Instant,
     /// The names of the topics records came from, each allocated once and shared by the
-    /// partition key of every record from that topic.
+    /// partition key of every record from that topic. Never pruned: it holds one name per
+    /// topic this subscription ever received from.
     topics: FastSet<Arc<str>>,
 }
 

@@ -572,7 +572,8 @@ impl Pump {
 
 /// What JetStream says about a delivery in its reply subject (ADR-15):
 /// `$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<published ns>.<pending>`,
-/// or since NATS 2.9 the same after `<domain>.<account hash>` and with more tokens after it.
+/// or, in the newer form, the same after `<domain>.<account hash>` and with more tokens
+/// after it (the client's own parser reads both the same way).
 #[derive(Debug, PartialEq, Eq)]
 struct AckMetadata {
     /// How many times this message was delivered, this time included.
