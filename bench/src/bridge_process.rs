@@ -129,8 +129,7 @@ impl BridgeProcess {
 }
 
 fn free_port() -> Result<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(l.local_addr()?.port())
+    Ok(polybridge_testkit::free_loopback_port()?)
 }
 
 /// A plain HTTP/1.0 GET on the admin port: (status, body).

@@ -120,6 +120,17 @@ impl Holder {
         }
     }
 
+    /// The last `lines` of a private broker's log (it spans the restart), for a failure
+    /// message: what the broker said about its recovered state.
+    fn log_tail(&self, lines: usize) -> String {
+        match self {
+            Holder::Private(p) => std::fs::read_to_string(p.dir().join("broker.log"))
+                .map(|log| tail(&log, lines))
+                .unwrap_or_else(|e| format!("(no broker log: {e})")),
+            Holder::Shared(_) => "(a shared broker: not restarted)".to_owned(),
+        }
+    }
+
     fn process(&mut self) -> &mut BrokerProcess {
         match self {
             Holder::Private(p) => p,
@@ -575,21 +586,25 @@ fn run_scenario(s: Scenario) {
         seen.foreign,
         started.elapsed().as_secs_f64()
     );
+    let faulted = if source_faulted { &src } else { &dst };
     if lost > 0 {
         let missing: Vec<u64> = (0..n as u64)
             .filter(|i| !seen.counts.contains_key(i))
             .take(20)
             .collect();
         panic!(
-            "scenario {}: {lost} lost, e.g. {missing:?}; bridge log tail:\n{}",
+            "scenario {}: {lost} lost, e.g. {missing:?}; bridge log tail:\n{}\nfaulted broker's log tail:\n{}",
             s.name,
-            tail(&d.log(), 40)
+            tail(&d.log(), 40),
+            faulted.log_tail(60)
         );
     }
     assert!(
         dups <= bound,
-        "scenario {}: {dups} duplicates, more than the in-flight bound {bound}",
-        s.name
+        "scenario {}: {dups} duplicates, more than the in-flight bound {bound}; bridge log tail:\n{}\nfaulted broker's log tail:\n{}",
+        s.name,
+        tail(&d.log(), 40),
+        faulted.log_tail(60)
     );
     if s.per_key {
         assert_eq!(

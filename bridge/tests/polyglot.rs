@@ -34,10 +34,7 @@ fn repo_root() -> PathBuf {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    polybridge_testkit::free_loopback_port().expect("a free port")
 }
 
 struct Outcome {

@@ -69,6 +69,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 
 pub use brokers::{kafka_home, BrokerProcess};
+pub use process::{free_loopback_port, free_port};
 pub use server::TestBroker;
 pub use tls::{test_certificates, TlsFiles};
 pub use tls_checks::{

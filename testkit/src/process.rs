@@ -9,16 +9,52 @@ use std::time::{Duration, Instant};
 
 use crate::HarnessError;
 
-/// A free loopback port (bound and released; the broker binds it right after).
+/// A free loopback port for `broker` to listen on (bound and released; the broker binds it
+/// a moment later).
+///
+/// The port comes from below the kernel's ephemeral range
+/// (`/proc/sys/net/ipv4/ip_local_port_range`), never from it: the kernel gives every
+/// outgoing connection a local port from that range, and with tests connecting clients in
+/// parallel one of them could take a port between this check and the broker's bind (a
+/// RabbitMQ listener failed with `eaddrinuse` that way, seconds into its boot). Ports are
+/// handed out in turn from an offset set by the process id, so two calls in one process
+/// never return the same port, and two test processes rarely try the same one.
 pub fn free_port(broker: &'static str) -> Result<u16, HarnessError> {
+    free_loopback_port().map_err(|source| HarnessError::Io {
+        broker,
+        what: "finding a free port".into(),
+        source,
+    })
+}
+
+/// [`free_port`] for a listener that is not a broker (a bridge's admin port, a webhook).
+pub fn free_loopback_port() -> std::io::Result<u16> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    /// The lowest port handed out: above the registered ports most services use.
+    const LOWEST: u32 = 10_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768);
+    if ephemeral_low > LOWEST + 1_000 {
+        let span = ephemeral_low - LOWEST;
+        let offset = std::process::id().wrapping_mul(7_919) % span;
+        for _ in 0..span {
+            let next = NEXT.fetch_add(1, Ordering::Relaxed);
+            let port = LOWEST + (offset + next) % span;
+            let Ok(port) = u16::try_from(port) else {
+                continue;
+            };
+            if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                return Ok(port);
+            }
+        }
+    }
+    // No room below the ephemeral range: let the kernel choose, as before.
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
-        .map_err(|source| HarnessError::Io {
-            broker,
-            what: "finding a free port".into(),
-            source,
-        })
 }
 
 /// A running broker process group and its watchdog.
@@ -188,5 +224,34 @@ pub fn alive(pid: u32) -> bool {
             .map(|(_, r)| !r.trim_start().starts_with('Z'))
             .unwrap_or(false),
         Err(_) => false,
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::free_loopback_port;
+
+    #[test]
+    fn free_ports_are_distinct_bindable_and_outside_the_ephemeral_range() {
+        let ephemeral_low: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+            .ok()
+            .and_then(|range| range.split_whitespace().next()?.parse().ok())
+            .unwrap_or(32_768);
+        let ports: Vec<u16> = (0..50).map(|_| free_loopback_port().unwrap()).collect();
+        let mut distinct = ports.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        assert_eq!(
+            distinct.len(),
+            ports.len(),
+            "a port handed out twice: {ports:?}"
+        );
+        for port in ports {
+            if ephemeral_low > 11_000 {
+                assert!((10_000..ephemeral_low).contains(&port), "{port}");
+            }
+            std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+        }
     }
 }

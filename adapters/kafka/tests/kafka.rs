@@ -727,11 +727,7 @@ async fn an_unreachable_broker_is_a_connection_error_in_bounded_time() {
         return;
     }
     // A port nothing listens on.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = polybridge_testkit::free_loopback_port().unwrap();
     let url = format!("kafka://u:secret@127.0.0.1:{port}");
     let started = Instant::now();
     let e = match KafkaBroker::connect(&url.parse().unwrap()).await {

@@ -409,11 +409,7 @@ async fn a_wrong_password_is_an_auth_error_without_the_password() {
     if polybridge_testkit::skip_reason(polybridge_testkit::BrokerKind::Nats).is_some() {
         return;
     }
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = polybridge_testkit::free_loopback_port().unwrap();
     let mut child = std::process::Command::new("nats-server")
         .args([
             "-a",

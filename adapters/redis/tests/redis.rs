@@ -368,11 +368,7 @@ async fn a_wrong_password_is_an_auth_error_without_the_password() {
     if polybridge_testkit::skip_reason(polybridge_testkit::BrokerKind::Redis).is_some() {
         return;
     }
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = polybridge_testkit::free_loopback_port().unwrap();
     let dir = std::env::temp_dir().join(format!("pb-redis-auth-{port}"));
     std::fs::create_dir_all(&dir).unwrap();
     let mut child = std::process::Command::new("redis-server")

@@ -327,11 +327,7 @@ async fn the_client_reports_what_it_cannot_do() {
         .unwrap_err();
     assert!(matches!(e, Error::Config { .. }), "{e}");
     // A port where no hub listens.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = polybridge_testkit::free_loopback_port().unwrap();
     let e = polybridge_websocket::WsBroker::connect(
         &format!("ws://127.0.0.1:{port}/").parse().unwrap(),
     )

@@ -55,11 +55,7 @@ pub fn temp_dir(name: &str) -> TempDir {
 
 /// A port nothing listens on right now.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    polybridge_testkit::free_loopback_port().expect("a free loopback port")
 }
 
 /// Waits until `cond` holds, failing with `what` after `timeout`.

@@ -7,11 +7,7 @@ use polybridge_http::HttpBroker;
 
 /// A free TCP port on 127.0.0.1 (bound and released; the test binds it again at once).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    polybridge_testkit::free_loopback_port().expect("a free loopback port")
 }
 
 /// `http://127.0.0.1:<free port>/hooks`.
