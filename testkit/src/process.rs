@@ -12,13 +12,13 @@ use crate::HarnessError;
 /// A free loopback port for `broker` to listen on (bound and released; the broker binds it
 /// a moment later).
 ///
-/// The port comes from below the kernel's ephemeral range
-/// (`/proc/sys/net/ipv4/ip_local_port_range`), never from it: the kernel gives every
-/// outgoing connection a local port from that range, and with tests connecting clients in
-/// parallel one of them could take a port between this check and the broker's bind (a
-/// RabbitMQ listener failed with `eaddrinuse` that way, seconds into its boot). Ports are
-/// handed out in turn from an offset set by the process id, so two calls in one process
-/// never return the same port, and two test processes rarely try the same one.
+/// The port comes from below the kernel's ephemeral range, never from it: the kernel gives
+/// every outgoing connection a local port from that range, and with tests connecting
+/// clients in parallel one of them can take a port between this check and the broker's
+/// bind. (A RabbitMQ STOMP listener failed with `eaddrinuse` in CI, most likely so: RabbitMQ
+/// binds its listeners seconds into its boot.) Ports are handed out in turn from an offset
+/// set by the process id, so two calls in one process never return the same port, and two
+/// test processes rarely try the same one.
 pub fn free_port(broker: &'static str) -> Result<u16, HarnessError> {
     free_loopback_port().map_err(|source| HarnessError::Io {
         broker,
@@ -30,19 +30,14 @@ pub fn free_port(broker: &'static str) -> Result<u16, HarnessError> {
 /// [`free_port`] for a listener that is not a broker (a bridge's admin port, a webhook).
 pub fn free_loopback_port() -> std::io::Result<u16> {
     use std::sync::atomic::{AtomicU32, Ordering};
-    /// The lowest port handed out: above the registered ports most services use.
-    const LOWEST: u32 = 10_000;
     static NEXT: AtomicU32 = AtomicU32::new(0);
-    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|range| range.split_whitespace().next()?.parse::<u32>().ok())
-        .unwrap_or(32_768);
-    if ephemeral_low > LOWEST + 1_000 {
-        let span = ephemeral_low - LOWEST;
+    let ephemeral_low = ephemeral_range_low();
+    if ephemeral_low > LOWEST_PORT + 1_000 {
+        let span = ephemeral_low - LOWEST_PORT;
         let offset = std::process::id().wrapping_mul(7_919) % span;
         for _ in 0..span {
             let next = NEXT.fetch_add(1, Ordering::Relaxed);
-            let port = LOWEST + (offset + next) % span;
+            let port = LOWEST_PORT + offset.wrapping_add(next) % span;
             let Ok(port) = u16::try_from(port) else {
                 continue;
             };
@@ -51,10 +46,23 @@ pub fn free_loopback_port() -> std::io::Result<u16> {
             }
         }
     }
-    // No room below the ephemeral range: let the kernel choose, as before.
+    // No room below the ephemeral range: let the kernel choose.
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
+}
+
+/// The lowest port [`free_loopback_port`] hands out: above the registered ports most
+/// services use.
+const LOWEST_PORT: u32 = 10_000;
+
+/// The first port of the kernel's ephemeral range (`/proc/sys/net/ipv4/ip_local_port_range`;
+/// Linux's default, 32768, where it cannot be read).
+fn ephemeral_range_low() -> u32 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768)
 }
 
 /// A running broker process group and its watchdog.
@@ -230,14 +238,11 @@ pub fn alive(pid: u32) -> bool {
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
-    use super::free_loopback_port;
+    use super::{ephemeral_range_low, free_loopback_port, LOWEST_PORT};
 
     #[test]
     fn free_ports_are_distinct_bindable_and_outside_the_ephemeral_range() {
-        let ephemeral_low: u16 = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-            .ok()
-            .and_then(|range| range.split_whitespace().next()?.parse().ok())
-            .unwrap_or(32_768);
+        let ephemeral_low = ephemeral_range_low();
         let ports: Vec<u16> = (0..50).map(|_| free_loopback_port().unwrap()).collect();
         let mut distinct = ports.clone();
         distinct.sort_unstable();
@@ -248,8 +253,11 @@ mod tests {
             "a port handed out twice: {ports:?}"
         );
         for port in ports {
-            if ephemeral_low > 11_000 {
-                assert!((10_000..ephemeral_low).contains(&port), "{port}");
+            if ephemeral_low > LOWEST_PORT + 1_000 {
+                assert!(
+                    (LOWEST_PORT..ephemeral_low).contains(&u32::from(port)),
+                    "{port}"
+                );
             }
             std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
         }
