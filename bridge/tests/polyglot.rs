@@ -33,10 +33,6 @@ fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
-fn free_port() -> u16 {
-    polybridge_testkit::free_loopback_port().expect("a free port")
-}
-
 struct Outcome {
     status: ExitStatus,
     stdout: String,
@@ -117,6 +113,7 @@ fn seed_clients_talk_to_each_other_through_the_bridge() {
     .expect("a STOMP endpoint");
     let amqp_url = rabbit.url(Endpoint::Amqp).expect("an AMQP endpoint");
     let mqtt_url = mosquitto.url(Endpoint::Mqtt).expect("an MQTT endpoint");
+    let admin_port = polybridge_testkit::free_loopback_port().expect("a free port");
 
     let root = repo_root();
     let mut command = Command::new("bash");
@@ -126,7 +123,7 @@ fn seed_clients_talk_to_each_other_through_the_bridge() {
         .env("AMQP_URL", &amqp_url)
         .env("MQTT_URL", &mqtt_url)
         .env("STOMP_URL", &stomp_url)
-        .env("POLYGLOT_ADMIN", format!("127.0.0.1:{}", free_port()))
+        .env("POLYGLOT_ADMIN", format!("127.0.0.1:{admin_port}"))
         .env("POLYGLOT_TIMEOUT", "60")
         .env("POLYBRIDGE", env!("CARGO_BIN_EXE_polybridge"))
         .env("PYTHON", &python);
