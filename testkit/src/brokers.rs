@@ -277,6 +277,16 @@ impl BrokerProcess {
     /// Stops (if running) and starts again on the same ports with the same data.
     pub fn restart(&mut self) -> Result<(), HarnessError> {
         self.stop()?;
+        self.start_again()
+    }
+
+    /// Starts a stopped broker again on the same ports with the same data (what is in
+    /// [`BrokerProcess::dir`] then: a test may change it in between). Does nothing when it
+    /// is running.
+    pub fn start_again(&mut self) -> Result<(), HarnessError> {
+        if self.is_running() {
+            return Ok(());
+        }
         self.launch()
     }
 

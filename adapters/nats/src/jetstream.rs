@@ -163,6 +163,7 @@ pub(crate) async fn subscribe(
         deliveries: deliveries_tx,
         in_flight: HashMap::new(),
         next_token: 0,
+        first_deliveries: FirstDeliveries::default(),
     };
     tokio::spawn(pump.run(settle_rx, close_rx, closed_tx));
     Ok(DeliveryStream::new(deliveries_rx, close_tx, closed_rx))
@@ -266,6 +267,43 @@ struct Pump {
     deliveries: mpsc::Sender<Result<Delivery>>,
     in_flight: HashMap<u64, InFlight>,
     next_token: u64,
+    first_deliveries: FirstDeliveries,
+}
+
+/// Watches the first deliveries (delivery count 1) of a consumer for the server delivering
+/// again, as new, messages it delivered before: their stream sequences only grow, unless the
+/// server went back to an older state of the consumer. nats-server 2.9.10 did so in 1 of
+/// 100 graceful restarts under load here (`restart_source_nats_to_amqp` in the chaos
+/// tests): it came back with the consumer as it was seconds earlier and delivered
+/// everything after that again. At-least-once holds (nothing is lost), but every message in
+/// the span is a duplicate the bridge did not cause, so it is worth a warning.
+#[derive(Debug, Default)]
+struct FirstDeliveries {
+    /// The highest stream sequence delivered for the first time.
+    highest: u64,
+    /// In a replay: first deliveries at or below `highest` already warned about.
+    replaying: bool,
+}
+
+impl FirstDeliveries {
+    /// Notes a delivery. Returns the span of stream sequences the server is about to deliver
+    /// again (at most `highest - stream_sequence + 1` messages) when this delivery starts a
+    /// replay; `None` otherwise, also for the rest of a replay already reported.
+    fn observe(&mut self, delivered: u64, stream_sequence: u64) -> Option<u64> {
+        if delivered != 1 {
+            return None; // a redelivery: the server knows it delivered it before
+        }
+        if stream_sequence > self.highest {
+            self.highest = stream_sequence;
+            self.replaying = false;
+            None
+        } else if self.replaying {
+            None
+        } else {
+            self.replaying = true;
+            Some(self.highest - stream_sequence + 1)
+        }
+    }
 }
 
 /// Pull requests sent and not yet finished, oldest first: when each was sent and how many
@@ -419,6 +457,17 @@ impl Pump {
             return true;
         };
         let (stream_sequence, delivered) = (metadata.stream_sequence, metadata.delivered);
+        if let Some(span) = self.first_deliveries.observe(delivered, stream_sequence) {
+            tracing::warn!(
+                broker = BROKER,
+                stream = %self.stream_name,
+                consumer = %self.consumer_name,
+                stream_sequence,
+                delivered_up_to = self.first_deliveries.highest,
+                span,
+                "the JetStream server delivers again, as new, messages it delivered before: it went back to an older state of this consumer (seen with nats-server 2.9 after a restart); up to `span` messages are duplicates, nothing is lost"
+            );
+        }
         let published = mapping::system_time(metadata.published_nanos);
         let stream_name = &self.stream_name;
         let mut polybridge_message =
@@ -616,7 +665,27 @@ async fn sleep_until_opt(at: Option<Instant>) {
 
 #[cfg(test)]
 mod tests {
-    use super::AckMetadata;
+    use super::{AckMetadata, FirstDeliveries};
+
+    #[test]
+    fn a_server_that_delivers_again_as_new_is_reported_once_per_replay() {
+        let mut first = FirstDeliveries::default();
+        // In order, with gaps (a filtered consumer) and a redelivery: nothing to report.
+        for (delivered, sequence) in [(1, 1), (1, 2), (1, 5), (2, 3), (1, 6)] {
+            assert_eq!(first.observe(delivered, sequence), None);
+        }
+        // The server restarts from an older state: 3..=6 come again as first deliveries.
+        assert_eq!(first.observe(1, 3), Some(4));
+        assert_eq!(
+            first.observe(1, 4),
+            None,
+            "the same replay is reported once"
+        );
+        assert_eq!(first.observe(1, 6), None);
+        // Past the old highest: the replay is over; a later one is reported again.
+        assert_eq!(first.observe(1, 7), None);
+        assert_eq!(first.observe(1, 2), Some(6));
+    }
 
     #[test]
     fn ack_metadata_is_read_from_both_forms_of_the_reply_subject() {
