@@ -622,7 +622,7 @@ fn run_scenario(s: Scenario) {
         seen.foreign,
         started.elapsed().as_secs_f64()
     );
-    for line in log.lines().filter(|l| l.contains("delivers again, as new")) {
+    for line in log.lines().filter(|l| l.contains(BROKER_REPLAY_WARNING)) {
         eprintln!("bridge: {line}");
     }
     let faulted = if source_faulted { &src } else { &dst };
@@ -679,6 +679,10 @@ fn kafka_slack(from: Adapter, seen: &Seen, kills: &[Instant]) -> u64 {
     }
 }
 
+/// What the NATS source's warning says when JetStream delivers again, as new, messages it
+/// delivered before (`polybridge_nats::jetstream`).
+const BROKER_REPLAY_WARNING: &str = "delivers again, as new";
+
 /// Messages the source broker itself delivered again as new, which the bridge reports: the
 /// NATS source warns when JetStream's first deliveries go back in the stream (nats-server
 /// 2.9.10 came back from 1 of 100 restarts here with its consumer's state of seconds
@@ -687,7 +691,7 @@ fn kafka_slack(from: Adapter, seen: &Seen, kills: &[Instant]) -> u64 {
 fn replayed_by_broker(bridge_log: &str) -> u64 {
     bridge_log
         .lines()
-        .filter(|l| l.contains("delivers again, as new"))
+        .filter(|l| l.contains(BROKER_REPLAY_WARNING))
         .filter_map(|l| {
             l.split_whitespace()
                 .find_map(|field| field.strip_prefix("span="))
