@@ -604,7 +604,8 @@ fn run_scenario(s: Scenario) {
         s.name
     );
     // At-least-once duplicates come from what was in flight (bridge window plus the
-    // checker's own window) at each fault, plus publishes retried by the test itself.
+    // checker's own window) at each fault, plus what the source broker delivered again on
+    // its own and the bridge reported, plus publishes retried by the test itself.
     let log = d.log();
     let replayed = replayed_by_broker(&log);
     let bound = s.fault.events() * (2 * WINDOW as u64 + 256)
