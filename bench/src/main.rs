@@ -117,6 +117,13 @@ struct Args {
     /// messages a tail is made of, one stall or many.
     #[arg(long)]
     trace_dir: Option<std::path::PathBuf>,
+    /// Where the brokers this benchmark starts keep their data: each gets a new directory
+    /// under this one (it sets `POLYBRIDGE_BROKER_DIR` for the harness; default: that
+    /// variable, else the system's temporary directory). On `/dev/shm`, a tmpfs, the
+    /// brokers' syncs wait for no disk, so the disk's stalls stay out of the raw and the
+    /// bridged series alike. Each result records the directory and its filesystem.
+    #[arg(long)]
+    broker_dir: Option<std::path::PathBuf>,
 }
 
 /// Where the bridge of a latency series runs.
@@ -190,6 +197,10 @@ fn main() -> Result<()> {
         args.latency_messages = args.latency_messages.min(100);
         args.idle_secs = args.idle_secs.min(1);
         args.outage_secs = args.outage_secs.min(3);
+    }
+    if let Some(dir) = &args.broker_dir {
+        // Before the runtime starts: no other thread reads the environment yet.
+        std::env::set_var("POLYBRIDGE_BROKER_DIR", dir);
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -650,6 +661,9 @@ async fn bench_route(
         "latency_messages": hist.len(),
         "latency_bridge": if process_bin.is_some() { "process" } else { "in-process" },
     });
+    let broker_dir = polybridge_testkit::broker_dir();
+    result["broker_dir_filesystem"] = json!(filesystem_of(&broker_dir));
+    result["broker_dir"] = json!(broker_dir.display().to_string());
     // Outside the `json!` above: its macro expansion is at the recursion limit.
     for (q, suffix) in [(0.5, "p50_us"), (0.99, "p99_us"), (0.999, "p999_us")] {
         result[format!("raw_source_loaded_{suffix}")] = json!(quantile_us(&hop_src, q).round());
@@ -1392,6 +1406,25 @@ fn reset_peak_rss() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
+/// The type of the filesystem `path` is on (`tmpfs`, `ext4`, …), from the longest mount
+/// point of `/proc/self/mounts` that contains it; `unknown` when that file cannot be read.
+fn filesystem_of(path: &std::path::Path) -> String {
+    let path = path.canonicalize().unwrap_or_else(|_| path.to_path_buf());
+    let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") else {
+        return "unknown".into();
+    };
+    mounts
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let (_device, mount_point, fs_type) = (fields.next()?, fields.next()?, fields.next()?);
+            path.starts_with(mount_point)
+                .then_some((mount_point.len(), fs_type))
+        })
+        .max_by_key(|(len, _)| *len)
+        .map_or_else(|| "unknown".into(), |(_, fs_type)| fs_type.to_owned())
+}
+
 /// `VmHWM` of this process in MiB.
 fn peak_rss_mib() -> f64 {
     bridge_process::status_fields("/proc/self/status", ["VmHWM:"])
@@ -1556,6 +1589,15 @@ mod tests {
     use clap::Parser;
     use std::collections::VecDeque;
     use std::time::{Duration, Instant};
+
+    #[test]
+    fn the_filesystem_of_a_path_is_that_of_its_longest_mount_point() {
+        assert_eq!(
+            super::filesystem_of(std::path::Path::new("/proc/self")),
+            "proc"
+        );
+        assert_ne!(super::filesystem_of(std::path::Path::new("/")), "proc");
+    }
 
     #[test]
     fn a_warm_up_ends_after_its_backlog_arrived_and_a_hundred_more() {

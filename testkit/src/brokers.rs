@@ -99,12 +99,13 @@ impl BrokerProcess {
             });
         }
         let name = kind.name();
+        let parent = crate::broker_dir();
         let dir = tempfile::Builder::new()
             .prefix(&format!("polybridge-{name}-"))
-            .tempdir()
+            .tempdir_in(&parent)
             .map_err(|source| HarnessError::Io {
                 broker: name,
-                what: "creating its data directory".into(),
+                what: format!("creating its data directory in {}", parent.display()),
                 source,
             })?;
         let mut ports = BTreeMap::new();

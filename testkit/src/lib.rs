@@ -43,6 +43,11 @@
 //! | `POLYBRIDGE_STOMP_URL` | ActiveMQ (STOMP) |
 //! | `POLYBRIDGE_KAFKA_URL` | Kafka protocol |
 //!
+//! # Where brokers keep their data
+//! Each started broker's data directory is a new temporary directory under
+//! `POLYBRIDGE_BROKER_DIR` when it is set (e.g. `/dev/shm`, a tmpfs: the brokers' syncs then
+//! cost no disk I/O), else under the system's temporary directory ([`broker_dir`]).
+//!
 //! `POLYBRIDGE_SKIP_BROKERS=activemq,kafka` (or `all`) opts brokers out: [`skip_reason`]
 //! tells a test to skip. Otherwise a missing broker binary is an error naming
 //! `scripts/install-brokers.sh`.
@@ -215,6 +220,15 @@ pub fn url_with(url: &str, options: &str) -> String {
     } else {
         format!("{url}?{options}")
     }
+}
+
+/// The directory under which each started broker gets its data directory:
+/// `POLYBRIDGE_BROKER_DIR` when it is set, else [`std::env::temp_dir`].
+pub fn broker_dir() -> std::path::PathBuf {
+    std::env::var_os("POLYBRIDGE_BROKER_DIR")
+        .filter(|d| !d.is_empty())
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir)
 }
 
 /// Why tests of `kind` should be skipped, if `POLYBRIDGE_SKIP_BROKERS` opts it out.
