@@ -199,6 +199,9 @@ fn main() -> Result<()> {
         args.outage_secs = args.outage_secs.min(3);
     }
     if let Some(dir) = &args.broker_dir {
+        if !dir.is_dir() {
+            bail!("--broker-dir {}: no such directory", dir.display());
+        }
         // Before the runtime starts: no other thread reads the environment yet.
         std::env::set_var("POLYBRIDGE_BROKER_DIR", dir);
     }
@@ -661,9 +664,9 @@ async fn bench_route(
         "latency_messages": hist.len(),
         "latency_bridge": if process_bin.is_some() { "process" } else { "in-process" },
     });
-    let broker_dir = polybridge_testkit::broker_dir();
-    result["broker_dir_filesystem"] = json!(filesystem_of(&broker_dir));
-    result["broker_dir"] = json!(broker_dir.display().to_string());
+    let (dir, filesystem) = broker_storage([source.kind, sink.kind]);
+    result["broker_dir"] = dir;
+    result["broker_dir_filesystem"] = filesystem;
     // Outside the `json!` above: its macro expansion is at the recursion limit.
     for (q, suffix) in [(0.5, "p50_us"), (0.99, "p99_us"), (0.999, "p999_us")] {
         result[format!("raw_source_loaded_{suffix}")] = json!(quantile_us(&hop_src, q).round());
@@ -1404,6 +1407,25 @@ fn cpu_time() -> Duration {
 /// Resets `VmHWM` to the current RSS (Linux `clear_refs` 5).
 fn reset_peak_rss() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// Where the harness's brokers of a route keep their data: the parent directory and the
+/// type of its filesystem; `"external"` for both when a broker of the route was given by
+/// `POLYBRIDGE_<X>_URL`, `null` when the route has no broker process (memory).
+fn broker_storage(kinds: [Kind; 2]) -> (serde_json::Value, serde_json::Value) {
+    let brokers: Vec<_> = kinds
+        .iter()
+        .filter_map(|k| broker_kind(*k))
+        .filter_map(|(bk, _)| polybridge_testkit::shared(bk).ok())
+        .collect();
+    if brokers.is_empty() {
+        (serde_json::Value::Null, serde_json::Value::Null)
+    } else if brokers.iter().any(|b| b.is_external()) {
+        (json!("external"), json!("external"))
+    } else {
+        let dir = polybridge_testkit::broker_dir();
+        (json!(dir.display().to_string()), json!(filesystem_of(&dir)))
+    }
 }
 
 /// The type of the filesystem `path` is on (`tmpfs`, `ext4`, …), from the longest mount

@@ -43,14 +43,14 @@
 //! | `POLYBRIDGE_STOMP_URL` | ActiveMQ (STOMP) |
 //! | `POLYBRIDGE_KAFKA_URL` | Kafka protocol |
 //!
+//! `POLYBRIDGE_SKIP_BROKERS=activemq,kafka` (or `all`) opts brokers out: [`skip_reason`]
+//! tells a test to skip. Otherwise a missing broker binary is an error naming
+//! `scripts/install-brokers.sh`.
+//!
 //! # Where brokers keep their data
 //! Each started broker's data directory is a new temporary directory under
 //! `POLYBRIDGE_BROKER_DIR` when it is set (e.g. `/dev/shm`, a tmpfs: the brokers' syncs then
 //! cost no disk I/O), else under the system's temporary directory ([`broker_dir`]).
-//!
-//! `POLYBRIDGE_SKIP_BROKERS=activemq,kafka` (or `all`) opts brokers out: [`skip_reason`]
-//! tells a test to skip. Otherwise a missing broker binary is an error naming
-//! `scripts/install-brokers.sh`.
 //!
 //! # Which binaries
 //! Debian's `redis-server`, `mosquitto`, `nats-server` (run with `-js`), RabbitMQ's
