@@ -3,7 +3,10 @@
 
     tcpdump -i lo -w CAP.pcap -s 0 -B 65536 'port NATS_PORT or port KAFKA_PORT' &
     polybridge-bench --only ROUTE ... (with POLYBRIDGE_<BROKER>_URL on those ports)
-    scripts/latency-hops.py CAP.pcap NATS_PORT=nats KAFKA_PORT=kafka [--first N]
+    scripts/latency-hops.py CAP.pcap NATS_PORT=nats KAFKA_PORT=kafka [--first N] [--steps]
+
+(`scripts/capture-hops.sh` does all three steps, with the ports of the brokers the benchmark
+started.)
 
 The benchmark's latency payloads start with an 8-byte little-endian send stamp followed by
 'x' bytes (warm-up messages are stamped 0). Every TCP segment to or from a named broker
@@ -15,8 +18,18 @@ connections), printed with the distribution of each hop's time and of the total,
 total's p99 over the first N messages of the path against the rest (N = 200 unless
 --first says otherwise): a series whose first messages queue behind something shows there.
 
-Paths with fewer than 50 messages are left out. Works on pcap files of Ethernet, Linux
-cooked or raw-IP link types; IPv4 and IPv6. Standard library only.
+Paths are printed in the order their first message was seen (the benchmark's order of
+series), each with its payload size (the longest stamped payload seen in one segment).
+Paths with fewer than 50 messages are left out.
+
+A bridged path has four connections: publisher -> A, A -> bridge, bridge -> B, B ->
+subscriber. Its third hop, from the bridge's read of A to its write to B, is **the
+bridge's step**: everything the bridge process adds between the two brokers (its source
+client, the route, its sink client with any batching the sink client does, and waiting for
+a core). --steps prints one line per bridged path with that step alone.
+
+Works on pcap files of Ethernet, Linux cooked or raw-IP link types; IPv4 and IPv6.
+Standard library only.
 """
 import re
 import struct
@@ -24,7 +37,7 @@ import sys
 from collections import defaultdict
 
 # An 8-byte stamp followed by at least 32 'x' bytes.
-STAMPED = re.compile(rb"(?s)(.{8})x{32}")
+STAMPED = re.compile(rb"(?s)(.{8})(x{32,})")
 ALL_X = b"x" * 8
 
 
@@ -75,6 +88,11 @@ def distribution(values_us):
     )
 
 
+def quantiles(values_us):
+    v = sorted(values_us)
+    return [quantile(v, q) for q in (0.5, 0.99, 0.999)] + [v[-1]]
+
+
 def main():
     args = sys.argv[1:]
     first_n = 200
@@ -82,6 +100,9 @@ def main():
         i = args.index("--first")
         first_n = int(args[i + 1])
         del args[i : i + 2]
+    steps_only = "--steps" in args
+    if steps_only:
+        args.remove("--steps")
     if len(args) < 2:
         sys.exit(__doc__)
     capture, brokers = args[0], {}
@@ -89,7 +110,10 @@ def main():
         port, _, name = a.partition("=")
         brokers[int(port)] = name or port
     seen = defaultdict(dict)  # stamp -> {connection: first time}
+    size = {}  # stamp -> the longest stamped payload seen in one segment, bytes
+    start = None
     for t, source, destination, payload in segments(capture):
+        start = t if start is None else start
         if destination in brokers:
             connection = f"->{brokers[destination]}:{source}"
         elif source in brokers:
@@ -103,15 +127,30 @@ def main():
             stamp = struct.unpack("<Q", raw)[0]
             if stamp and connection not in seen[stamp]:
                 seen[stamp][connection] = t
+                size[stamp] = max(size.get(stamp, 0), 8 + len(m.group(2)))
     paths = defaultdict(list)  # connections in time order -> [(stamp, [times])]
     for stamp, times in seen.items():
         ordered = sorted(times.items(), key=lambda kv: kv[1])
         paths[tuple(c for c, _ in ordered)].append((stamp, [t for _, t in ordered]))
-    for path, rows in sorted(paths.items(), key=lambda kv: -len(kv[1])):
-        if len(rows) < 50:
-            continue
+    listed = [(path, rows) for path, rows in paths.items() if len(rows) >= 50]
+    listed.sort(key=lambda kv: min(r[0] for _, r in kv[1]))
+    if steps_only:
+        print("bridged path | payload B | messages | the bridge's step p50 / p99 / p99.9 / max µs"
+              " | publisher -> subscriber on the wire p50 / p99 / p99.9 / max µs")
+    for path, rows in listed:
         rows.sort()  # by send stamp: the order the series published them
-        print(f"{len(rows)} messages: {' | '.join(path)}")
+        payload = max(size[stamp] for stamp, _ in rows)
+        if steps_only:
+            if len(path) != 4:
+                continue
+            source, sink = path[1].split("->")[0], path[2][2:].split(":")[0]
+            step = quantiles([(r[2] - r[1]) * 1e6 for _, r in rows])
+            total = quantiles([(r[3] - r[0]) * 1e6 for _, r in rows])
+            fmt = lambda q: " / ".join(f"{x:.0f}" for x in q)
+            print(f"{source} -> {sink} | {payload} | {len(rows)} | {fmt(step)} | {fmt(total)}")
+            continue
+        at = min(r[0] for _, r in rows) - start
+        print(f"{len(rows)} messages of {payload} B, from {at:.1f} s: {' | '.join(path)}")
         for i in range(1, len(path)):
             hop = [(r[i] - r[i - 1]) * 1e6 for _, r in rows]
             print(f"  {path[i - 1]} -> {path[i]}: {distribution(hop)}")
