@@ -14,11 +14,12 @@
 # its read of the source broker to its write to the sink broker). The benchmark's memory
 # runs are skipped. Needs tcpdump (Debian: apt-get install tcpdump) and root or
 # CAP_NET_RAW; the benchmark binary is target/release/polybridge-bench unless BENCH says
-# otherwise. Section "The bridge's step on the wire" of docs/benchmarks/README.md.
+# otherwise. Section "The latency the bridge adds, read three ways" of
+# docs/benchmarks/README.md.
 set -euo pipefail
 
 if [ $# -lt 1 ]; then
-    sed -n '2,17p' "$0" >&2
+    sed -n '2,18p' "$0" >&2
     exit 2
 fi
 out=$1
@@ -40,8 +41,13 @@ for _ in $(seq 100); do
 done
 grep -q "listening on" "$out/tcpdump.log" || { echo "capture-hops: tcpdump did not start" >&2; exit 1; }
 
+# The memory runs have no latency series; skip them unless the options already do.
+skip=(--skip-memory)
+for a in "$@"; do
+    case $a in --skip-memory | --memory-only) skip=() ;; esac
+done
 status=0
-"$bench" "$@" --skip-memory >"$out/bench.log" 2>&1 || status=$?
+"$bench" "$@" "${skip[@]}" >"$out/bench.log" 2>&1 || status=$?
 kill -INT "$tcpdump_pid"
 wait "$tcpdump_pid" || true
 trap - EXIT
