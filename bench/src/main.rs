@@ -693,6 +693,16 @@ async fn bench_route(
     Ok(result)
 }
 
+/// The items of a JSON array, `a, b, c` (`None` if it is not an array).
+fn comma_list(v: &serde_json::Value) -> Option<String> {
+    v.as_array().map(|a| {
+        a.iter()
+            .map(|x| x.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    })
+}
+
 /// A histogram of the bridge's own (fixed buckets) as JSON: how many observations, their
 /// mean, and the upper bound of the bucket of p50, p99 and p99.9, in µs (`null`: above
 /// the last bound, 10 s).
@@ -1507,14 +1517,7 @@ fn write_results(args: &Args, results: &[serde_json::Value]) -> Result<()> {
             serde_json::Value::Null => "—".to_string(),
             v => v.to_string(),
         };
-        let per_round = r["spread"]["ratio"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .map(|x| x.to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            })
+        let per_round = comma_list(&r["spread"]["ratio"])
             .unwrap_or_else(|| r["status"].as_str().unwrap_or("").to_string());
         table.push_str(&format!(
             "| {} | {} B | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
@@ -1574,17 +1577,7 @@ fn write_results(args: &Args, results: &[serde_json::Value]) -> Result<()> {
                 r[format!("{prefix}p999_us")]
             )
         };
-        let per_round = |key: &str| {
-            r["spread"][key]
-                .as_array()
-                .map(|v| {
-                    v.iter()
-                        .map(|x| x.to_string())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                })
-                .unwrap_or_default()
-        };
+        let per_round = |key: &str| comma_list(&r["spread"][key]).unwrap_or_default();
         table.push_str(&format!(
             "| {} | {} B | {} | {} | {} | {} | {} | {} | {} |\n",
             r["route"].as_str().unwrap_or(""),
