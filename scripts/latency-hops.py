@@ -81,16 +81,16 @@ def quantile(sorted_values, q):
     return sorted_values[min(len(sorted_values) - 1, int(q * len(sorted_values)))]
 
 
+def quantiles(values_us, qs=(0.5, 0.99, 0.999)):
+    """The values at quantiles `qs`, then the largest."""
+    v = sorted(values_us)
+    return [quantile(v, q) for q in qs] + [v[-1]]
+
+
 def distribution(values_us):
-    v = sorted(values_us)
     return "p50 {:.0f}  p90 {:.0f}  p99 {:.0f}  p99.9 {:.0f}  max {:.0f} µs".format(
-        quantile(v, 0.5), quantile(v, 0.9), quantile(v, 0.99), quantile(v, 0.999), v[-1]
+        *quantiles(values_us, (0.5, 0.9, 0.99, 0.999))
     )
-
-
-def quantiles(values_us):
-    v = sorted(values_us)
-    return [quantile(v, q) for q in (0.5, 0.99, 0.999)] + [v[-1]]
 
 
 def main():
