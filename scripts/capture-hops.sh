@@ -16,6 +16,13 @@
 # CAP_NET_RAW; the benchmark binary is target/release/polybridge-bench unless BENCH says
 # otherwise. Section "The latency the bridge adds, read three ways" of
 # docs/benchmarks/README.md.
+#
+# With SCHED=1 the benchmark also runs under `perf sched record -a -k mono` (needs perf):
+# OUT_DIR also gets sched.data, timehist.txt (`perf sched timehist`), clock-offset.txt (wall
+# clock minus CLOCK_MONOTONIC) and waits.txt, per bridge process of the latency series: how
+# long its threads waited for a core and who ran meanwhile (scripts/sched-delays.py), and
+# how much of its step on the wire was such waiting (scripts/step-waits.py). Section
+# "RabbitMQ→STOMP(ActiveMQ): the bridge's step waits behind ActiveMQ's JIT compiler".
 set -euo pipefail
 
 if [ $# -lt 1 ]; then
@@ -46,8 +53,14 @@ skip=(--skip-memory)
 for a in "$@"; do
     case $a in --skip-memory | --memory-only) skip=() ;; esac
 done
+run=("$bench")
+if [ "${SCHED:-0}" = 1 ]; then
+    command -v perf >/dev/null || { echo "capture-hops: SCHED=1 needs perf" >&2; exit 1; }
+    run=(perf sched record -a -k mono -o "$out/sched.data" -- "$bench")
+fi
 status=0
-"$bench" "$@" "${skip[@]}" >"$out/bench.log" 2>&1 || status=$?
+"${run[@]}" "$@" "${skip[@]}" >"$out/bench.log" 2>&1 || status=$?
+python3 -c 'import time; print(time.time() - time.monotonic())' >"$out/clock-offset.txt"
 kill -INT "$tcpdump_pid"
 wait "$tcpdump_pid" || true
 trap - EXIT
@@ -65,3 +78,21 @@ python3 "$here/latency-hops.py" "$out/capture.pcap" $ports >"$out/hops.txt"
 # shellcheck disable=SC2086
 python3 "$here/latency-hops.py" --steps "$out/capture.pcap" $ports >"$out/steps.txt"
 cat "$out/steps.txt"
+
+if [ "${SCHED:-0}" = 1 ]; then
+    perf sched timehist -i "$out/sched.data" >"$out/timehist.txt" 2>/dev/null
+    # The bridge binary's main thread is named "polybridge" (the benchmark's "polybridge-benc").
+    : >"$out/waits.txt"
+    for pid in $(sed -nE 's/.* polybridge\[([0-9]+)\] .*/\1/p' "$out/timehist.txt" | sort -un); do
+        {
+            echo "== bridge process $pid"
+            python3 "$here/sched-delays.py" "$out/timehist.txt" "$pid"
+            echo
+            # shellcheck disable=SC2086
+            python3 "$here/step-waits.py" "$out/capture.pcap" "$out/timehist.txt" "$pid" \
+                "$(cat "$out/clock-offset.txt")" $ports
+            echo
+        } >>"$out/waits.txt"
+    done
+    cat "$out/waits.txt"
+fi
