@@ -93,24 +93,13 @@ def distribution(values_us):
     )
 
 
-def main():
-    args = sys.argv[1:]
-    first_n = 200
-    if "--first" in args:
-        i = args.index("--first")
-        first_n = int(args[i + 1])
-        del args[i : i + 2]
-    steps_only = "--steps" in args
-    if steps_only:
-        args.remove("--steps")
-    if len(args) < 2:
-        sys.exit(__doc__)
-    capture, brokers = args[0], {}
-    for a in args[1:]:
-        port, _, name = a.partition("=")
-        brokers[int(port)] = name or port
-    seen = defaultdict(dict)  # stamp -> {connection: first time}
-    size = {}  # stamp -> the longest stamped payload seen in one segment, bytes
+def stamped_connections(capture, brokers):
+    """Where each stamped message was seen: ({stamp: {connection: first time}}, {stamp: the
+    longest stamped payload seen in one segment, bytes}, the capture's first time).
+    `brokers` maps a port to a name; a connection is "->name:client port" towards a broker,
+    "name->:client port" from it."""
+    seen = defaultdict(dict)
+    size = {}
     start = None
     for t, source, destination, payload in segments(capture):
         start = t if start is None else start
@@ -128,6 +117,26 @@ def main():
             if stamp and connection not in seen[stamp]:
                 seen[stamp][connection] = t
                 size[stamp] = max(size.get(stamp, 0), 8 + len(m.group(2)))
+    return seen, size, start
+
+
+def main():
+    args = sys.argv[1:]
+    first_n = 200
+    if "--first" in args:
+        i = args.index("--first")
+        first_n = int(args[i + 1])
+        del args[i : i + 2]
+    steps_only = "--steps" in args
+    if steps_only:
+        args.remove("--steps")
+    if len(args) < 2:
+        sys.exit(__doc__)
+    capture, brokers = args[0], {}
+    for a in args[1:]:
+        port, _, name = a.partition("=")
+        brokers[int(port)] = name or port
+    seen, size, start = stamped_connections(capture, brokers)
     paths = defaultdict(list)  # connections in time order -> [(stamp, [times])]
     for stamp, times in seen.items():
         ordered = sorted(times.items(), key=lambda kv: kv[1])

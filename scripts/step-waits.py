@@ -18,8 +18,6 @@ bridge's step waits behind ActiveMQ's JIT compiler" of docs/benchmarks/README.md
 import bisect
 import importlib.util
 import os
-import re
-import struct
 import sys
 from collections import defaultdict
 
@@ -27,30 +25,14 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 _spec = importlib.util.spec_from_file_location("latency_hops", os.path.join(HERE, "latency-hops.py"))
 hops = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(hops)
-
-# "  3506.934105 [0001]  tokio-rt-worker[20729/20727]   0.012   0.008   0.040"
-ROW = re.compile(
-    r"\s*([\d.]+)\s+\[(\d+)\]\s+(.*?)\[(\d+)(?:/(\d+))?\]\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)"
-)
+_spec = importlib.util.spec_from_file_location("sched_delays", os.path.join(HERE, "sched-delays.py"))
+sched = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(sched)
 
 
 def bridge_steps(capture, brokers, offset):
     """(read, write) of each bridged message, in CLOCK_MONOTONIC seconds."""
-    seen = defaultdict(dict)  # stamp -> {connection: first time}
-    for t, source, destination, payload in hops.segments(capture):
-        if destination in brokers:
-            connection = f"->{brokers[destination]}:{source}"
-        elif source in brokers:
-            connection = f"{brokers[source]}->:{destination}"
-        else:
-            continue
-        for m in hops.STAMPED.finditer(payload):
-            raw = m.group(1)
-            if raw == hops.ALL_X:
-                continue
-            stamp = struct.unpack("<Q", raw)[0]
-            if stamp and connection not in seen[stamp]:
-                seen[stamp][connection] = t
+    seen, _, _ = hops.stamped_connections(capture, brokers)
     steps = []
     for times in seen.values():
         ordered = sorted(times.values())
@@ -63,7 +45,7 @@ def bridge_threads(timehist, pid):
     """The waits for a core [(start, end, thread)] and the run starts of process `pid`."""
     waits, starts = [], []
     for line in open(timehist, errors="replace"):
-        m = ROW.match(line)
+        m = sched.ROW.match(line)
         if not m:
             continue
         t, _cpu, comm, tid, p, _wait, sch, run = m.groups()
