@@ -57,10 +57,11 @@ run=("$bench")
 if [ "${SCHED:-0}" = 1 ]; then
     command -v perf >/dev/null || { echo "capture-hops: SCHED=1 needs perf" >&2; exit 1; }
     run=(perf sched record -a -k mono -o "$out/sched.data" -- "$bench")
+    # Joins the capture's wall-clock times to perf's CLOCK_MONOTONIC ones (scripts/step-waits.py).
+    python3 -c 'import time; print(time.time() - time.monotonic())' >"$out/clock-offset.txt"
 fi
 status=0
 "${run[@]}" "$@" "${skip[@]}" >"$out/bench.log" 2>&1 || status=$?
-python3 -c 'import time; print(time.time() - time.monotonic())' >"$out/clock-offset.txt"
 kill -INT "$tcpdump_pid"
 wait "$tcpdump_pid" || true
 trap - EXIT

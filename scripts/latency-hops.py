@@ -93,6 +93,15 @@ def distribution(values_us):
     )
 
 
+def broker_ports(args):
+    """{port: name} from PORT=NAME arguments (a bare PORT names itself)."""
+    brokers = {}
+    for a in args:
+        port, _, name = a.partition("=")
+        brokers[int(port)] = name or port
+    return brokers
+
+
 def stamped_connections(capture, brokers):
     """Where each stamped message was seen: ({stamp: {connection: first time}}, {stamp: the
     longest stamped payload seen in one segment, bytes}, the capture's first time).
@@ -132,10 +141,7 @@ def main():
         args.remove("--steps")
     if len(args) < 2:
         sys.exit(__doc__)
-    capture, brokers = args[0], {}
-    for a in args[1:]:
-        port, _, name = a.partition("=")
-        brokers[int(port)] = name or port
+    capture, brokers = args[0], broker_ports(args[1:])
     seen, size, start = stamped_connections(capture, brokers)
     paths = defaultdict(list)  # connections in time order -> [(stamp, [times])]
     for stamp, times in seen.items():

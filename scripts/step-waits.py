@@ -64,10 +64,7 @@ def main():
     if len(sys.argv) < 6:
         sys.exit(__doc__)
     capture, timehist, pid, offset = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
-    brokers = {}
-    for a in sys.argv[5:]:
-        port, _, name = a.partition("=")
-        brokers[int(port)] = name or port
+    brokers = hops.broker_ports(sys.argv[5:])
     waits, starts = bridge_threads(timehist, pid)
     # Only the messages of the series this bridge process ran (the capture may hold others).
     steps = [
@@ -78,6 +75,8 @@ def main():
     if not steps or not starts:
         sys.exit(f"no bridged messages in {capture} or no thread of process {pid} in {timehist}")
     wait_starts = [w[0] for w in waits]
+    # A wait that overlaps a step started at most the longest wait before the step's read.
+    longest = max((end - start for start, end, _ in waits), default=0.0)
 
     def ran_after(t):
         i = bisect.bisect_left(starts, t)
@@ -90,7 +89,7 @@ def main():
     )
     rows = []  # (step µs, waited µs, {thread: waited µs})
     for read, write in steps:
-        i = max(0, bisect.bisect_left(wait_starts, read) - 200)
+        i = bisect.bisect_left(wait_starts, read - longest)
         total, by_thread = 0.0, defaultdict(float)
         while i < len(waits) and waits[i][0] < write:
             start, end, thread = waits[i]
