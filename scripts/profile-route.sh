@@ -14,10 +14,11 @@
 # while it works measures for 4 s: the rate (the route's acknowledged messages, from the
 # bridge's /metrics), the CPU of the bridge process, of each broker and of the whole
 # machine per message, the cores stolen by the hypervisor, the CPU of each of the bridge's
-# threads (in cores), the route's mean batch size (`received / batches`), the route's
-# in-flight gauge every 200 ms when PERF=0 (at the window: the route waits for its sink;
-# near 0: for its source; SHOW_IN_FLIGHT=1 prints every sample), and a `perf record -g`
-# call-graph profile of the bridge (cpu-clock), folded by scripts/profile-fold.py.
+# threads (in cores) and their context switches per message, the route's mean batch size
+# (`received / batches`), the route's in-flight gauge every 200 ms when PERF=0 (at the
+# window: the route waits for its sink; near 0: for its source; SHOW_IN_FLIGHT=1 prints
+# every sample), and a `perf record -g` call-graph profile of the bridge (cpu-clock),
+# folded by scripts/profile-fold.py.
 # Fill well over 4 s of the route's work (e.g. 1500000 at 256 B on kafka-redis): a backlog
 # that runs out inside the measurement understates the rate.
 #
@@ -205,9 +206,16 @@ threads_cpu() {
     echo "$(cat "$t/comm" | tr ' ' _):${t##*/} $(process_cpu "${t#/proc/}")"
   done
 }
+# Each of the bridge's threads' context switches, "name:tid voluntary involuntary" per line.
+threads_switches() {
+  for t in /proc/"$bridge"/task/*; do
+    echo "$(cat "$t/comm" | tr ' ' _):${t##*/} $(awk '/^voluntary_ctxt_switches/ { v = $2 } /^nonvoluntary_ctxt_switches/ { n = $2 } END { print v, n }' "$t/status")"
+  done
+}
 g0=$(route_metric polybridge_route_received_total); n0=$(route_metric polybridge_route_batches_total)
 r0=$(done_count); t0=$(date +%s.%N); p0=$(process_cpu "$bridge"); m0=$(machine_busy); s0=$(machine_steal); b0=$(brokers_cpu)
 threads_cpu >"$work/threads0"
+threads_switches >"$work/switches0"
 if [ "${ALLOCS:-0}" != 0 ]; then
   # Heap allocation calls per thread: uprobes on glibc's allocation functions (the Rust
   # global allocator and librdkafka both call them), counted by `perf stat`.
@@ -238,6 +246,7 @@ else
 fi
 r1=$(done_count); t1=$(date +%s.%N); p1=$(process_cpu "$bridge"); m1=$(machine_busy); s1=$(machine_steal); b1=$(brokers_cpu)
 threads_cpu >"$work/threads1"
+threads_switches >"$work/switches1"
 g1=$(route_metric polybridge_route_received_total); n1=$(route_metric polybridge_route_batches_total)
 tick=$(getconf CLK_TCK)
 python3 - "$r0" "$r1" "$t0" "$t1" "$p0" "$p1" "$m0" "$m1" "$tick" "$s0" "$s1" "$b0" "$b1" <<'PY'
@@ -260,6 +269,11 @@ fi
 # The bridge's busiest threads, in cores: one near 1.0 is the route's serial limit.
 join <(sort "$work/threads0") <(sort "$work/threads1") | awk -v tick="$tick" -v t0="$t0" -v t1="$t1" \
   '{ printf "%.2f cores %s\n", ($3 - $2) / tick / (t1 - t0), $1 }' | sort -rn | head -8 | sed 's/^/  thread: /'
+# Context switches per routed message, by thread: each voluntary one is a sleep and a
+# wake-up (a hand-off that may wait for a core), each involuntary one a preemption.
+join <(sort "$work/switches0") <(sort "$work/switches1") | awk -v n="$((r1 - r0))" \
+  '{ v = $4 - $2; i = $5 - $3; if (v + i > 0) printf "%.4f %s: %.4f voluntary + %.4f involuntary switches/msg\n", (v + i) / n, $1, v / n, i / n }' |
+  sort -rn | head -8 | cut -d" " -f2- | sed 's/^/  switches: /'
 if [ "${ALLOCS:-0}" != 0 ]; then
   sites=()
   if [ "$ALLOCS" = sites ]; then

@@ -189,6 +189,13 @@ impl Round {
     }
 }
 
+/// With the `jemalloc` feature, the bridge binary's opt-in allocator: the bridged
+/// throughput runs start the bridge in this process, so they measure it as that build
+/// ships; the raw clients run on the same allocator.
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> Result<()> {
     let mut args = Args::parse();
     if args.smoke {
