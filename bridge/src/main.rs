@@ -59,10 +59,9 @@ enum LogFormat {
     Json,
 }
 
-/// With the `jemalloc` feature, jemalloc instead of glibc's allocator: the route's messages
-/// are allocated on one thread (the source's) and freed on another, which glibc serves
-/// slowly. The bridge's CPU per message is 18–25 % lower, its idle RSS ~1 MiB higher
-/// (docs/benchmarks/README.md, "The allocator: jemalloc, opt-in").
+/// With the `jemalloc` feature, jemalloc instead of glibc's allocator: the bridge's CPU per
+/// message is 18–25 % lower at 256 B, its idle RSS ~1 MiB higher (docs/benchmarks/README.md,
+/// "The allocator: jemalloc, opt-in").
 #[cfg(feature = "jemalloc")]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
