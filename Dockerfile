@@ -8,12 +8,20 @@
 FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY . .
+# The image's build (docs/benchmarks/README.md, "The container image: jemalloc in the same
+# memory"): jemalloc as the allocator (feature `jemalloc`: the bridge's CPU per message
+# 15-20 % lower on Kafka->Redis streams) with one arena (`narenas:1`: ~0.5 MiB less idle
+# memory than its default), and relative relocations packed (`-z pack-relative-relocs`:
+# ~1.2 MiB less resident). Together they idle as low as the glibc build, under 20 MiB.
+# Packed relocations need glibc 2.36 where the binary runs: bookworm has it.
+ENV RUSTFLAGS="-C link-arg=-Wl,-z,pack-relative-relocs" \
+    JEMALLOC_SYS_WITH_MALLOC_CONF="narenas:1"
 # Cache mounts keep the registry and the build directory between builds (BuildKit); the
 # binary is copied out of the cached target directory, stripped (about 14 MB).
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/usr/local/cargo/git \
     --mount=type=cache,target=/src/target \
-    cargo build --release -p polybridge-bridge --locked \
+    cargo build --release -p polybridge-bridge --locked --features jemalloc \
     && install -D -s -m 0755 target/release/polybridge /out/polybridge
 
 FROM debian:bookworm-slim

@@ -20,8 +20,9 @@ compose config` would, plus the ones that keep the project's files consistent:
 - deploy/kubernetes/polybridge.yaml parses: a ConfigMap with a rule file, a Deployment that
   mounts it with liveness on /health and readiness on /ready on port 9464, and a Service
   that selects the Deployment's pods.
-- Dockerfile: multi-stage, `cargo build --release -p polybridge-bridge --locked`, a non-root
-  USER, EXPOSE 9464 and a HEALTHCHECK on /health.
+- Dockerfile: multi-stage, `cargo build --release -p polybridge-bridge --locked --features
+  jemalloc` with one jemalloc arena and packed relocations on a runtime image with glibc
+  2.36 (bookworm or later), a non-root USER, EXPOSE 9464 and a HEALTHCHECK on /health.
 - deploy/systemd/polybridge.service has the sections and hardening it promises.
 - With `--validate-rules`: `polybridge validate` (through cargo) on examples/compose.yaml
   and on the rule file inside the Kubernetes ConfigMap.
@@ -560,8 +561,15 @@ def check_dockerfile():
     stages = re.findall(r"^FROM\s+(\S+)", text, re.M)
     if len(stages) < 2:
         error(DOCKERFILE, "expected a multi-stage build (a build stage and a runtime stage)")
-    if "cargo build --release -p polybridge-bridge --locked" not in text:
-        error(DOCKERFILE, "the build stage must run cargo build --release -p polybridge-bridge --locked")
+    if "cargo build --release -p polybridge-bridge --locked --features jemalloc" not in text:
+        error(DOCKERFILE, "the build stage must run cargo build --release -p polybridge-bridge --locked --features jemalloc")
+    # The image's memory settings (docs/benchmarks/README.md, "The container image: jemalloc
+    # in the same memory"); packed relocations need glibc 2.36 in the runtime image.
+    for setting in ("-z,pack-relative-relocs", 'JEMALLOC_SYS_WITH_MALLOC_CONF="narenas:1"'):
+        if setting not in text:
+            error(DOCKERFILE, f"the build stage must set {setting}")
+    if stages and not re.search(r"bookworm|trixie", stages[-1]):
+        error(DOCKERFILE, f"the runtime stage {stages[-1]} may predate glibc 2.36, which packed relocations need")
     users = re.findall(r"^USER\s+(\S+)", text, re.M)
     if not users or users[-1].split(":")[0] in ("root", "0"):
         error(DOCKERFILE, "the runtime stage must run as a non-root USER")
