@@ -10,7 +10,7 @@ WORKDIR /src
 COPY . .
 # The image's build (docs/benchmarks/README.md, "The container image: jemalloc in the same
 # memory"): jemalloc as the allocator (feature `jemalloc`: the bridge's CPU per message
-# 15-20 % lower on Kafka->Redis streams) with one arena (`narenas:1`: ~0.5 MiB less idle
+# 11-19 % lower on Kafka->Redis streams) with one arena (`narenas:1`: ~0.5 MiB less idle
 # memory than its default), and relative relocations packed (`-z pack-relative-relocs`:
 # ~1.2 MiB less resident). Together they idle as low as the glibc build, under 20 MiB.
 # Packed relocations need glibc 2.36 where the binary runs: bookworm has it.
