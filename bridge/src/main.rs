@@ -60,7 +60,7 @@ enum LogFormat {
 }
 
 /// With the `jemalloc` feature, jemalloc instead of glibc's allocator: the bridge's CPU per
-/// message is 18–25 % lower at 256 B, its idle RSS ~1 MiB higher, or the same with the
+/// message is 18–25 % lower at 256 B, its idle RSS 1–2 MiB higher, or the same with the
 /// container image's build settings (Dockerfile; docs/benchmarks/README.md, "The allocator:
 /// jemalloc, opt-in" and "The container image: jemalloc in the same memory").
 #[cfg(feature = "jemalloc")]
