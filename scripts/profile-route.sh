@@ -35,6 +35,10 @@
 # rate and CPU figures of such a run are not the route's); ALLOCS=sites also records 1 s of
 # those calls with their call chains and prints, per thread, the sites that allocate (both
 # printed by scripts/alloc-calls.py).
+# OFFCPU=1 records, instead of the profile, why the bridge's threads and the brokers' stop
+# running: 2 s of `sched:sched_switch` with call stacks, classified per process and thread
+# name by scripts/offcpu-reasons.py (e.g. "glibc allocator lock", "std channel receive",
+# "preempted"); each switch copies a stack, so the rate of such a run is not the route's.
 # PERF=0 skips perf (rate and CPU only, e.g. to compare two binaries); PERF_OUT=FILE keeps
 # the perf.data (e.g. for `perf script -i FILE` or `perf report -i FILE`).
 # PERF_CALL_GRAPH=dwarf (with PERF_FREQ=500: the samples are large) unwinds through code
@@ -237,6 +241,19 @@ if [ "${ALLOCS:-0}" != 0 ]; then
     perf record -e "$events" --call-graph dwarf,16384 -p "$bridge" -o "$work/allocs.data" -- \
       sleep 1 >/dev/null 2>&1
   fi
+elif [ "${OFFCPU:-0}" != 0 ]; then
+  # Why the bridge's threads (and the brokers') stop running: every switch away from one,
+  # with its call stack (DWARF: glibc and librdkafka have no frame pointers), for 2 s; the
+  # messages are counted inside the recorded span.
+  export -f route_metric done_count
+  export admin_port
+  perf record -e sched:sched_switch --call-graph dwarf,8192 -p "$(IFS=,; echo "${pids[*]}")" -o "$work/offcpu.data" -- \
+    bash -c "done_count >'$work/r0'; sleep 2; done_count >'$work/r1'" >/dev/null 2>&1
+  # Each thread's process, "TID PROCESS" per line: threads of one name in two processes
+  # (tokio's workers in the bridge and in Tansu) are told apart.
+  for p in "${pids[@]}"; do
+    for t in /proc/"$p"/task/*; do echo "${t##*/} $(cat "/proc/$p/comm")"; done
+  done >"$work/offcpu-threads" 2>/dev/null
 elif [ "${PERF:-1}" = 1 ]; then
   perf record -F "${PERF_FREQ:-4000}" -e cpu-clock --call-graph "${PERF_CALL_GRAPH:-fp}" -p "$bridge" -o "$work/perf.data" -- sleep 4 >/dev/null 2>&1
 else
@@ -281,6 +298,9 @@ if [ "${ALLOCS:-0}" != 0 ]; then
     sites=("$work/allocs.txt")
   fi
   python3 "$here/alloc-calls.py" "$work/allocs" "$(($(cat "$work/r1") - $(cat "$work/r0")))" "${sites[@]}"
+elif [ "${OFFCPU:-0}" != 0 ]; then
+  perf script -i "$work/offcpu.data" 2>/dev/null |
+    python3 "$here/offcpu-reasons.py" "$(($(cat "$work/r1") - $(cat "$work/r0")))" "$work/offcpu-threads"
 elif [ "${PERF:-1}" = 1 ]; then
   perf script -i "$work/perf.data" -F ip,sym 2>/dev/null | python3 "$here/profile-fold.py"
   if [ -n "${PERF_OUT:-}" ]; then cp "$work/perf.data" "$PERF_OUT"; fi
