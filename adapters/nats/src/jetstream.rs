@@ -346,6 +346,22 @@ impl Pulls {
     fn next_expiry(&self, lifetime: Duration) -> Option<Instant> {
         self.pending.front().map(|(sent, _)| *sent + lifetime)
     }
+
+    /// How long the naks of a closing subscription must wait so that the server has
+    /// dropped every pull request still pending (`None`: nak now, none is left).
+    ///
+    /// The server keeps a pull request until it expires, even after the inbox is gone,
+    /// and nats-server 2.9 mishandles an immediate redelivery while such a request is
+    /// queued: it rewinds the consumer, delivers its newest message again as new
+    /// (attempt 1) and holds the redelivery back until `ack_wait`. A nak without a delay
+    /// right after closing does that every time here; so the delay outlives the newest
+    /// request by `lifetime` (its expiry plus a margin for its trip to the server), and is
+    /// never zero, which the server takes as no delay.
+    fn gone_in(&self, lifetime: Duration, now: Instant) -> Option<Duration> {
+        let (sent, _) = self.pending.back()?;
+        let gone = *sent + lifetime;
+        Some(gone.saturating_duration_since(now)).filter(|d| !d.is_zero())
+    }
 }
 
 impl Pump {
@@ -436,12 +452,8 @@ impl Pump {
             tracing::debug!(broker = BROKER, error = %e, "unsubscribing the pull inbox failed");
         }
         let _ = self.client.flush().await;
-        // The server keeps our pull requests until they expire, even without an inbox, and
-        // would send redeliveries there; nak with a delay that outlives them.
-        let requests_gone = pulls
-            .pending
-            .back()
-            .map(|(sent, _)| (*sent + self.fetch_wait).saturating_duration_since(Instant::now()));
+        // Nak only once the server has dropped our pull requests (see `Pulls::gone_in`).
+        let requests_gone = pulls.gone_in(lifetime, Instant::now());
         self.shut_down(&mut settlements, requests_gone).await;
         let _ = closed.send(());
     }
@@ -665,7 +677,33 @@ async fn sleep_until_opt(at: Option<Instant>) {
 
 #[cfg(test)]
 mod tests {
-    use super::{AckMetadata, FirstDeliveries};
+    use std::time::Duration;
+
+    use tokio::time::Instant;
+
+    use super::{AckMetadata, FirstDeliveries, Pulls};
+
+    #[test]
+    fn a_closing_subscription_naks_after_its_pull_requests_are_gone() {
+        let lifetime = Duration::from_secs(6);
+        let t0 = Instant::now();
+        let mut pulls = Pulls::default();
+        assert_eq!(
+            pulls.gone_in(lifetime, t0),
+            None,
+            "nothing pending: nak now"
+        );
+        pulls.pending.push_back((t0, 10));
+        pulls.pending.push_back((t0 + Duration::from_secs(2), 5));
+        assert_eq!(
+            pulls.gone_in(lifetime, t0 + Duration::from_secs(3)),
+            Some(Duration::from_secs(5)),
+            "counted from the newest request"
+        );
+        // Past the newest request's lifetime: never a zero delay (the server's "now").
+        assert_eq!(pulls.gone_in(lifetime, t0 + Duration::from_secs(8)), None);
+        assert_eq!(pulls.gone_in(lifetime, t0 + Duration::from_secs(9)), None);
+    }
 
     #[test]
     fn a_server_that_delivers_again_as_new_is_reported_once_per_replay() {

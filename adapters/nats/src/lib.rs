@@ -88,7 +88,8 @@
 //!   `dead_letter`, `reject` only terminates (the server emits its `MSG_TERMINATED`
 //!   advisory). A delivery held longer than a third of `ack_wait` is kept alive with
 //!   in-progress acks (`+WPI`) while the subscription runs. Closing a subscription naks what
-//!   it handed out and did not see settled.
+//!   it handed out and did not see settled, with a delay that outlives its last pull
+//!   request (up to `fetch_wait` plus 1 s): the group's other members get them then.
 //! - The delivery count from the JetStream metadata is [`DeliveryInfo::attempt`]
 //!   (`redelivered` when above 1); the position is the stream sequence.
 //!
