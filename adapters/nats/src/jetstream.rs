@@ -354,9 +354,10 @@ impl Pulls {
     /// and nats-server 2.9 mishandles an immediate redelivery while such a request is
     /// queued: it rewinds the consumer, delivers its newest message again as new
     /// (attempt 1) and holds the redelivery back until `ack_wait`. A nak without a delay
-    /// right after closing does that every time here; so the delay outlives the newest
-    /// request by `lifetime` (its expiry plus a margin for its trip to the server), and is
-    /// never zero, which the server takes as no delay.
+    /// right after closing does that every time here. So the naks wait until `lifetime`
+    /// (a request's expiry plus a margin for its trip to the server) has passed since the
+    /// newest request was sent, and the delay is never zero, which the server takes as
+    /// no delay.
     fn gone_in(&self, lifetime: Duration, now: Instant) -> Option<Duration> {
         let (sent, _) = self.pending.back()?;
         let gone = *sent + lifetime;
