@@ -14,6 +14,8 @@ of its thread's calls, and COUNTS the thread's calls per message.
 import collections
 import sys
 
+from perf_samples import samples
+
 # Frames that are the allocator itself, not the code that asked for memory.
 ALLOCATOR = (
     "malloc", "calloc", "realloc", "memalign", "aligned_alloc", "__rust_alloc",
@@ -21,25 +23,6 @@ ALLOCATOR = (
     "finish_grow", "do_reserve_and_handle", "grow_one", "grow_amortized", "rd_malloc",
     "rd_calloc", "rd_realloc", "rd_strdup", "strdup", "exchange_malloc",
 )
-
-
-def samples(lines):
-    """(thread name, frames from the probed function outwards) per sample."""
-    thread, frames = None, []
-    for line in lines:
-        text = line.strip()
-        if not text:
-            continue
-        if not line[0].isspace():
-            if thread is not None:
-                yield thread, frames
-            # "<comm> <event>:": the thread name may itself contain spaces.
-            thread, frames = text.rsplit(" ", 1)[0].strip(), []
-        else:
-            parts = text.split(" ", 1)
-            frames.append(parts[1] if len(parts) > 1 else parts[0])
-    if thread is not None:
-        yield thread, frames
 
 
 def site(frames):
@@ -76,8 +59,10 @@ def main():
         per_message[thread.rsplit("-", 1)[0]] += calls / messages
     per_thread = collections.defaultdict(collections.Counter)
     with open(sys.argv[3]) as recorded:
-        for thread, frames in samples(recorded):
-            per_thread[thread][site(frames)] += 1
+        for header, frames in samples(recorded):
+            # "<comm> <event>:": the thread name may itself contain spaces.
+            thread = header.rsplit(" ", 1)[0].strip()
+            per_thread[thread][site([symbol for symbol, _ in frames])] += 1
     print("heap allocation sites per message (per thread: counted calls, split by the recorded call chains; sites of 0.05 or more):")
     for thread in sorted(per_message, key=lambda t: -per_message[t]):
         sampled = sum(per_thread[thread].values())

@@ -29,17 +29,10 @@ import collections
 import re
 import sys
 
+from perf_samples import samples
+
 # glibc's allocator entry points as perf names them (`__GI___libc_malloc`, `_int_free`, …).
 ALLOCATOR = re.compile(r"(malloc|calloc|realloc|libc_free|_int_free|^free$)", re.MULTILINE)
-
-
-def frames(lines):
-    out = []
-    for line in lines:
-        parts = line.strip().split(None, 1)
-        if len(parts) == 2 and "[kernel" not in parts[1]:
-            out.append(re.sub(r"\+0x[0-9a-f]+", "", parts[1].split(" (")[0]))
-    return out
 
 
 def reason(state, user):
@@ -73,19 +66,19 @@ def main():
                 process_of[tid] = process
     counts = collections.Counter()
     per_thread = collections.Counter()
-    for block in sys.stdin.read().split("\n\n"):
-        lines = block.strip().split("\n")
-        if not lines or "sched_switch" not in lines[0]:
+    for header, frames in samples(sys.stdin):
+        if "sched_switch" not in header:
             continue
         # The comm may contain spaces; the event's fields name it exactly.
-        comm = re.search(r"prev_comm=(.*?) prev_pid=(\d+)", lines[0])
-        state = re.search(r"prev_state=(\S+)", lines[0])
+        comm = re.search(r"prev_comm=(.*?) prev_pid=(\d+)", header)
+        state = re.search(r"prev_state=(\S+)", header)
         if not comm or not state:
             continue
         name = comm.group(1)
         if comm.group(2) in process_of:
             name = f"{process_of[comm.group(2)]}/{name}"
-        counts[(name, reason(state.group(1), frames(lines[1:])))] += 1
+        user = [symbol for symbol, dso in frames if "[kernel" not in dso]
+        counts[(name, reason(state.group(1), user))] += 1
         per_thread[name] += 1
     for name, total in per_thread.most_common():
         per_msg = f", {total / messages:.4f}/msg" if messages else ""

@@ -6,6 +6,8 @@ scripts/profile-route.sh."""
 import collections
 import sys
 
+from perf_samples import samples
+
 # Component, and substrings of the frames that belong to it. A sample belongs to the first
 # component in this list with a frame anywhere in its stack (the route's frames sit above
 # the clients' when the route calls into them; tokio is under everything, so it is last).
@@ -25,27 +27,15 @@ ALLOCATOR = ("malloc", "_int_free", "cfree", "unlink_chunk", "realloc", "__libc_
 COPY = ("memmove", "memcpy")
 
 
-def samples(lines):
-    stack = []
-    for line in lines:
-        line = line.strip()
-        if not line:
-            if stack:
-                yield stack
-            stack = []
-            continue
-        parts = line.split(" ", 1)
-        stack.append(parts[1] if len(parts) > 1 else parts[0])
-    if stack:
-        yield stack
-
-
 def main():
     total = 0
     by_component = collections.Counter()
     leaves = collections.defaultdict(collections.Counter)
     allocator = copies = 0
-    for stack in samples(sys.stdin):
+    for _, frames in samples(sys.stdin):
+        stack = [symbol for symbol, _ in frames]
+        if not stack:
+            continue
         total += 1
         leaf = stack[0]
         if any(a in leaf for a in ALLOCATOR):
