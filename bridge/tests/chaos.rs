@@ -590,6 +590,11 @@ fn run_scenario(s: Scenario) {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+    if s.fault == Fault::RestartSourceFromOlderState {
+        // Everything may have arrived before the restored server was back: wait for the
+        // bridge to pull from it and report its replay, rather than race it.
+        d.wait_log(BROKER_REPLAY_WARNING, 0, Duration::from_secs(60));
+    }
     // Give late duplicates a moment to show up, so they are counted.
     std::thread::sleep(Duration::from_millis(500));
     d.signal("TERM");

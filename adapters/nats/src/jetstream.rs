@@ -23,7 +23,7 @@ use polybridge_core::{
     new_message_id, well_known, AckHandle, Acknowledger, Delivery, DeliveryInfo, DeliveryStream,
     Error, Position, Result, Settlement, StartPosition, Subscription,
 };
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
 use crate::config::{NatsConfig, Storage};
@@ -63,6 +63,7 @@ pub(crate) async fn subscribe(
     client: &async_nats::Client,
     context: &Context,
     config: &NatsConfig,
+    connections: watch::Receiver<u64>,
     subscription: Subscription,
 ) -> Result<DeliveryStream> {
     let filter = subscription.pattern.to_nats()?;
@@ -150,6 +151,7 @@ pub(crate) async fn subscribe(
     let pump = Pump {
         client: client.clone(),
         context: context.clone(),
+        consumer,
         stream_name,
         consumer_name,
         temporary,
@@ -165,7 +167,7 @@ pub(crate) async fn subscribe(
         next_token: 0,
         first_deliveries: FirstDeliveries::default(),
     };
-    tokio::spawn(pump.run(settle_rx, close_rx, closed_tx));
+    tokio::spawn(pump.run(settle_rx, connections, close_rx, closed_tx));
     Ok(DeliveryStream::new(deliveries_rx, close_tx, closed_rx))
 }
 
@@ -254,6 +256,8 @@ struct InFlight {
 struct Pump {
     client: async_nats::Client,
     context: Context,
+    /// The consumer pulled from, for the number of pull requests the server holds.
+    consumer: PullConsumer,
     stream_name: String,
     consumer_name: String,
     temporary: bool,
@@ -309,7 +313,8 @@ impl FirstDeliveries {
 /// Pull requests sent and not yet finished, oldest first: when each was sent and how many
 /// messages it may still bring. The server serves them in order, ends each with a status
 /// (408 when it expires) or when it is filled, and forgets them all on a restart, so any
-/// older than `fetch_wait` (plus a margin) are over.
+/// older than `fetch_wait` (plus a margin) are over, and after a reconnect only as many as
+/// the server says it holds may still be waiting.
 #[derive(Default)]
 struct Pulls {
     pending: VecDeque<(Instant, usize)>,
@@ -343,6 +348,16 @@ impl Pulls {
         }
     }
 
+    /// Forgets all but the newest `waiting` requests. The server holds `waiting` requests
+    /// for the consumer (this subscription's and other group members'); it forgets them
+    /// all when it restarts and serves the others in order, so ours beyond that many, the
+    /// oldest, are gone.
+    fn keep_newest(&mut self, waiting: usize) {
+        while self.pending.len() > waiting {
+            self.pending.pop_front();
+        }
+    }
+
     fn next_expiry(&self, lifetime: Duration) -> Option<Instant> {
         self.pending.front().map(|(sent, _)| *sent + lifetime)
     }
@@ -366,9 +381,12 @@ impl Pulls {
 }
 
 impl Pump {
+    /// Serves the subscription until it is closed. `connections` counts the client's
+    /// connections: it changes when the client has reconnected.
     async fn run(
         mut self,
         mut settlements: mpsc::Receiver<(u64, Settlement)>,
+        mut connections: watch::Receiver<u64>,
         mut close: oneshot::Receiver<()>,
         closed: oneshot::Sender<()>,
     ) {
@@ -402,6 +420,7 @@ impl Pump {
             tokio::time::interval((self.ack_wait / 3).max(Duration::from_millis(50)));
         keep_alive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let expires_nanos = self.fetch_wait.as_nanos();
+        connections.borrow_and_update();
         loop {
             pulls.expire(lifetime);
             let free = self
@@ -426,6 +445,7 @@ impl Pump {
                 _ = &mut close => break,
                 Some((token, settlement)) = settlements.recv() => self.settle(token, settlement).await,
                 _ = keep_alive.tick() => self.keep_alive().await,
+                Ok(()) = connections.changed() => self.forget_lost_pulls(&mut pulls).await,
                 reply = replies.next() => match reply {
                     None => break,
                     Some(reply) => match reply.status {
@@ -457,6 +477,28 @@ impl Pump {
         let requests_gone = pulls.gone_in(lifetime, Instant::now());
         self.shut_down(&mut settlements, requests_gone).await;
         let _ = closed.send(());
+    }
+
+    /// After a reconnect: forgets the pull requests the server no longer holds (a restarted
+    /// server holds none), so that the subscription pulls again now, not once they would
+    /// have expired (`fetch_wait` + 1 s after they were sent). The server's count of
+    /// waiting requests includes other group members', so this may keep a few of ours that
+    /// are gone (they still expire); it never forgets one the server holds, which would let
+    /// more than `max_in_flight` deliveries in. When the server cannot say, all are kept.
+    async fn forget_lost_pulls(&mut self, pulls: &mut Pulls) {
+        if pulls.pending.is_empty() {
+            return;
+        }
+        match self.consumer.info().await {
+            Ok(info) => {
+                let ours = pulls.pending.len();
+                pulls.keep_newest(info.num_waiting);
+                tracing::debug!(broker = BROKER, subject = %self.filter, ours, waiting = info.num_waiting, "reconnected: forgot the pull requests the server no longer holds");
+            }
+            Err(e) => {
+                tracing::debug!(broker = BROKER, subject = %self.filter, error = %e, "reconnected, and cannot ask how many pull requests the server holds: ours are kept until they expire")
+            }
+        }
     }
 
     /// Turns a JetStream message into a delivery. False when the subscriber is gone.
@@ -704,6 +746,31 @@ mod tests {
         // Past the newest request's lifetime: never a zero delay (the server's "now").
         assert_eq!(pulls.gone_in(lifetime, t0 + Duration::from_secs(8)), None);
         assert_eq!(pulls.gone_in(lifetime, t0 + Duration::from_secs(9)), None);
+    }
+
+    #[test]
+    fn after_a_reconnect_only_the_newest_requests_the_server_holds_are_counted() {
+        let t0 = Instant::now();
+        let mut pulls = Pulls::default();
+        for (i, batch) in [10, 5, 3].into_iter().enumerate() {
+            pulls
+                .pending
+                .push_back((t0 + Duration::from_secs(i as u64), batch));
+        }
+        // The server holds more than ours (other members' too): all of ours are kept.
+        pulls.keep_newest(5);
+        assert_eq!(pulls.outstanding(), 18);
+        // It holds one: the oldest two were lost, the newest is still served.
+        pulls.keep_newest(1);
+        assert_eq!(pulls.outstanding(), 3);
+        assert_eq!(
+            pulls.next_expiry(Duration::from_secs(6)),
+            Some(t0 + Duration::from_secs(8))
+        );
+        // A restarted server holds none: nothing is outstanding, the next pull goes now.
+        pulls.keep_newest(0);
+        assert_eq!(pulls.outstanding(), 0);
+        assert!(pulls.pending.is_empty());
     }
 
     #[test]

@@ -107,6 +107,9 @@
 //! # Failure
 //! The client reconnects forever with backoff, resubscribes core subscriptions, and
 //! pull consumers resume: JetStream keeps what was acked and redelivers what was in flight.
+//! A restarted server has forgotten the pull requests it held; once reconnected, a
+//! JetStream subscription asks how many the consumer still has waiting and pulls again at
+//! once instead of waiting for its lost requests to expire (`fetch_wait` + 1 s).
 //! Publishes during a disconnection fail with retryable errors (or time out), never
 //! silently. Wrong credentials are an [`Error::Auth`].
 //!
@@ -142,6 +145,7 @@ use polybridge_core::{
     Broker, BrokerUrl, Capabilities, DeliveryGuarantee, Error, HeaderSupport, Ordering, Result,
     Wildcards,
 };
+use tokio::sync::watch;
 
 pub use config::{Mode, NatsConfig, Storage, DEFAULT_PORT};
 
@@ -160,6 +164,8 @@ pub struct NatsBroker {
     capabilities: Capabilities,
     /// The server's `max_payload`, payload plus headers.
     server_max_payload: usize,
+    /// How many times the client has connected: changes on each reconnect.
+    connections: watch::Receiver<u64>,
     closed: AtomicBool,
 }
 
@@ -168,24 +174,12 @@ impl NatsBroker {
     /// when `create_stream=true` asks for it.
     pub async fn connect(url: &BrokerUrl) -> Result<Self> {
         let config = NatsConfig::from_url(url)?;
+        let (connected, connections) = watch::channel(0u64);
         let mut options = ConnectOptions::new()
             .name(&config.client_name)
             .connection_timeout(config.connect_timeout)
             .max_reconnects(None)
-            .event_callback(|event| async move {
-                match event {
-                    Event::Connected => tracing::info!(broker = BROKER, "connected"),
-                    Event::Disconnected => {
-                        tracing::warn!(broker = BROKER, "disconnected; reconnecting")
-                    }
-                    Event::SlowConsumer(sid) => tracing::warn!(
-                        broker = BROKER,
-                        subscription = sid,
-                        "slow consumer: the server or client dropped messages of a core subscription"
-                    ),
-                    other => tracing::info!(broker = BROKER, event = %other, "connection event"),
-                }
-            });
+            .event_callback(move |event| on_event(event, connected.clone()));
         if let (Some(user), Some(password)) = (&config.user, &config.password) {
             options = options.user_and_password(user.clone(), password.clone());
         }
@@ -238,6 +232,7 @@ impl NatsBroker {
             config,
             url: url.clone(),
             server_max_payload,
+            connections,
             closed: AtomicBool::new(false),
         })
     }
@@ -257,6 +252,24 @@ impl NatsBroker {
     /// The settings read from the URL.
     pub fn config(&self) -> &NatsConfig {
         &self.config
+    }
+}
+
+/// Logs a connection event, and counts connections in `connected` (JetStream subscriptions
+/// watch it to learn of a reconnect).
+async fn on_event(event: Event, connected: watch::Sender<u64>) {
+    match event {
+        Event::Connected => {
+            tracing::info!(broker = BROKER, "connected");
+            connected.send_modify(|n| *n += 1);
+        }
+        Event::Disconnected => tracing::warn!(broker = BROKER, "disconnected; reconnecting"),
+        Event::SlowConsumer(sid) => tracing::warn!(
+            broker = BROKER,
+            subscription = sid,
+            "slow consumer: the server or client dropped messages of a core subscription"
+        ),
+        other => tracing::info!(broker = BROKER, event = %other, "connection event"),
     }
 }
 

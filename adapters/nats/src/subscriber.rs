@@ -19,7 +19,14 @@ impl Subscriber for NatsBroker {
     async fn subscribe(&self, subscription: Subscription) -> Result<DeliveryStream> {
         match &self.jetstream {
             Some(context) => {
-                jetstream::subscribe(&self.client, context, &self.config, subscription).await
+                jetstream::subscribe(
+                    &self.client,
+                    context,
+                    &self.config,
+                    self.connections.clone(),
+                    subscription,
+                )
+                .await
             }
             None => self.subscribe_core(subscription).await,
         }

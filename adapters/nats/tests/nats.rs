@@ -308,6 +308,51 @@ async fn core_subscriptions_resume_after_a_server_restart() {
     }
 }
 
+/// A restarted server has forgotten the pull requests it held. The subscription pulls again
+/// as soon as the client is back, rather than when those requests would have expired
+/// (`fetch_wait` + 1 s after they were sent: 31 s here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jetstream_pulls_again_as_soon_as_a_restarted_server_is_back() {
+    let Some(server) = Server::start() else {
+        return;
+    };
+    if server.process.is_none() {
+        eprintln!("skipped: an external server cannot be restarted");
+        return;
+    }
+    let js = server.connect(&format!("{JETSTREAM}&fetch_wait=30s")).await;
+    let topic = "pbt.restart.jobs";
+    let mut sub = js
+        .subscribe(subject(topic).group("restart-workers"))
+        .await
+        .unwrap();
+    js.publish(topic, &Message::new("before"), deadline())
+        .await
+        .unwrap();
+    next(&mut sub, "the message before the restart")
+        .await
+        .ack()
+        .unwrap();
+    server.restart().await.unwrap().unwrap();
+    let end = tokio::time::Instant::now() + WAIT;
+    while let Err(e) = js
+        .publish(
+            topic,
+            &Message::new("after"),
+            Deadline::after(Duration::from_secs(1)),
+        )
+        .await
+    {
+        assert!(
+            tokio::time::Instant::now() < end,
+            "no publish accepted after the restart: {e}"
+        );
+    }
+    let d = next(&mut sub, "the message after the restart").await;
+    assert_eq!(&d.message.payload[..], b"after");
+    d.ack().unwrap();
+}
+
 /// Core `subscribe` returns once the SUB was written, so a message published on another
 /// connection right after can reach the server first and miss the subscription (that lost a
 /// message within 300 rounds in 4 of 4 runs). A message the subscriber publishes on its own
