@@ -151,10 +151,12 @@ impl Group {
         self.exited()
     }
 
-    /// Kills the whole group and reaps the leader; stops the watchdog.
+    /// Kills the whole group and reaps the leader; stops the watchdog. A frozen group dies
+    /// as it is: SIGKILL ends a stopped process, and it is not let run first (a frozen
+    /// broker would otherwise handle what waits in its sockets).
     pub fn kill(&mut self) {
-        self.signal("CONT");
         self.signal("KILL");
+        self.signal("CONT");
         let _ = self.child.wait();
         let _ = self.watchdog.kill();
         let _ = self.watchdog.wait();

@@ -23,11 +23,11 @@ use polybridge_core::{
     new_message_id, well_known, AckHandle, Acknowledger, Delivery, DeliveryInfo, DeliveryStream,
     Error, Position, Result, Settlement, StartPosition, Subscription,
 };
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::config::{NatsConfig, Storage};
-use crate::{mapping, BROKER};
+use crate::{mapping, Reconnects, BROKER};
 
 /// Creates the stream named by the URL when it does not exist yet.
 pub(crate) async fn ensure_stream(context: &Context, config: &NatsConfig) -> Result<()> {
@@ -63,7 +63,7 @@ pub(crate) async fn subscribe(
     client: &async_nats::Client,
     context: &Context,
     config: &NatsConfig,
-    connections: watch::Receiver<u64>,
+    reconnects: Reconnects,
     subscription: Subscription,
 ) -> Result<DeliveryStream> {
     let filter = subscription.pattern.to_nats()?;
@@ -167,7 +167,7 @@ pub(crate) async fn subscribe(
         next_token: 0,
         first_deliveries: FirstDeliveries::default(),
     };
-    tokio::spawn(pump.run(settle_rx, connections, close_rx, closed_tx));
+    tokio::spawn(pump.run(settle_rx, reconnects, close_rx, closed_tx));
     Ok(DeliveryStream::new(deliveries_rx, close_tx, closed_rx))
 }
 
@@ -381,12 +381,11 @@ impl Pulls {
 }
 
 impl Pump {
-    /// Serves the subscription until it is closed. `connections` counts the client's
-    /// connections: it changes when the client has reconnected.
+    /// Serves the subscription until it is closed.
     async fn run(
         mut self,
         mut settlements: mpsc::Receiver<(u64, Settlement)>,
-        mut connections: watch::Receiver<u64>,
+        mut reconnects: Reconnects,
         mut close: oneshot::Receiver<()>,
         closed: oneshot::Sender<()>,
     ) {
@@ -420,7 +419,7 @@ impl Pump {
             tokio::time::interval((self.ack_wait / 3).max(Duration::from_millis(50)));
         keep_alive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let expires_nanos = self.fetch_wait.as_nanos();
-        connections.borrow_and_update();
+        let mut reconnected = reconnects.count();
         loop {
             pulls.expire(lifetime);
             let free = self
@@ -445,7 +444,10 @@ impl Pump {
                 _ = &mut close => break,
                 Some((token, settlement)) = settlements.recv() => self.settle(token, settlement).await,
                 _ = keep_alive.tick() => self.keep_alive().await,
-                Ok(()) = connections.changed() => self.forget_lost_pulls(&mut pulls).await,
+                n = reconnects.after(reconnected) => {
+                    reconnected = n;
+                    self.forget_lost_pulls(&mut pulls).await;
+                }
                 reply = replies.next() => match reply {
                     None => break,
                     Some(reply) => match reply.status {

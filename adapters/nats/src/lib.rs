@@ -111,7 +111,9 @@
 //! JetStream subscription asks how many the consumer still has waiting and pulls again at
 //! once instead of waiting for its lost requests to expire (`fetch_wait` + 1 s).
 //! Publishes during a disconnection fail with retryable errors (or time out), never
-//! silently. Wrong credentials are an [`Error::Auth`].
+//! silently. A JetStream publish not yet acknowledged when the connection was lost fails
+//! as soon as the client is back (its PubAck would have come on the lost connection), not
+//! when the ack times out; JetStream drops the copy sent again by its message id. Wrong credentials are an [`Error::Auth`].
 //!
 //! # Capabilities
 //! | | core | JetStream |
@@ -164,8 +166,8 @@ pub struct NatsBroker {
     capabilities: Capabilities,
     /// The server's `max_payload`, payload plus headers.
     server_max_payload: usize,
-    /// How many times the client has connected: changes on each reconnect.
-    connections: watch::Receiver<u64>,
+    /// Counts the client's reconnections (JetStream pulls and publishes watch it).
+    reconnects: Reconnects,
     closed: AtomicBool,
 }
 
@@ -175,6 +177,7 @@ impl NatsBroker {
     pub async fn connect(url: &BrokerUrl) -> Result<Self> {
         let config = NatsConfig::from_url(url)?;
         let (connected, connections) = watch::channel(0u64);
+        let reconnects = Reconnects(connections);
         let mut options = ConnectOptions::new()
             .name(&config.client_name)
             .connection_timeout(config.connect_timeout)
@@ -232,7 +235,7 @@ impl NatsBroker {
             config,
             url: url.clone(),
             server_max_payload,
-            connections,
+            reconnects,
             closed: AtomicBool::new(false),
         })
     }
@@ -255,8 +258,40 @@ impl NatsBroker {
     }
 }
 
-/// Logs a connection event, and counts connections in `connected` (JetStream subscriptions
-/// watch it to learn of a reconnect).
+/// How many times the client has reconnected, from its connection events. A JetStream
+/// subscription's pull requests and a publish's PubAck are answered on the connection they
+/// went out on: after a reconnect, what was not answered yet may never be.
+#[derive(Clone)]
+pub(crate) struct Reconnects(watch::Receiver<u64>);
+
+impl Reconnects {
+    /// The reconnections so far. The channel counts `connected` events, and the first
+    /// connection's event may be handled after `connect` returned, so it is not counted.
+    fn count_in(connected_events: u64) -> u64 {
+        connected_events.saturating_sub(1)
+    }
+
+    /// The reconnections so far.
+    pub(crate) fn count(&self) -> u64 {
+        Self::count_in(*self.0.borrow())
+    }
+
+    /// Completes once the client has reconnected more than `seen` times, with the new
+    /// count. Never completes once the client is gone.
+    pub(crate) async fn after(&mut self, seen: u64) -> u64 {
+        let count = self
+            .0
+            .wait_for(|n| Self::count_in(*n) > seen)
+            .await
+            .map(|n| Self::count_in(*n));
+        match count {
+            Ok(count) => count,
+            Err(_) => std::future::pending().await,
+        }
+    }
+}
+
+/// Logs a connection event, and counts connections in `connected` (see [`Reconnects`]).
 async fn on_event(event: Event, connected: watch::Sender<u64>) {
     match event {
         Event::Connected => {

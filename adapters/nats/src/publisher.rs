@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::HeaderMap;
 use async_trait::async_trait;
-use futures::future::join_all;
+use futures::stream::{FuturesUnordered, StreamExt};
 use polybridge_core::{Deadline, Error, Message, Outgoing, Position, Publisher, Receipt, Result};
 
 use crate::{mapping, NatsBroker, BROKER};
@@ -29,14 +29,17 @@ impl Publisher for NatsBroker {
                     })
                     .await
             }
-            Some(_) => {
-                deadline
-                    .run(BROKER, "publish", destination, async {
-                        let ack = self.send_jetstream(destination, message).await?;
-                        self.await_puback(destination, ack).await
-                    })
-                    .await
-            }
+            Some(_) => deadline
+                .run(BROKER, "publish", destination, async {
+                    let sent_on = self.reconnects.count();
+                    let ack = self.send_jetstream(destination, message).await?;
+                    tokio::select! {
+                        biased;
+                        receipt = self.await_puback(destination, ack) => receipt,
+                        () = self.reconnected_since(sent_on) => Err(lost_before_ack(destination)),
+                    }
+                })
+                .await,
         }
     }
 
@@ -89,6 +92,7 @@ impl Publisher for NatsBroker {
             }
             Some(_) => {
                 // Send every message first, then wait for all the PubAcks together.
+                let sent_on = self.reconnects.count();
                 let mut pending = Vec::with_capacity(batch.len());
                 for o in batch {
                     let sent = deadline
@@ -101,18 +105,47 @@ impl Publisher for NatsBroker {
                         .await;
                     pending.push((o.destination, sent));
                 }
-                join_all(pending.into_iter().map(|(destination, sent)| async move {
-                    let ack = sent?;
-                    deadline
-                        .run(
-                            BROKER,
-                            "publish",
-                            destination,
-                            self.await_puback(destination, ack),
-                        )
-                        .await
-                }))
-                .await
+                let mut acks: FuturesUnordered<_> = pending
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, (destination, sent))| async move {
+                        let receipt = match sent {
+                            Ok(ack) => {
+                                deadline
+                                    .run(
+                                        BROKER,
+                                        "publish",
+                                        destination,
+                                        self.await_puback(destination, ack),
+                                    )
+                                    .await
+                            }
+                            Err(e) => Err(e),
+                        };
+                        (i, receipt)
+                    })
+                    .collect();
+                let mut results: Vec<Option<Result<Receipt>>> =
+                    batch.iter().map(|_| None).collect();
+                let reconnected = self.reconnected_since(sent_on);
+                tokio::pin!(reconnected);
+                loop {
+                    tokio::select! {
+                        biased;
+                        next = acks.next() => match next {
+                            Some((i, receipt)) => results[i] = Some(receipt),
+                            None => break,
+                        },
+                        () = &mut reconnected => break,
+                    }
+                }
+                results
+                    .into_iter()
+                    .zip(batch)
+                    .map(|(receipt, o)| {
+                        receipt.unwrap_or_else(|| Err(lost_before_ack(o.destination)))
+                    })
+                    .collect()
             }
         }
     }
@@ -132,7 +165,25 @@ impl Publisher for NatsBroker {
     }
 }
 
+/// A PubAck is answered on the connection the message went out on: once the client has
+/// reconnected, one not yet received never comes. Sending the message again is safe, as
+/// JetStream drops a copy by its message id (`Nats-Msg-Id`, within the stream's duplicate
+/// window).
+fn lost_before_ack(destination: &str) -> Error {
+    Error::transient(
+        BROKER,
+        destination,
+        "the connection was lost before JetStream acknowledged; sending it again is safe \
+         (JetStream drops the copy by its message id)",
+    )
+}
+
 impl NatsBroker {
+    /// Completes once the client has reconnected since `sent_on` reconnections.
+    async fn reconnected_since(&self, sent_on: u64) {
+        self.reconnects.clone().after(sent_on).await;
+    }
+
     fn check_open(&self) -> Result<()> {
         if self.closed.load(Ordering::Acquire) {
             return Err(Error::closed(BROKER, "the publisher"));

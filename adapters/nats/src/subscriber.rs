@@ -23,7 +23,7 @@ impl Subscriber for NatsBroker {
                     &self.client,
                     context,
                     &self.config,
-                    self.connections.clone(),
+                    self.reconnects.clone(),
                     subscription,
                 )
                 .await

@@ -12,8 +12,8 @@ use std::time::Duration;
 use common::{Server, JETSTREAM};
 use futures::StreamExt;
 use polybridge_core::{
-    Deadline, Delivery, DeliveryStream, Error, Message, Publisher, Subscriber, Subscription,
-    TopicPattern,
+    Deadline, Delivery, DeliveryStream, Error, Message, Outgoing, Publisher, StartPosition,
+    Subscriber, Subscription, TopicPattern,
 };
 
 const WAIT: Duration = Duration::from_secs(10);
@@ -351,6 +351,128 @@ async fn jetstream_pulls_again_as_soon_as_a_restarted_server_is_back() {
     let d = next(&mut sub, "the message after the restart").await;
     assert_eq!(&d.message.payload[..], b"after");
     d.ack().unwrap();
+}
+
+/// A PubAck comes on the connection the message went out on. When the server dies with
+/// publishes unanswered, they fail as soon as the client has reconnected, saying that
+/// sending them again is safe, rather than when their acks time out (5 s); sent again, each
+/// message is stored once. Both `publish` and `publish_batch`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jetstream_publishes_the_server_died_without_answering_fail_once_reconnected() {
+    let Some(server) = Server::start() else {
+        return;
+    };
+    let Some(process) = server.process.clone() else {
+        eprintln!("skipped: an external server cannot be killed");
+        return;
+    };
+    // Only the publisher is connected while the server is frozen, so what its sockets
+    // receive is the publishes.
+    let js = std::sync::Arc::new(server.connect(JETSTREAM).await);
+    let topic = "pbt.crash.orders";
+    let port: u16 = server.url.rsplit(':').next().unwrap().parse().unwrap();
+    let mut expected = HashSet::new();
+    for (round, ids) in [
+        ("publish", vec!["order-1"]),
+        ("publish_batch", vec!["order-2", "order-3", "order-4"]),
+    ] {
+        let messages: Vec<Message> = ids
+            .iter()
+            .map(|id| Message::new("placed").with_id(*id))
+            .collect();
+        expected.extend(ids.iter().map(|id| id.to_string()));
+        // Frozen, the server takes the publishes into its socket and never answers them.
+        server.freeze(true).unwrap().unwrap();
+        let unread_before = unread_bytes_at(port);
+        let publishing = tokio::spawn({
+            let (js, messages) = (js.clone(), messages.clone());
+            async move {
+                let deadline = Deadline::after(Duration::from_secs(60));
+                if let [message] = &messages[..] {
+                    return vec![js.publish(topic, message, deadline).await];
+                }
+                let batch: Vec<Outgoing> = messages
+                    .iter()
+                    .map(|message| Outgoing {
+                        destination: topic,
+                        message,
+                    })
+                    .collect();
+                js.publish_batch(&batch, deadline).await
+            }
+        });
+        let end = tokio::time::Instant::now() + WAIT;
+        while unread_bytes_at(port) <= unread_before {
+            assert!(
+                tokio::time::Instant::now() < end,
+                "{round}: nothing reached the server"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let process = process.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut process = process.lock().unwrap();
+            process.kill().unwrap();
+            process.start_again().unwrap();
+        })
+        .await
+        .unwrap();
+        let mut lost = 0;
+        for (message, result) in messages.iter().zip(publishing.await.unwrap()) {
+            // One the client had not written yet went out on the new connection: it may
+            // have been answered there.
+            if let Err(e) = result {
+                assert!(
+                    e.is_retryable() && e.to_string().contains("connection was lost"),
+                    "{round}: {e}"
+                );
+                lost += 1;
+                let receipt = js.publish(topic, message, deadline()).await.unwrap();
+                assert!(
+                    !receipt.duplicate,
+                    "{round}: the dead server had not stored it"
+                );
+            }
+        }
+        assert!(
+            lost >= 1,
+            "{round}: the publish in the dead server's socket did not fail"
+        );
+    }
+    let mut sub = js
+        .subscribe(subject(topic).start(StartPosition::Earliest))
+        .await
+        .unwrap();
+    let mut stored = HashSet::new();
+    for _ in 0..expected.len() {
+        let d = next(&mut sub, "a message sent again").await;
+        assert!(
+            stored.insert(d.message.id.clone()),
+            "{} twice",
+            d.message.id
+        );
+        d.ack().unwrap();
+    }
+    assert_eq!(stored, expected);
+    nothing_within(&mut sub, Duration::from_millis(500), "a second copy").await;
+}
+
+/// Bytes the server listening on `port` has received from its clients and not yet read
+/// (the receive queues of its loopback connections, in /proc/net/tcp).
+fn unread_bytes_at(port: u16) -> u64 {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let local_port = fields.get(1)?.rsplit(':').next()?;
+            let unread = fields.get(4)?.split(':').nth(1)?;
+            (u16::from_str_radix(local_port, 16).ok()? == port)
+                .then(|| u64::from_str_radix(unread, 16).ok())
+                .flatten()
+        })
+        .sum()
 }
 
 /// Core `subscribe` returns once the SUB was written, so a message published on another
