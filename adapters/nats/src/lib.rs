@@ -260,7 +260,9 @@ impl NatsBroker {
 
 /// How many times the client has reconnected, from its connection events. A JetStream
 /// subscription's pull requests and a publish's PubAck are answered on the connection they
-/// went out on: after a reconnect, what was not answered yet may never be.
+/// went out on: after a reconnect, what was not answered yet may never be. The client drops
+/// an event when its queue of 128 is full; a reconnect missed that way leaves lost pull
+/// requests to expire and unanswered PubAcks to time out.
 #[derive(Clone)]
 pub(crate) struct Reconnects(watch::Receiver<u64>);
 
