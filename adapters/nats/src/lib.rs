@@ -113,7 +113,8 @@
 //! Publishes during a disconnection fail with retryable errors (or time out), never
 //! silently. A JetStream publish not yet acknowledged when the connection was lost fails
 //! as soon as the client is back (its PubAck would have come on the lost connection), not
-//! when the ack times out; JetStream drops the copy sent again by its message id. Wrong credentials are an [`Error::Auth`].
+//! when the ack times out; JetStream drops the copy sent again by its message id. Wrong
+//! credentials are an [`Error::Auth`].
 //!
 //! # Capabilities
 //! | | core | JetStream |
@@ -258,11 +259,11 @@ impl NatsBroker {
     }
 }
 
-/// How many times the client has reconnected, from its connection events. A JetStream
-/// subscription's pull requests and a publish's PubAck are answered on the connection they
-/// went out on: after a reconnect, what was not answered yet may never be. The client drops
-/// an event when its queue of 128 is full; a reconnect missed that way leaves lost pull
-/// requests to expire and unanswered PubAcks to time out.
+/// How many times the client has reconnected, from its connection events. A publish's
+/// PubAck is answered on the connection the publish went out on, and a restarted server
+/// has forgotten the pull requests it held: after a reconnect, what was not answered yet
+/// may never be. The client drops an event when its queue of 128 is full; a reconnect
+/// missed that way leaves lost pull requests to expire and unanswered PubAcks to time out.
 #[derive(Clone)]
 pub(crate) struct Reconnects(watch::Receiver<u64>);
 

@@ -91,7 +91,8 @@ impl Publisher for NatsBroker {
                     .collect()
             }
             Some(_) => {
-                // Send every message first, then wait for all the PubAcks together.
+                // Send every message first, then wait for all the PubAcks together; once the
+                // client has reconnected, those not answered yet fail (`lost_before_ack`).
                 let sent_on = self.reconnects.count();
                 let mut pending = Vec::with_capacity(batch.len());
                 for o in batch {
