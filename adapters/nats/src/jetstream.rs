@@ -14,6 +14,7 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use async_nats::jetstream::consumer::pull::Config as PullConfig;
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer};
+use async_nats::jetstream::context::ConsumerInfoErrorKind;
 use async_nats::jetstream::message::AckKind;
 use async_nats::jetstream::stream::{Config as StreamConfig, StorageType};
 use async_nats::jetstream::Context;
@@ -59,6 +60,8 @@ pub(crate) async fn ensure_stream(context: &Context, config: &NatsConfig) -> Res
 }
 
 /// Binds `subscription` to its stream's pull consumer and starts the task that serves it.
+/// With `create_stream`, creates the stream again if it is gone (a memory stream after a
+/// restart).
 pub(crate) async fn subscribe(
     client: &async_nats::Client,
     context: &Context,
@@ -67,6 +70,9 @@ pub(crate) async fn subscribe(
     subscription: Subscription,
 ) -> Result<DeliveryStream> {
     let filter = subscription.pattern.to_nats()?;
+    if config.create_stream {
+        ensure_stream(context, config).await?;
+    }
     let stream_name = match &config.stream {
         Some(name) => name.clone(),
         None => context
@@ -338,14 +344,19 @@ impl Pulls {
         self.pending.pop_front();
     }
 
-    fn expire(&mut self, lifetime: Duration) {
+    /// Forgets the requests older than `lifetime`, and says how many: the server ends a
+    /// request with a 408 when it expires, so one that outlived it was never answered.
+    fn expire(&mut self, lifetime: Duration) -> usize {
+        let mut expired = 0;
         while let Some((sent, _)) = self.pending.front() {
             if sent.elapsed() > lifetime {
                 self.pending.pop_front();
+                expired += 1;
             } else {
                 break;
             }
         }
+        expired
     }
 
     /// Forgets all but the newest `waiting` requests. The server holds `waiting` requests
@@ -421,7 +432,13 @@ impl Pump {
         let expires_nanos = self.fetch_wait.as_nanos();
         let mut reconnected = reconnects.count();
         loop {
-            pulls.expire(lifetime);
+            // A request the server never answered: is the consumer still there?
+            if pulls.expire(lifetime) > 0 {
+                if let Err(gone) = self.waiting_on_server().await {
+                    self.end_with(gone).await;
+                    break;
+                }
+            }
             let free = self
                 .max_in_flight
                 .saturating_sub(self.in_flight.len() + pulls.outstanding());
@@ -446,7 +463,10 @@ impl Pump {
                 _ = keep_alive.tick() => self.keep_alive().await,
                 n = reconnects.after(reconnected) => {
                     reconnected = n;
-                    self.forget_lost_pulls(&mut pulls).await;
+                    if let Err(gone) = self.forget_lost_pulls(&mut pulls).await {
+                        self.end_with(gone).await;
+                        break;
+                    }
                 }
                 reply = replies.next() => match reply {
                     None => break,
@@ -463,6 +483,14 @@ impl Pump {
                                 tracing::warn!(broker = BROKER, subject = %self.filter, %status, description = ?reply.description, "JetStream ended a pull request");
                             }
                             pulls.ended_one();
+                            let deleted = status == StatusCode::REQUEST_TERMINATED
+                                && reply.description.as_deref().is_some_and(|d| d.eq_ignore_ascii_case("consumer deleted"));
+                            if deleted {
+                                if let Err(gone) = self.waiting_on_server().await {
+                                    self.end_with(gone).await;
+                                    break;
+                                }
+                            }
                         }
                     },
                 },
@@ -487,20 +515,55 @@ impl Pump {
     /// waiting requests includes other group members', so this may keep a few of ours that
     /// are gone (they still expire); it never forgets one the server holds, which would let
     /// more than `max_in_flight` deliveries in. When the server cannot say, all are kept.
-    async fn forget_lost_pulls(&mut self, pulls: &mut Pulls) {
+    /// `Err` when the consumer is gone (see [`Pump::waiting_on_server`]).
+    async fn forget_lost_pulls(&mut self, pulls: &mut Pulls) -> Result<()> {
         if pulls.pending.is_empty() {
-            return;
+            return Ok(());
         }
+        if let Some(waiting) = self.waiting_on_server().await? {
+            let ours = pulls.pending.len();
+            pulls.keep_newest(waiting);
+            tracing::debug!(broker = BROKER, subject = %self.filter, ours, waiting, "reconnected: forgot the pull requests the server no longer holds");
+        }
+        Ok(())
+    }
+
+    /// How many pull requests the server holds for the consumer; `None` when it cannot say
+    /// now. `Err` when the consumer or its stream no longer exists (deleted, or a memory
+    /// stream lost in a restart): pull requests then go unanswered, and nothing would ever
+    /// be delivered again.
+    async fn waiting_on_server(&mut self) -> Result<Option<usize>> {
         match self.consumer.info().await {
-            Ok(info) => {
-                let ours = pulls.pending.len();
-                pulls.keep_newest(info.num_waiting);
-                tracing::debug!(broker = BROKER, subject = %self.filter, ours, waiting = info.num_waiting, "reconnected: forgot the pull requests the server no longer holds");
+            Ok(info) => Ok(Some(info.num_waiting)),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    ConsumerInfoErrorKind::NotFound | ConsumerInfoErrorKind::StreamNotFound
+                ) =>
+            {
+                Err(Error::Transient {
+                    broker: BROKER,
+                    destination: self.filter.clone(),
+                    reason: format!(
+                        "consumer {} of stream {} no longer exists ({e}); subscribing again \
+                         creates it anew, from the subscription's start position",
+                        self.consumer_name, self.stream_name
+                    ),
+                    source: Some(Box::new(e)),
+                })
             }
             Err(e) => {
-                tracing::debug!(broker = BROKER, subject = %self.filter, error = %e, "reconnected, and cannot ask how many pull requests the server holds: ours are kept until they expire")
+                tracing::debug!(broker = BROKER, subject = %self.filter, error = %e, "cannot ask how many pull requests the server holds");
+                Ok(None)
             }
         }
+    }
+
+    /// Ends the subscription with `error`: its owner gets it, then the end of the stream,
+    /// and may subscribe again (the bridge does).
+    async fn end_with(&mut self, error: Error) {
+        tracing::warn!(broker = BROKER, subject = %self.filter, error = %error, "the JetStream subscription ends");
+        let _ = self.deliveries.send(Err(error)).await;
     }
 
     /// Turns a JetStream message into a delivery. False when the subscriber is gone.

@@ -326,6 +326,15 @@ impl NatsBroker {
 
     /// "No responders" means no stream captures the subject, or JetStream is not up yet
     /// (a server restarting): ask which, so only the first is a permanent error.
+    /// Creates the URL's stream again, and says whether it now captures `destination`.
+    async fn created_again(&self, js: &async_nats::jetstream::Context, destination: &str) -> bool {
+        if let Err(e) = crate::jetstream::ensure_stream(js, &self.config).await {
+            tracing::warn!(broker = BROKER, destination, error = %e, "cannot create the stream again");
+            return false;
+        }
+        js.stream_by_subject(destination.to_owned()).await.is_ok()
+    }
+
     async fn no_stream_error(&self, destination: &str) -> Error {
         let Some(js) = &self.jetstream else {
             return Error::unsupported(BROKER, "JetStream publish on a core connection");
@@ -342,6 +351,14 @@ impl NatsBroker {
                 if e.kind()
                     == async_nats::jetstream::context::GetStreamByNameErrorKind::NotFound =>
             {
+                if self.config.create_stream && self.created_again(js, destination).await {
+                    return Error::transient(
+                        BROKER,
+                        destination,
+                        "the stream was gone (a memory stream after a restart?) and is created \
+                         again; retry",
+                    );
+                }
                 Error::permanent(
                     BROKER,
                     destination,

@@ -270,13 +270,9 @@ async fn a_delivery_held_past_ack_wait_is_kept_alive_not_redelivered() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn core_subscriptions_resume_after_a_server_restart() {
-    let Some(server) = Server::start() else {
+    let Some(server) = Server::start_own() else {
         return;
     };
-    if server.process.is_none() {
-        eprintln!("skipped: an external server cannot be restarted");
-        return;
-    }
     let nats = server.connect("").await;
     let mut sub = nats.subscribe(subject("live.>")).await.unwrap();
     server.restart().await.unwrap().unwrap();
@@ -313,13 +309,9 @@ async fn core_subscriptions_resume_after_a_server_restart() {
 /// (`fetch_wait` + 1 s after they were sent: 31 s here).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jetstream_pulls_again_as_soon_as_a_restarted_server_is_back() {
-    let Some(server) = Server::start() else {
+    let Some(server) = Server::start_own() else {
         return;
     };
-    if server.process.is_none() {
-        eprintln!("skipped: an external server cannot be restarted");
-        return;
-    }
     let js = server.connect(&format!("{JETSTREAM}&fetch_wait=30s")).await;
     let topic = "pbt.restart.jobs";
     let mut sub = js
@@ -353,19 +345,144 @@ async fn jetstream_pulls_again_as_soon_as_a_restarted_server_is_back() {
     d.ack().unwrap();
 }
 
+/// A consumer deleted under a subscription (by an operator, or with a memory stream lost
+/// in a restart) answers no pull request again: the subscription ends with an error that
+/// says so, rather than wait forever, and subscribing again creates the consumer anew.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jetstream_subscription_whose_consumer_is_deleted_ends_with_an_error() {
+    let Some(server) = Server::start() else {
+        return;
+    };
+    let js = server.connect(JETSTREAM).await;
+    let topic = "pbt.deleted.jobs";
+    let group = subject(topic).group("deleted-workers");
+    let mut sub = js.subscribe(group.clone()).await.unwrap();
+    js.publish(topic, &Message::new("before"), deadline())
+        .await
+        .unwrap();
+    next(&mut sub, "the message before the deletion")
+        .await
+        .ack()
+        .unwrap();
+    let operator = async_nats::jetstream::new(
+        async_nats::connect(server.url.trim_start_matches("nats://"))
+            .await
+            .unwrap(),
+    );
+    let stream = operator.get_stream("PBT").await.unwrap();
+    stream.delete_consumer("deleted-workers").await.unwrap();
+    ends_with_the_consumer_gone(&mut sub).await;
+    let mut again = js.subscribe(group).await.unwrap();
+    publish_and_receive(&js, &mut again, topic).await;
+}
+
+/// A memory stream is gone after a restart, with its consumers: the subscription ends with
+/// an error, and with `create_stream=true` subscribing again creates the stream and the
+/// consumer again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_memory_stream_lost_in_a_restart_is_created_again_by_subscribing() {
+    let Some(server) = Server::start_own() else {
+        return;
+    };
+    let js = server.connect(MEMORY_STREAM).await;
+    let topic = "pbm.jobs";
+    let group = subject(topic).group("memory-workers");
+    let mut sub = js.subscribe(group.clone()).await.unwrap();
+    server.restart().await.unwrap().unwrap();
+    ends_with_the_consumer_gone(&mut sub).await;
+    let end = tokio::time::Instant::now() + WAIT;
+    let mut again = loop {
+        match js.subscribe(group.clone()).await {
+            Ok(again) => break again,
+            Err(e) => assert!(
+                tokio::time::Instant::now() < end,
+                "cannot subscribe again: {e}"
+            ),
+        }
+    };
+    publish_and_receive(&js, &mut again, topic).await;
+}
+
+/// A memory stream is gone after a restart: with `create_stream=true`, a publish that finds
+/// no stream creates it again and fails retryably; sent again, it is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_memory_stream_lost_in_a_restart_is_created_again_by_publishing() {
+    let Some(server) = Server::start_own() else {
+        return;
+    };
+    let js = server.connect(MEMORY_STREAM).await;
+    let topic = "pbm.orders";
+    js.publish(topic, &Message::new("before"), deadline())
+        .await
+        .unwrap();
+    server.restart().await.unwrap().unwrap();
+    let end = tokio::time::Instant::now() + WAIT;
+    while let Err(e) = js.publish(topic, &Message::new("after"), deadline()).await {
+        assert!(
+            e.is_retryable() && tokio::time::Instant::now() < end,
+            "cannot publish after the restart: {e}"
+        );
+    }
+    let mut sub = js
+        .subscribe(subject(topic).start(StartPosition::Earliest))
+        .await
+        .unwrap();
+    let d = next(&mut sub, "the message after the restart").await;
+    assert_eq!(
+        &d.message.payload[..],
+        b"after",
+        "the memory stream starts anew"
+    );
+    d.ack().unwrap();
+}
+
+/// Asserts that `stream` ends with the error of a consumer that no longer exists.
+async fn ends_with_the_consumer_gone(stream: &mut DeliveryStream) {
+    match tokio::time::timeout(WAIT, stream.next())
+        .await
+        .expect("the subscription ends within WAIT")
+    {
+        Some(Err(e)) => assert!(
+            e.is_retryable() && e.to_string().contains("no longer exists"),
+            "{e}"
+        ),
+        other => panic!(
+            "expected the error, got {:?}",
+            other.map(|r| r.map(|d| d.info))
+        ),
+    }
+    let end = tokio::time::timeout(WAIT, stream.next()).await;
+    assert!(matches!(end, Ok(None)), "then the end of the stream");
+}
+
+/// Publishes a message to `topic` and asserts that `stream` delivers it.
+async fn publish_and_receive(
+    js: &polybridge_nats::NatsBroker,
+    stream: &mut DeliveryStream,
+    topic: &str,
+) {
+    js.publish(topic, &Message::new("after"), deadline())
+        .await
+        .unwrap();
+    let d = next(stream, "the message published now").await;
+    assert_eq!(&d.message.payload[..], b"after");
+    d.ack().unwrap();
+}
+
+/// A stream `PBM` over `pbm.>` kept in memory, created on connect.
+const MEMORY_STREAM: &str =
+    "mode=jetstream&stream=PBM&create_stream=true&stream_subjects=pbm.>&storage=memory";
+
 /// A PubAck comes on the connection the message went out on. When the server dies with
 /// publishes unanswered, they fail as soon as the client has reconnected, saying that
 /// sending them again is safe, rather than when their acks time out (5 s); sent again, each
 /// message is stored once. Both `publish` and `publish_batch`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jetstream_publishes_the_server_died_without_answering_fail_once_reconnected() {
-    let Some(server) = Server::start() else {
+    let Some(server) = Server::start_own() else {
         return;
     };
-    let Some(process) = server.process.clone() else {
-        eprintln!("skipped: an external server cannot be killed");
-        return;
-    };
+    let process = server.process.clone().expect("the test's own server");
     // Only the publisher is connected while the server is frozen, so what its sockets
     // receive is the publishes.
     let js = std::sync::Arc::new(server.connect(JETSTREAM).await);

@@ -26,6 +26,17 @@ impl Server {
         TestBroker::private_or_external(BrokerKind::Nats, Endpoint::Nats).map(Server)
     }
 
+    /// A server of this test's own, which it may restart or kill; `None` (with the reason
+    /// printed) when NATS tests are skipped or the server is an external one.
+    pub fn start_own() -> Option<Server> {
+        let server = Server::start()?;
+        if server.process.is_none() {
+            eprintln!("skipped: an external server cannot be restarted");
+            return None;
+        }
+        Some(server)
+    }
+
     pub async fn connect(&self, options: &str) -> NatsBroker {
         NatsBroker::connect(&self.url_with(options).parse().unwrap())
             .await
