@@ -484,7 +484,10 @@ impl Pump {
                             }
                             pulls.ended_one();
                             let deleted = status == StatusCode::REQUEST_TERMINATED
-                                && reply.description.as_deref().is_some_and(|d| d.eq_ignore_ascii_case("consumer deleted"));
+                                && reply
+                                    .description
+                                    .as_deref()
+                                    .is_some_and(|d| d.eq_ignore_ascii_case("consumer deleted"));
                             if deleted {
                                 if let Err(gone) = self.waiting_on_server().await {
                                     self.end_with(gone).await;

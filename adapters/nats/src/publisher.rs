@@ -324,8 +324,6 @@ impl NatsBroker {
         }
     }
 
-    /// "No responders" means no stream captures the subject, or JetStream is not up yet
-    /// (a server restarting): ask which, so only the first is a permanent error.
     /// Creates the URL's stream again, and says whether it now captures `destination`.
     async fn created_again(&self, js: &async_nats::jetstream::Context, destination: &str) -> bool {
         if let Err(e) = crate::jetstream::ensure_stream(js, &self.config).await {
@@ -335,6 +333,9 @@ impl NatsBroker {
         js.stream_by_subject(destination.to_owned()).await.is_ok()
     }
 
+    /// "No responders" means no stream captures the subject, or JetStream is not up yet
+    /// (a server restarting): ask which, so only the first is a permanent error. With
+    /// `create_stream`, a stream that is gone is created again (a retryable error).
     async fn no_stream_error(&self, destination: &str) -> Error {
         let Some(js) = &self.jetstream else {
             return Error::unsupported(BROKER, "JetStream publish on a core connection");
