@@ -105,23 +105,23 @@
 //! with [`Error::PayloadTooLarge`] before anything is sent.
 //!
 //! # Failure
-//! The client reconnects forever with backoff, resubscribes core subscriptions, and
-//! pull consumers resume: JetStream keeps what was acked and redelivers what was in flight.
-//! A restarted server has forgotten the pull requests it held; once reconnected, a
-//! JetStream subscription asks how many the consumer still has waiting and pulls again at
-//! once instead of waiting for its lost requests to expire (`fetch_wait` + 1 s). A
-//! consumer deleted under a subscription (by an operator, or with a memory stream lost in
-//! a restart) answers no pull request again: the subscription then ends with a retryable
-//! error that says so (the bridge subscribes again, which creates the consumer anew from
-//! the subscription's start position: `earliest` delivers the stream again, `latest`
-//! skips what came while it was gone). With `create_stream=true`, a subscribe creates a
-//! stream that is gone again, and so does a publish that finds no stream for its subject
-//! (it then fails retryably, once).
-//! Publishes during a disconnection fail with retryable errors (or time out), never
-//! silently. A JetStream publish not yet acknowledged when the connection was lost fails
-//! as soon as the client is back (its PubAck would have come on the lost connection), not
-//! when the ack times out; JetStream drops the copy sent again by its message id. Wrong
-//! credentials are an [`Error::Auth`].
+//! - The client reconnects forever with backoff and resubscribes core subscriptions; pull
+//!   consumers resume: JetStream keeps what was acked and redelivers what was in flight.
+//! - A restarted server has forgotten the pull requests it held. Once reconnected, a
+//!   JetStream subscription asks how many the consumer still has waiting and pulls again
+//!   at once, instead of waiting for its lost requests to expire (`fetch_wait` + 1 s).
+//! - A consumer deleted under a subscription (by an operator, or with a memory stream lost
+//!   in a restart) answers no pull request again. The subscription then ends with a
+//!   retryable error that says so. The bridge subscribes again, which creates the consumer
+//!   anew from the subscription's start position: `earliest` delivers the stream again,
+//!   `latest` skips what came while it was gone.
+//! - With `create_stream=true`, a subscribe creates a stream that is gone again, and so
+//!   does a publish that finds no stream for its subject (it then fails retryably, once).
+//! - Publishes during a disconnection fail with retryable errors (or time out), never
+//!   silently. A JetStream publish not yet acknowledged when the connection was lost fails
+//!   as soon as the client is back (its PubAck would have come on the lost connection),
+//!   not when the ack times out; JetStream drops the copy sent again by its message id.
+//! - Wrong credentials are an [`Error::Auth`].
 //!
 //! # Capabilities
 //! | | core | JetStream |
