@@ -259,6 +259,9 @@ struct InFlight {
     since: Instant,
 }
 
+/// The subscription has ended: its owner got the error that ended it.
+struct Ended;
+
 struct Pump {
     client: async_nats::Client,
     context: Context,
@@ -433,11 +436,8 @@ impl Pump {
         let mut reconnected = reconnects.count();
         loop {
             // A request the server never answered: is the consumer still there?
-            if pulls.expire(lifetime) > 0 {
-                if let Err(gone) = self.waiting_on_server().await {
-                    self.end_with(gone).await;
-                    break;
-                }
+            if pulls.expire(lifetime) > 0 && self.waiting_on_server().await.is_err() {
+                break;
             }
             let free = self
                 .max_in_flight
@@ -463,8 +463,7 @@ impl Pump {
                 _ = keep_alive.tick() => self.keep_alive().await,
                 n = reconnects.after(reconnected) => {
                     reconnected = n;
-                    if let Err(gone) = self.forget_lost_pulls(&mut pulls).await {
-                        self.end_with(gone).await;
+                    if self.forget_lost_pulls(&mut pulls).await.is_err() {
                         break;
                     }
                 }
@@ -488,11 +487,8 @@ impl Pump {
                                     .description
                                     .as_deref()
                                     .is_some_and(|d| d.eq_ignore_ascii_case("consumer deleted"));
-                            if deleted {
-                                if let Err(gone) = self.waiting_on_server().await {
-                                    self.end_with(gone).await;
-                                    break;
-                                }
+                            if deleted && self.waiting_on_server().await.is_err() {
+                                break;
                             }
                         }
                     },
@@ -518,8 +514,9 @@ impl Pump {
     /// waiting requests includes other group members', so this may keep a few of ours that
     /// are gone (they still expire); it never forgets one the server holds, which would let
     /// more than `max_in_flight` deliveries in. When the server cannot say, all are kept.
-    /// `Err` when the consumer is gone (see [`Pump::waiting_on_server`]).
-    async fn forget_lost_pulls(&mut self, pulls: &mut Pulls) -> Result<()> {
+    /// `Err` when the consumer is gone and the subscription ended (see
+    /// [`Pump::waiting_on_server`]).
+    async fn forget_lost_pulls(&mut self, pulls: &mut Pulls) -> std::result::Result<(), Ended> {
         if pulls.pending.is_empty() {
             return Ok(());
         }
@@ -532,19 +529,19 @@ impl Pump {
     }
 
     /// How many pull requests the server holds for the consumer; `None` when it cannot say
-    /// now. `Err` when the consumer or its stream no longer exists (deleted, or a memory
-    /// stream lost in a restart): pull requests then go unanswered, and nothing would ever
-    /// be delivered again.
-    async fn waiting_on_server(&mut self) -> Result<Option<usize>> {
-        match self.consumer.info().await {
-            Ok(info) => Ok(Some(info.num_waiting)),
+    /// now. When the consumer or its stream no longer exists (deleted, or a memory stream
+    /// lost in a restart), pull requests go unanswered and nothing would ever be delivered
+    /// again: the subscription then ends, its owner gets the error, and this is `Err`.
+    async fn waiting_on_server(&mut self) -> std::result::Result<Option<usize>, Ended> {
+        let gone = match self.consumer.info().await {
+            Ok(info) => return Ok(Some(info.num_waiting)),
             Err(e)
                 if matches!(
                     e.kind(),
                     ConsumerInfoErrorKind::NotFound | ConsumerInfoErrorKind::StreamNotFound
                 ) =>
             {
-                Err(Error::Transient {
+                Error::Transient {
                     broker: BROKER,
                     destination: self.filter.clone(),
                     reason: format!(
@@ -553,20 +550,18 @@ impl Pump {
                         self.consumer_name, self.stream_name
                     ),
                     source: Some(Box::new(e)),
-                })
+                }
             }
             Err(e) => {
                 tracing::debug!(broker = BROKER, subject = %self.filter, error = %e, "cannot ask how many pull requests the server holds");
-                Ok(None)
+                return Ok(None);
             }
-        }
-    }
-
-    /// Ends the subscription with `error`: its owner gets it, then the end of the stream,
-    /// and may subscribe again (the bridge does).
-    async fn end_with(&mut self, error: Error) {
-        tracing::warn!(broker = BROKER, subject = %self.filter, error = %error, "the JetStream subscription ends");
-        let _ = self.deliveries.send(Err(error)).await;
+        };
+        // The owner gets the error, then the end of the stream, and may subscribe again
+        // (the bridge does).
+        tracing::warn!(broker = BROKER, subject = %self.filter, error = %gone, "the JetStream subscription ends");
+        let _ = self.deliveries.send(Err(gone)).await;
+        Err(Ended)
     }
 
     /// Turns a JetStream message into a delivery. False when the subscriber is gone.

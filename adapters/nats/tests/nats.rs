@@ -326,20 +326,7 @@ async fn jetstream_pulls_again_as_soon_as_a_restarted_server_is_back() {
         .ack()
         .unwrap();
     server.restart().await.unwrap().unwrap();
-    let end = tokio::time::Instant::now() + WAIT;
-    while let Err(e) = js
-        .publish(
-            topic,
-            &Message::new("after"),
-            Deadline::after(Duration::from_secs(1)),
-        )
-        .await
-    {
-        assert!(
-            tokio::time::Instant::now() < end,
-            "no publish accepted after the restart: {e}"
-        );
-    }
+    publish_once_back(&js, topic, &Message::new("after")).await;
     let d = next(&mut sub, "the message after the restart").await;
     assert_eq!(&d.message.payload[..], b"after");
     d.ack().unwrap();
@@ -416,13 +403,7 @@ async fn a_memory_stream_lost_in_a_restart_is_created_again_by_publishing() {
         .await
         .unwrap();
     server.restart().await.unwrap().unwrap();
-    let end = tokio::time::Instant::now() + WAIT;
-    while let Err(e) = js.publish(topic, &Message::new("after"), deadline()).await {
-        assert!(
-            e.is_retryable() && tokio::time::Instant::now() < end,
-            "cannot publish after the restart: {e}"
-        );
-    }
+    publish_once_back(&js, topic, &Message::new("after")).await;
     let mut sub = js
         .subscribe(subject(topic).start(StartPosition::Earliest))
         .await
@@ -453,6 +434,21 @@ async fn ends_with_the_consumer_gone(stream: &mut DeliveryStream) {
     }
     let end = tokio::time::timeout(WAIT, stream.next()).await;
     assert!(matches!(end, Ok(None)), "then the end of the stream");
+}
+
+/// Publishes `message` once a restarted server takes it: the failures before are
+/// retryable, and the publish is accepted within `WAIT`.
+async fn publish_once_back(js: &polybridge_nats::NatsBroker, topic: &str, message: &Message) {
+    let end = tokio::time::Instant::now() + WAIT;
+    while let Err(e) = js
+        .publish(topic, message, Deadline::after(Duration::from_secs(1)))
+        .await
+    {
+        assert!(
+            e.is_retryable() && tokio::time::Instant::now() < end,
+            "no publish accepted after the restart: {e}"
+        );
+    }
 }
 
 /// Publishes a message to `topic` and asserts that `stream` delivers it.
