@@ -6,7 +6,7 @@
 //! deliveries are settled by sending `(token, settlement)` to it over a bounded channel, so
 //! the hot path has no lock.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -16,7 +16,7 @@ use async_nats::jetstream::consumer::pull::Config as PullConfig;
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer};
 use async_nats::jetstream::context::ConsumerInfoErrorKind;
 use async_nats::jetstream::message::AckKind;
-use async_nats::jetstream::stream::{Config as StreamConfig, StorageType};
+use async_nats::jetstream::stream::{Config as StreamConfig, StorageType, Stream};
 use async_nats::jetstream::Context;
 use async_nats::StatusCode;
 use futures::StreamExt;
@@ -123,7 +123,7 @@ pub(crate) async fn subscribe(
         ..Default::default()
     };
     let consumer: PullConsumer = stream
-        .get_or_create_consumer(&consumer_name, consumer_config)
+        .get_or_create_consumer(&consumer_name, consumer_config.clone())
         .await
         .map_err(|e| Error::Permanent {
             broker: BROKER,
@@ -144,6 +144,8 @@ pub(crate) async fn subscribe(
             ),
         ));
     }
+    let unacked = Unacked::from_consumer(consumer.cached_info());
+    let stream_created = stream.cached_info().created;
     let (deliveries_tx, deliveries_rx) = mpsc::channel(max_in_flight);
     let (settle_tx, settle_rx) = mpsc::channel(max_in_flight);
     let (close_tx, close_rx) = oneshot::channel();
@@ -158,6 +160,9 @@ pub(crate) async fn subscribe(
         client: client.clone(),
         context: context.clone(),
         consumer,
+        consumer_config,
+        config: config.clone(),
+        stream_created,
         stream_name,
         consumer_name,
         temporary,
@@ -172,6 +177,7 @@ pub(crate) async fn subscribe(
         in_flight: HashMap::new(),
         next_token: 0,
         first_deliveries: FirstDeliveries::default(),
+        unacked,
     };
     tokio::spawn(pump.run(settle_rx, reconnects, close_rx, closed_tx));
     Ok(DeliveryStream::new(deliveries_rx, close_tx, closed_rx))
@@ -267,6 +273,13 @@ struct Pump {
     context: Context,
     /// The consumer pulled from, for the number of pull requests the server holds.
     consumer: PullConsumer,
+    /// What it was created with, to create it again if it is lost.
+    consumer_config: PullConfig,
+    /// The URL's settings, for `create_stream`.
+    config: NatsConfig,
+    /// When the stream was created: a stream created again (a memory stream lost in a
+    /// restart) has other messages under the same sequence numbers.
+    stream_created: time::OffsetDateTime,
     stream_name: String,
     consumer_name: String,
     temporary: bool,
@@ -281,6 +294,7 @@ struct Pump {
     in_flight: HashMap<u64, InFlight>,
     next_token: u64,
     first_deliveries: FirstDeliveries,
+    unacked: Unacked,
 }
 
 /// Watches the first deliveries (delivery count 1) of a consumer for the server delivering
@@ -316,6 +330,70 @@ impl FirstDeliveries {
             self.replaying = true;
             Some(self.highest - stream_sequence + 1)
         }
+    }
+}
+
+/// Where a consumer that was lost (deleted by an operator) must be created again so that
+/// nothing this subscription has not seen acknowledged is skipped: the lowest stream
+/// sequence that may still be unacknowledged, as far as this subscription can tell. Kept
+/// without a lock or a per-message allocation: the deliveries in flight are in
+/// `Pump::in_flight`, and only naks, which are rare, add to `nacked`.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Unacked {
+    /// The highest stream sequence delivered, here or (when the subscription began) to the
+    /// consumer's earlier subscribers: everything above it is new.
+    highest: u64,
+    /// Stream sequences nacked (or whose ack could not be sent) and not received again.
+    nacked: BTreeSet<u64>,
+    /// When the subscription began with deliveries of an earlier subscriber unacknowledged:
+    /// the first sequence after the consumer's ack floor then, kept until the server says
+    /// its ack floor has passed `highest` of that time (`pending_until`).
+    pending_from: Option<u64>,
+    pending_until: u64,
+}
+
+impl Unacked {
+    /// The state of a consumer just bound or created: it delivered up to `delivered` and
+    /// everything up to `ack_floor` was acknowledged.
+    fn from_consumer(info: &async_nats::jetstream::consumer::Info) -> Unacked {
+        let delivered = info.delivered.stream_sequence;
+        let ack_floor = info.ack_floor.stream_sequence;
+        Unacked {
+            highest: delivered,
+            nacked: BTreeSet::new(),
+            pending_from: (ack_floor < delivered).then_some(ack_floor + 1),
+            pending_until: delivered,
+        }
+    }
+
+    fn received(&mut self, stream_sequence: u64) {
+        self.highest = self.highest.max(stream_sequence);
+        if !self.nacked.is_empty() {
+            self.nacked.remove(&stream_sequence);
+        }
+    }
+
+    fn nacked(&mut self, stream_sequence: u64) {
+        self.nacked.insert(stream_sequence);
+    }
+
+    /// The server's ack floor, whenever the subscription asks for the consumer's state.
+    fn server_acked_up_to(&mut self, ack_floor: u64) {
+        if ack_floor >= self.pending_until {
+            self.pending_from = None;
+        }
+    }
+
+    /// The sequence to create the consumer again from, given the sequences in flight.
+    fn resume_from(&self, in_flight: impl Iterator<Item = u64>) -> u64 {
+        let mut from = self.highest.saturating_add(1);
+        for sequence in in_flight
+            .chain(self.nacked.first().copied())
+            .chain(self.pending_from)
+        {
+            from = from.min(sequence);
+        }
+        from.max(1)
     }
 }
 
@@ -436,7 +514,7 @@ impl Pump {
         let mut reconnected = reconnects.count();
         loop {
             // A request the server never answered: is the consumer still there?
-            if pulls.expire(lifetime) > 0 && self.waiting_on_server().await.is_err() {
+            if pulls.expire(lifetime) > 0 && self.check_consumer(&mut pulls).await.is_err() {
                 break;
             }
             let free = self
@@ -460,10 +538,16 @@ impl Pump {
                 biased;
                 _ = &mut close => break,
                 Some((token, settlement)) = settlements.recv() => self.settle(token, settlement).await,
-                _ = keep_alive.tick() => self.keep_alive().await,
+                _ = keep_alive.tick() => {
+                    self.keep_alive().await;
+                    // Until the earlier subscribers' deliveries are acknowledged, see [`Unacked`].
+                    if self.unacked.pending_from.is_some() && self.check_consumer(&mut pulls).await.is_err() {
+                        break;
+                    }
+                }
                 n = reconnects.after(reconnected) => {
                     reconnected = n;
-                    if self.forget_lost_pulls(&mut pulls).await.is_err() {
+                    if self.check_consumer(&mut pulls).await.is_err() {
                         break;
                     }
                 }
@@ -487,7 +571,7 @@ impl Pump {
                                     .description
                                     .as_deref()
                                     .is_some_and(|d| d.eq_ignore_ascii_case("consumer deleted"));
-                            if deleted && self.waiting_on_server().await.is_err() {
+                            if deleted && self.check_consumer(&mut pulls).await.is_err() {
                                 break;
                             }
                         }
@@ -508,60 +592,127 @@ impl Pump {
         let _ = closed.send(());
     }
 
-    /// After a reconnect: forgets the pull requests the server no longer holds (a restarted
-    /// server holds none), so that the subscription pulls again now, not once they would
-    /// have expired (`fetch_wait` + 1 s after they were sent). The server's count of
-    /// waiting requests includes other group members', so this may keep a few of ours that
-    /// are gone (they still expire); it never forgets one the server holds, which would let
-    /// more than `max_in_flight` deliveries in. When the server cannot say, all are kept.
-    /// `Err` when the consumer is gone and the subscription ended (see
+    /// Asks the server about the consumer, after a reconnect, a pull request that went
+    /// unanswered, or a "Consumer Deleted" status. Forgets the pull requests the server no
+    /// longer holds (a restarted server holds none; a consumer created again, none of the old
+    /// one's), so that the subscription pulls again now, not once they would have expired
+    /// (`fetch_wait` + 1 s after they were sent). The server's count of waiting requests
+    /// includes other group members', so this may keep a few of ours that are gone (they
+    /// still expire); it never forgets one the server holds, which would let more than
+    /// `max_in_flight` deliveries in. When the server cannot say, all are kept. `Err` when
+    /// the consumer is gone for good and the subscription ended (see
     /// [`Pump::waiting_on_server`]).
-    async fn forget_lost_pulls(&mut self, pulls: &mut Pulls) -> std::result::Result<(), Ended> {
-        if pulls.pending.is_empty() {
-            return Ok(());
-        }
+    async fn check_consumer(&mut self, pulls: &mut Pulls) -> std::result::Result<(), Ended> {
         if let Some(waiting) = self.waiting_on_server().await? {
             let ours = pulls.pending.len();
             pulls.keep_newest(waiting);
-            tracing::debug!(broker = BROKER, subject = %self.filter, ours, waiting, "reconnected: forgot the pull requests the server no longer holds");
+            tracing::debug!(broker = BROKER, subject = %self.filter, ours, waiting, "forgot the pull requests the server no longer holds");
         }
         Ok(())
     }
 
     /// How many pull requests the server holds for the consumer; `None` when it cannot say
-    /// now. When the consumer or its stream no longer exists (deleted, or a memory stream
-    /// lost in a restart), pull requests go unanswered and nothing would ever be delivered
-    /// again: the subscription then ends, its owner gets the error, and this is `Err`.
+    /// now. A consumer that no longer exists (deleted by an operator, or with a memory stream
+    /// lost in a restart) answers no pull request again: it is created again (see
+    /// [`Pump::create_consumer_again`]), holding none. When that fails, the subscription
+    /// ends, its owner gets the error, and this is `Err`.
     async fn waiting_on_server(&mut self) -> std::result::Result<Option<usize>, Ended> {
-        let gone = match self.consumer.info().await {
-            Ok(info) => return Ok(Some(info.num_waiting)),
+        let lost = match self.consumer.info().await {
+            Ok(info) => {
+                self.unacked
+                    .server_acked_up_to(info.ack_floor.stream_sequence);
+                return Ok(Some(info.num_waiting));
+            }
             Err(e)
                 if matches!(
                     e.kind(),
                     ConsumerInfoErrorKind::NotFound | ConsumerInfoErrorKind::StreamNotFound
                 ) =>
             {
-                Error::Transient {
-                    broker: BROKER,
-                    destination: self.filter.clone(),
-                    reason: format!(
-                        "consumer {} of stream {} no longer exists ({e}); subscribing again \
-                         creates it anew, from the subscription's start position",
-                        self.consumer_name, self.stream_name
-                    ),
-                    source: Some(Box::new(e)),
-                }
+                e
             }
             Err(e) => {
                 tracing::debug!(broker = BROKER, subject = %self.filter, error = %e, "cannot ask how many pull requests the server holds");
                 return Ok(None);
             }
         };
-        // The owner gets the error, then the end of the stream, and may subscribe again
-        // (the bridge does).
-        tracing::warn!(broker = BROKER, subject = %self.filter, error = %gone, "the JetStream subscription ends");
-        let _ = self.deliveries.send(Err(gone)).await;
-        Err(Ended)
+        match self.create_consumer_again().await {
+            Ok(()) => Ok(Some(0)),
+            Err(e) => {
+                let gone = Error::Transient {
+                    broker: BROKER,
+                    destination: self.filter.clone(),
+                    reason: format!(
+                        "consumer {} of stream {} no longer exists ({lost}) and cannot be \
+                         created again ({e}); subscribing again creates it anew, from the \
+                         subscription's start position",
+                        self.consumer_name, self.stream_name
+                    ),
+                    source: Some(Box::new(lost)),
+                };
+                // The owner gets the error, then the end of the stream, and may subscribe
+                // again (the bridge does).
+                tracing::warn!(broker = BROKER, subject = %self.filter, error = %gone, "the JetStream subscription ends");
+                let _ = self.deliveries.send(Err(gone)).await;
+                Err(Ended)
+            }
+        }
+    }
+
+    /// Creates the lost consumer again, with its name and settings, from the first message
+    /// this subscription has not seen acknowledged ([`Unacked`]): what came while it was
+    /// gone is delivered, and what was in flight is delivered again. A stream that was
+    /// created again (a memory stream lost in a restart; with `create_stream`, created here)
+    /// holds only messages that came after the loss, so the consumer then starts at its
+    /// beginning. With group members in other processes, the first to create it decides
+    /// where it starts; a message another member had nacked may then be skipped.
+    async fn create_consumer_again(&mut self) -> Result<()> {
+        if self.config.create_stream {
+            ensure_stream(&self.context, &self.config).await?;
+        }
+        let stream: Stream = self
+            .context
+            .get_stream(&self.stream_name)
+            .await
+            .map_err(|e| {
+                Error::transient(
+                    BROKER,
+                    &self.filter,
+                    format!("stream {}: {e}", self.stream_name),
+                )
+            })?;
+        let same_stream = stream.cached_info().created == self.stream_created;
+        let from = if same_stream {
+            self.unacked
+                .resume_from(self.in_flight.values().map(|entry| entry.sequence))
+        } else {
+            1
+        };
+        let config = PullConfig {
+            deliver_policy: DeliverPolicy::ByStartSequence {
+                start_sequence: from,
+            },
+            ..self.consumer_config.clone()
+        };
+        self.consumer = stream
+            .get_or_create_consumer(&self.consumer_name, config)
+            .await
+            .map_err(|e| Error::transient(BROKER, &self.filter, e.to_string()))?;
+        tracing::warn!(
+            broker = BROKER,
+            stream = %self.stream_name,
+            consumer = %self.consumer_name,
+            from_stream_sequence = from,
+            stream_created_again = !same_stream,
+            "the JetStream consumer was gone and is created again; deliveries in flight come again"
+        );
+        self.stream_created = stream.cached_info().created;
+        self.unacked = Unacked::from_consumer(self.consumer.cached_info());
+        self.first_deliveries = FirstDeliveries {
+            highest: from - 1,
+            replaying: false,
+        };
+        Ok(())
     }
 
     /// Turns a JetStream message into a delivery. False when the subscriber is gone.
@@ -575,6 +726,7 @@ impl Pump {
             return true;
         };
         let (stream_sequence, delivered) = (metadata.stream_sequence, metadata.delivered);
+        self.unacked.received(stream_sequence);
         if let Some(span) = self.first_deliveries.observe(delivered, stream_sequence) {
             tracing::warn!(
                 broker = BROKER,
@@ -655,8 +807,12 @@ impl Pump {
                 },
             },
         };
+        if matches!(kind, AckKind::Nak(_)) {
+            self.unacked.nacked(entry.sequence);
+        }
         if let Err(e) = self.client.publish(entry.reply, kind.into()).await {
             // The server redelivers after ack_wait: at least once still holds.
+            self.unacked.nacked(entry.sequence);
             tracing::warn!(broker = BROKER, topic = %entry.topic, error = %e, "cannot send the settlement to JetStream; the message will be redelivered");
         }
     }
@@ -787,7 +943,7 @@ mod tests {
 
     use tokio::time::Instant;
 
-    use super::{AckMetadata, FirstDeliveries, Pulls};
+    use super::{AckMetadata, FirstDeliveries, Pulls, Unacked};
 
     #[test]
     fn a_closing_subscription_naks_after_its_pull_requests_are_gone() {
@@ -809,6 +965,56 @@ mod tests {
         // Past the newest request's lifetime: never a zero delay (the server's "now").
         assert_eq!(pulls.gone_in(lifetime, t0 + Duration::from_secs(8)), None);
         assert_eq!(pulls.gone_in(lifetime, t0 + Duration::from_secs(9)), None);
+    }
+
+    #[test]
+    fn a_lost_consumer_resumes_at_the_first_message_not_seen_acknowledged() {
+        let fresh = Unacked {
+            highest: 10, // a new consumer (`latest`) at a stream holding 10 messages
+            ..Unacked::default()
+        };
+        assert_eq!(
+            fresh.resume_from([].into_iter()),
+            11,
+            "nothing received: what comes next"
+        );
+        let mut unacked = fresh;
+        for sequence in 11..=20 {
+            unacked.received(sequence);
+        }
+        assert_eq!(unacked.resume_from([].into_iter()), 21, "all acked");
+        assert_eq!(
+            unacked.resume_from([18, 15].into_iter()),
+            15,
+            "the oldest in flight"
+        );
+        unacked.nacked(13);
+        unacked.nacked(17);
+        assert_eq!(
+            unacked.resume_from([18].into_iter()),
+            13,
+            "the oldest nacked"
+        );
+        unacked.received(13); // redelivered: now in flight, or acked
+        assert_eq!(unacked.resume_from([].into_iter()), 17);
+        unacked.received(17);
+        assert_eq!(unacked.resume_from([].into_iter()), 21);
+    }
+
+    #[test]
+    fn an_earlier_subscribers_unacknowledged_deliveries_hold_the_resume_point() {
+        let mut unacked = Unacked {
+            highest: 50,
+            pending_from: Some(41), // acked up to 40, delivered up to 50
+            pending_until: 50,
+            ..Unacked::default()
+        };
+        unacked.received(51);
+        assert_eq!(unacked.resume_from([].into_iter()), 41);
+        unacked.server_acked_up_to(49);
+        assert_eq!(unacked.resume_from([].into_iter()), 41, "not all acked yet");
+        unacked.server_acked_up_to(50);
+        assert_eq!(unacked.resume_from([].into_iter()), 52);
     }
 
     #[test]

@@ -111,12 +111,14 @@
 //!   JetStream subscription asks how many the consumer still has waiting and pulls again
 //!   at once, instead of waiting for its lost requests to expire (`fetch_wait` + 1 s).
 //! - A consumer deleted under a subscription (by an operator, or with a memory stream lost
-//!   in a restart) answers no pull request again. The subscription then ends with a
-//!   retryable error that says so. The bridge subscribes again, which creates the consumer
-//!   anew from the subscription's start position: `earliest` delivers the stream again,
-//!   `latest` skips what came while it was gone.
-//! - With `create_stream=true`, a subscribe creates a stream that is gone again, and so
+//!   in a restart) answers no pull request again. The subscription creates it again, from
+//!   the first stream sequence it has not seen acknowledged: what came while it was gone
+//!   is delivered, what was in flight is delivered again, what was acknowledged is not. In
+//!   a stream that was created again, it starts at the beginning. With group members in
+//!   other processes, the first to create it decides where it starts.
+//! - With `create_stream=true`, a subscription creates a stream that is gone again, and so
 //!   does a publish that finds no stream for its subject (it then fails retryably, once).
+//!   Without it, a subscription whose stream is gone ends with a retryable error.
 //! - Publishes during a disconnection fail with retryable errors (or time out), never
 //!   silently. A JetStream publish not yet acknowledged when the connection was lost fails
 //!   as soon as the client is back (its PubAck would have come on the lost connection),

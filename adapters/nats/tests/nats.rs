@@ -332,25 +332,30 @@ async fn jetstream_pulls_again_as_soon_as_a_restarted_server_is_back() {
     d.ack().unwrap();
 }
 
-/// A consumer deleted under a subscription (by an operator, or with a memory stream lost
-/// in a restart) answers no pull request again: the subscription ends with an error that
-/// says so, rather than wait forever, and subscribing again creates the consumer anew.
+/// A consumer deleted under a subscription (by an operator) answers no pull request again.
+/// The subscription creates it again, from the first message it has not seen acknowledged:
+/// the one it held is delivered again, what came while it was gone is delivered, and what
+/// was acknowledged is not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_jetstream_subscription_whose_consumer_is_deleted_ends_with_an_error() {
+async fn a_deleted_consumer_is_created_again_from_the_first_message_not_acknowledged() {
     let Some(server) = Server::start() else {
         return;
     };
     let js = server.connect(JETSTREAM).await;
     let topic = "pbt.deleted.jobs";
-    let group = subject(topic).group("deleted-workers");
-    let mut sub = js.subscribe(group.clone()).await.unwrap();
-    js.publish(topic, &Message::new("before"), deadline())
+    let mut sub = js
+        .subscribe(subject(topic).group("deleted-workers"))
         .await
         .unwrap();
-    next(&mut sub, "the message before the deletion")
-        .await
-        .ack()
-        .unwrap();
+    for payload in ["acked", "held"] {
+        js.publish(topic, &Message::new(payload), deadline())
+            .await
+            .unwrap();
+    }
+    next(&mut sub, "the first message").await.ack().unwrap();
+    let held = next(&mut sub, "the second message").await;
+    assert_eq!(&held.message.payload[..], b"held");
+    let held_at = held.info.position.clone();
     let operator = async_nats::jetstream::new(
         async_nats::connect(server.url.trim_start_matches("nats://"))
             .await
@@ -358,36 +363,77 @@ async fn a_jetstream_subscription_whose_consumer_is_deleted_ends_with_an_error()
     );
     let stream = operator.get_stream("PBT").await.unwrap();
     stream.delete_consumer("deleted-workers").await.unwrap();
-    ends_with_the_consumer_gone(&mut sub).await;
-    let mut again = js.subscribe(group).await.unwrap();
-    publish_and_receive(&js, &mut again, topic).await;
+    // Sent at once on the operator's connection: it reaches the stream before the
+    // subscription has noticed the deletion, asked, and created the consumer again.
+    operator
+        .publish(topic, "while gone".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let again = next(&mut sub, "the held message, delivered again").await;
+    assert_eq!(&again.message.payload[..], b"held");
+    assert_eq!(again.info.position, held_at);
+    again.ack().unwrap();
+    held.ack().unwrap();
+    let gone = next(&mut sub, "the message published while it was gone").await;
+    assert_eq!(&gone.message.payload[..], b"while gone");
+    gone.ack().unwrap();
+    let mut consumer: async_nats::jetstream::consumer::PullConsumer =
+        stream.get_consumer("deleted-workers").await.unwrap();
+    let info = consumer.info().await.unwrap();
+    let Some(polybridge_core::Position::Sequence(held_sequence)) = held_at else {
+        panic!("a JetStream delivery's position is its stream sequence: {held_at:?}");
+    };
+    assert_eq!(
+        info.config.deliver_policy,
+        async_nats::jetstream::consumer::DeliverPolicy::ByStartSequence {
+            start_sequence: held_sequence
+        },
+        "created again from the held message, the first not acknowledged"
+    );
+    publish_and_receive(&js, &mut sub, topic).await;
 }
 
-/// A memory stream is gone after a restart, with its consumers: the subscription ends with
-/// an error, and with `create_stream=true` subscribing again creates the stream and the
-/// consumer again.
+/// A memory stream is gone after a restart, with its consumers. With `create_stream=true`
+/// the subscription creates both again and goes on: a message published into the new
+/// stream before that is delivered too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_memory_stream_lost_in_a_restart_is_created_again_by_subscribing() {
+async fn a_subscription_goes_on_after_its_memory_stream_is_lost_in_a_restart() {
     let Some(server) = Server::start_own() else {
         return;
     };
     let js = server.connect(MEMORY_STREAM).await;
     let topic = "pbm.jobs";
-    let group = subject(topic).group("memory-workers");
-    let mut sub = js.subscribe(group.clone()).await.unwrap();
+    let mut sub = js
+        .subscribe(subject(topic).group("memory-workers"))
+        .await
+        .unwrap();
+    publish_and_receive(&js, &mut sub, topic).await;
+    server.restart().await.unwrap().unwrap();
+    publish_once_back(&js, topic, &Message::new("first in the new stream")).await;
+    let d = next(&mut sub, "the first message of the new stream").await;
+    assert_eq!(&d.message.payload[..], b"first in the new stream");
+    d.ack().unwrap();
+    publish_and_receive(&js, &mut sub, topic).await;
+}
+
+/// Without `create_stream`, a subscription whose stream is lost cannot create its consumer
+/// again: it ends with an error that says so, rather than wait forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscription_whose_stream_is_lost_ends_with_an_error() {
+    let Some(server) = Server::start_own() else {
+        return;
+    };
+    let creator = server.connect(MEMORY_STREAM).await;
+    let js = server.connect("mode=jetstream&stream=PBM").await;
+    let mut sub = js
+        .subscribe(subject("pbm.lost").group("lost-workers"))
+        .await
+        .unwrap();
+    drop(creator);
     server.restart().await.unwrap().unwrap();
     ends_with_the_consumer_gone(&mut sub).await;
-    let end = tokio::time::Instant::now() + WAIT;
-    let mut again = loop {
-        match js.subscribe(group.clone()).await {
-            Ok(again) => break again,
-            Err(e) => assert!(
-                tokio::time::Instant::now() < end,
-                "cannot subscribe again: {e}"
-            ),
-        }
-    };
-    publish_and_receive(&js, &mut again, topic).await;
 }
 
 /// A memory stream is gone after a restart: with `create_stream=true`, a publish that finds
