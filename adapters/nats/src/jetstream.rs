@@ -565,14 +565,20 @@ impl Pump {
                             if status != StatusCode::TIMEOUT && status != StatusCode::NOT_FOUND {
                                 tracing::warn!(broker = BROKER, subject = %self.filter, %status, description = ?reply.description, "JetStream ended a pull request");
                             }
-                            pulls.ended_one();
                             let deleted = status == StatusCode::REQUEST_TERMINATED
                                 && reply
                                     .description
                                     .as_deref()
                                     .is_some_and(|d| d.eq_ignore_ascii_case("consumer deleted"));
-                            if deleted && self.check_consumer(&mut pulls).await.is_err() {
-                                break;
+                            if deleted {
+                                // The deleted consumer's requests end one after the other:
+                                // asking about the first creates it again and forgets them
+                                // all, so the later ones must not end any of the new one's.
+                                if self.check_consumer(&mut pulls).await.is_err() {
+                                    break;
+                                }
+                            } else {
+                                pulls.ended_one();
                             }
                         }
                     },
@@ -592,8 +598,9 @@ impl Pump {
         let _ = closed.send(());
     }
 
-    /// Asks the server about the consumer, after a reconnect, a pull request that went
-    /// unanswered, or a "Consumer Deleted" status. Forgets the pull requests the server no
+    /// Asks the server about the consumer: after a reconnect, a pull request that went
+    /// unanswered, a "Consumer Deleted" status, and on keep-alive ticks while an earlier
+    /// subscriber's deliveries are unacknowledged (see [`Unacked`]). Forgets the pull requests the server no
     /// longer holds (a restarted server holds none; a consumer created again, none of the old
     /// one's), so that the subscription pulls again now, not once they would have expired
     /// (`fetch_wait` + 1 s after they were sent). The server's count of waiting requests

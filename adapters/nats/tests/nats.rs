@@ -396,8 +396,8 @@ async fn a_deleted_consumer_is_created_again_from_the_first_message_not_acknowle
 }
 
 /// A memory stream is gone after a restart, with its consumers. With `create_stream=true`
-/// the subscription creates both again and goes on: a message published into the new
-/// stream before that is delivered too.
+/// the subscription creates both again and goes on, from the new stream's first message
+/// (here created by the publish, or by the subscription, whichever comes first).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscription_goes_on_after_its_memory_stream_is_lost_in_a_restart() {
     let Some(server) = Server::start_own() else {
