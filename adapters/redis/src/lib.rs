@@ -85,6 +85,14 @@
 //! password is an [`Error::Auth`](polybridge_core::Error::Auth); a key holding another type
 //! (a list where a stream is expected) is a permanent error naming the key.
 //!
+//! A consumer group that is gone (destroyed by an operator, or with its stream key deleted
+//! or lost in a restart of a Redis without persistence) makes every read fail with
+//! `NOGROUP`. The subscription then creates the group again (with `MKSTREAM`), after the
+//! first entry it has not seen acknowledged: what came while the group was gone is
+//! delivered, what was in flight is delivered again, what was acknowledged is not. Entry
+//! ids grow with time, so this also holds in a stream created again. With group members in
+//! other processes, the first to create it decides where it starts.
+//!
 //! # Capabilities
 //! | | streams | pub/sub | lists |
 //! |---|---|---|---|

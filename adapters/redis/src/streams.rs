@@ -65,8 +65,13 @@ pub(crate) async fn subscribe(
         Err(e) if e.code() == Some("BUSYGROUP") => {}
         Err(e) => return Err(command_error(e, &key, "create the consumer group")),
     }
+    // Where the group is now, for creating it again if it is lost before anything is read.
+    let delivered_up_to = group_last_delivered(&mut connection, &key, &group)
+        .await
+        .unwrap_or(start);
     let reader_connection = broker.dedicated_connection().await?;
     let max_in_flight = subscription.max_in_flight.max(1);
+    let (lost_tx, lost_rx) = mpsc::channel(1);
     let permits = Arc::new(Semaphore::new(max_in_flight));
     let (entries_tx, entries_rx) = mpsc::channel(max_in_flight);
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -80,8 +85,10 @@ pub(crate) async fn subscribe(
             claim_idle: broker.config.claim_idle,
             batch: (max_in_flight / 4).max(1),
         },
+        delivered_up_to,
         permits.clone(),
         entries_tx,
+        lost_tx,
         stop_rx,
     ));
     let (deliveries_tx, deliveries_rx) = mpsc::channel(max_in_flight);
@@ -115,7 +122,17 @@ pub(crate) async fn subscribe(
         unacked: Vec::new(),
         next_token: 0,
     };
-    tokio::spawn(pump.run(entries_rx, settle_rx, close_rx, stop_tx, reader, closed_tx));
+    tokio::spawn(pump.run(
+        Inputs {
+            entries: entries_rx,
+            settlements: settle_rx,
+            lost: lost_rx,
+            close: close_rx,
+        },
+        stop_tx,
+        reader,
+        closed_tx,
+    ));
     Ok(DeliveryStream::new(deliveries_rx, close_tx, closed_rx))
 }
 
@@ -160,11 +177,17 @@ const BATCH_WAIT: Duration = Duration::from_millis(2);
 
 /// Reads new entries, and every `claim_idle / 2` first claims abandoned ones, always for at
 /// most as many entries as there are free in-flight slots. Sends each with its attempt.
+/// `delivered_up_to` is the id of the last entry the group had delivered when the
+/// subscription began; the loop keeps it as the last entry it read, to create the group
+/// again if it is lost (see [`create_group_again`]), asking the pump over `lost` for the
+/// entries it has not seen acknowledged.
 async fn read_loop(
     mut connection: ConnectionManager,
     reader: Reader,
+    mut delivered_up_to: String,
     permits: Arc<Semaphore>,
     entries: mpsc::Sender<(Entry, u32)>,
+    lost: mpsc::Sender<oneshot::Sender<Option<String>>>,
     mut stop: watch::Receiver<bool>,
 ) {
     let key = reader.key.as_str();
@@ -242,10 +265,43 @@ async fn read_loop(
             Ok(reply) => {
                 backoff = Duration::from_millis(100);
                 let got = parse_read(reply);
+                if let Some((last, _)) = got.last() {
+                    delivered_up_to.clone_from(last);
+                }
                 permits.add_permits(count.saturating_sub(got.len()));
                 for entry in got {
                     if entries.send((entry, 1)).await.is_err() {
                         return;
+                    }
+                }
+            }
+            Err(e) if e.code() == Some("NOGROUP") => {
+                permits.add_permits(count);
+                let (ask, answer) = oneshot::channel();
+                if lost.send(ask).await.is_err() {
+                    return; // the pump is gone
+                }
+                let Ok(oldest_unsettled) = answer.await else {
+                    return;
+                };
+                let from = match oldest_unsettled {
+                    Some(oldest) => id_before(&oldest),
+                    None => delivered_up_to.clone(),
+                };
+                match create_group_again(&mut connection, &reader, &from).await {
+                    Ok(()) => {
+                        tracing::warn!(broker = BROKER, key, group = %reader.group, after = %from, "the consumer group was gone (destroyed, or the key deleted or lost in a restart) and is created again: it delivers the entries after the last this subscription saw acknowledged; deliveries in flight come again");
+                        claim_cursor = "0-0".to_owned();
+                        backoff = Duration::from_millis(100);
+                    }
+                    Err(e) => {
+                        let error = command_error(e, key, "create the lost consumer group again");
+                        tracing::warn!(broker = BROKER, key, error = %error, retry_in = ?backoff, "cannot read the stream");
+                        tokio::select! {
+                            _ = stop.changed() => return,
+                            _ = tokio::time::sleep(backoff) => {}
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
                     }
                 }
             }
@@ -260,6 +316,84 @@ async fn read_loop(
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
+    }
+}
+
+/// Creates the group again, delivering the entries after `after`, with `MKSTREAM`: the key
+/// may be gone too (deleted, or lost in a restart of a Redis without persistence; a
+/// publisher's `XADD` may have created it again since). Entry ids grow with time, so
+/// entries added after the loss come after `after` even in a stream created again.
+/// Another member of the group may have created it first (`BUSYGROUP`): it then reads on
+/// from where that one put it.
+async fn create_group_again(
+    connection: &mut ConnectionManager,
+    reader: &Reader,
+    after: &str,
+) -> redis::RedisResult<()> {
+    let created: redis::RedisResult<Value> = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&reader.key)
+        .arg(&reader.group)
+        .arg(after)
+        .arg("MKSTREAM")
+        .query_async(connection)
+        .await;
+    match created {
+        Err(e) if e.code() != Some("BUSYGROUP") => Err(e),
+        _ => Ok(()),
+    }
+}
+
+/// The id of the last entry `group` delivered (`XINFO GROUPS`), `None` when Redis cannot
+/// say.
+async fn group_last_delivered(
+    connection: &mut ConnectionManager,
+    key: &str,
+    group: &str,
+) -> Option<String> {
+    let groups: Value = redis::cmd("XINFO")
+        .arg("GROUPS")
+        .arg(key)
+        .query_async(connection)
+        .await
+        .ok()?;
+    let Value::Array(groups) = groups else {
+        return None;
+    };
+    groups.iter().find_map(|g| {
+        let fields: Vec<(String, &Value)> = match g {
+            Value::Array(flat) => flat
+                .chunks(2)
+                .filter_map(|kv| Some((text(&kv[0])?, kv.get(1)?)))
+                .collect(),
+            Value::Map(pairs) => pairs
+                .iter()
+                .filter_map(|(k, v)| Some((text(k)?, v)))
+                .collect(),
+            _ => return None,
+        };
+        let field = |name: &str| {
+            fields
+                .iter()
+                .find(|(k, _)| k == name)
+                .and_then(|(_, v)| text(v))
+        };
+        (field("name")? == group).then(|| field("last-delivered-id"))?
+    })
+}
+
+/// A stream entry id (`<ms>-<seq>`) as numbers, to compare ids.
+fn parse_id(id: &str) -> Option<(u64, u64)> {
+    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+    Some((ms.parse().ok()?, seq.parse().ok()?))
+}
+
+/// The id just before `id`: a group created at it delivers `id` next.
+fn id_before(id: &str) -> String {
+    match parse_id(id) {
+        Some((ms, seq)) if seq > 0 => format!("{ms}-{}", seq - 1),
+        Some((ms, _)) if ms > 0 => format!("{}-{}", ms - 1, u64::MAX),
+        _ => "0-0".to_owned(),
     }
 }
 
@@ -364,16 +498,30 @@ struct Pump {
     next_token: u64,
 }
 
+/// What the pump is sent.
+struct Inputs {
+    /// Entries the reader read or claimed, with their attempt.
+    entries: mpsc::Receiver<(Entry, u32)>,
+    settlements: mpsc::Receiver<(u64, Settlement)>,
+    /// The reader found the group gone and asks for the oldest entry not acknowledged.
+    lost: mpsc::Receiver<oneshot::Sender<Option<String>>>,
+    close: oneshot::Receiver<()>,
+}
+
 impl Pump {
     async fn run(
         mut self,
-        mut entries: mpsc::Receiver<(Entry, u32)>,
-        mut settlements: mpsc::Receiver<(u64, Settlement)>,
-        mut close: oneshot::Receiver<()>,
+        inputs: Inputs,
         stop_reader: watch::Sender<bool>,
         reader: tokio::task::JoinHandle<()>,
         closed: oneshot::Sender<()>,
     ) {
+        let Inputs {
+            mut entries,
+            mut settlements,
+            mut lost,
+            mut close,
+        } = inputs;
         let tick_every = (self.claim_idle / 2).max(Duration::from_millis(50));
         let mut tick = tokio::time::interval(tick_every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -397,6 +545,9 @@ impl Pump {
                 }
                 _ = sleep_until_opt(next_due) => self.redeliver_due().await,
                 _ = tick.tick() => self.tick().await,
+                Some(answer) = lost.recv() => {
+                    let _ = answer.send(self.oldest_unsettled());
+                }
             }
         }
         let _ = stop_reader.send(true);
@@ -420,6 +571,19 @@ impl Pump {
             }
         }
         let _ = closed.send(());
+    }
+
+    /// The oldest entry handed out and not acknowledged: held, nacked and waiting for its
+    /// redelivery, or acked without the `XACK` getting through.
+    fn oldest_unsettled(&self) -> Option<String> {
+        self.held
+            .values()
+            .map(|held| &held.entry_id)
+            .chain(self.delayed.iter().map(|(_, held)| &held.entry_id))
+            .chain(self.unacked.iter())
+            .filter_map(|id| Some((parse_id(id)?, id)))
+            .min()
+            .map(|(_, id)| id.clone())
     }
 
     /// Delivers an entry as attempt `attempt`, or dead-letters it past `max_deliveries`.
@@ -787,5 +951,23 @@ fn bytes_of(v: Value) -> Vec<u8> {
         Value::SimpleString(s) => s.into_bytes(),
         Value::Int(i) => i.to_string().into_bytes(),
         _ => Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{id_before, parse_id};
+
+    #[test]
+    fn a_group_created_at_the_id_before_an_entry_delivers_that_entry_next() {
+        assert_eq!(id_before("1700000000000-5"), "1700000000000-4");
+        assert_eq!(
+            id_before("1700000000000-0"),
+            format!("1699999999999-{}", u64::MAX)
+        );
+        assert_eq!(id_before("0-0"), "0-0");
+        assert!(parse_id(&id_before("1700000000000-0")) < parse_id("1700000000000-0"));
+        assert_eq!(parse_id("12"), Some((12, 0)), "an id without its sequence");
+        assert_eq!(parse_id("$"), None);
     }
 }

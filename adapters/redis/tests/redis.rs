@@ -274,8 +274,7 @@ async fn a_key_of_another_type_is_a_clear_error_naming_it() {
     let Some(server) = Server::start() else {
         return;
     };
-    let client = redis::Client::open(server.url.as_str()).unwrap();
-    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let mut c = operator(&server).await;
     let _: () = redis::cmd("RPUSH")
         .arg("a.list")
         .arg("x")
@@ -321,8 +320,7 @@ async fn a_refused_command_in_a_batch_fails_its_message_only() {
     let Some(server) = Server::start() else {
         return;
     };
-    let client = redis::Client::open(server.url.as_str()).unwrap();
-    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let mut c = operator(&server).await;
     let _: () = redis::cmd("RPUSH")
         .arg("b.list")
         .arg("x")
@@ -361,6 +359,95 @@ async fn a_refused_command_in_a_batch_fails_its_message_only() {
         .await
         .unwrap();
     assert_eq!(len, 4, "the other four are stored");
+}
+
+/// A consumer group destroyed under a subscription (by an operator) makes every read fail
+/// with `NOGROUP`. The subscription creates it again after the first entry it has not seen
+/// acknowledged: the one it held is delivered again, what came while it was gone is
+/// delivered, and what was acknowledged is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_destroyed_group_is_created_again_from_the_first_entry_not_acknowledged() {
+    let Some(server) = Server::start() else {
+        return;
+    };
+    let streams = server.connect(STREAMS).await;
+    let key = "lost.group.jobs";
+    let mut sub = streams
+        .subscribe(on(key).group("lost-workers"))
+        .await
+        .unwrap();
+    for payload in ["acked", "held"] {
+        streams
+            .publish(key, &Message::new(payload), deadline())
+            .await
+            .unwrap();
+    }
+    next(&mut sub, "the first entry").await.ack().unwrap();
+    let held = next(&mut sub, "the second entry").await;
+    assert_eq!(&held.message.payload[..], b"held");
+    let mut operator = operator(&server).await;
+    let _: () = redis::cmd("XGROUP")
+        .arg("DESTROY")
+        .arg(key)
+        .arg("lost-workers")
+        .query_async(&mut operator)
+        .await
+        .unwrap();
+    streams
+        .publish(key, &Message::new("while gone"), deadline())
+        .await
+        .unwrap();
+    let again = next(&mut sub, "the held entry, delivered again").await;
+    assert_eq!(&again.message.payload[..], b"held");
+    assert_eq!(again.info.position, held.info.position);
+    again.ack().unwrap();
+    held.ack().unwrap();
+    let gone = next(&mut sub, "the entry added while the group was gone").await;
+    assert_eq!(&gone.message.payload[..], b"while gone");
+    gone.ack().unwrap();
+}
+
+/// A stream key deleted under a subscription (or lost in a restart of a Redis without
+/// persistence) takes its groups with it; a publisher's `XADD` creates the key again, without
+/// them. The subscription creates its group again and gets what is added from then on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_stream_is_read_again_once_entries_are_added() {
+    let Some(server) = Server::start() else {
+        return;
+    };
+    let streams = server.connect(STREAMS).await;
+    let key = "lost.key.jobs";
+    let mut sub = streams
+        .subscribe(on(key).group("lost-key-workers"))
+        .await
+        .unwrap();
+    streams
+        .publish(key, &Message::new("before"), deadline())
+        .await
+        .unwrap();
+    next(&mut sub, "the entry before").await.ack().unwrap();
+    let mut operator = operator(&server).await;
+    let _: () = redis::cmd("DEL")
+        .arg(key)
+        .query_async(&mut operator)
+        .await
+        .unwrap();
+    streams
+        .publish(key, &Message::new("after"), deadline())
+        .await
+        .unwrap();
+    let after = next(&mut sub, "the entry added after the key was deleted").await;
+    assert_eq!(&after.message.payload[..], b"after");
+    after.ack().unwrap();
+}
+
+/// A connection of an operator's own, for what the adapter does not do.
+async fn operator(server: &Server) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(server.url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
