@@ -338,7 +338,7 @@ impl FirstDeliveries {
 /// sequence that may still be unacknowledged, as far as this subscription can tell. Kept
 /// without a lock or a per-message allocation: the deliveries in flight are in
 /// `Pump::in_flight`, and only naks, which are rare, add to `nacked`.
-#[derive(Debug, Default, PartialEq, Eq)]
+#[derive(Debug, Default)]
 struct Unacked {
     /// The highest stream sequence delivered, here or (when the subscription began) to the
     /// consumer's earlier subscribers: everything above it is new.
