@@ -275,39 +275,32 @@ async fn read_loop(
                     }
                 }
             }
-            Err(e) if e.code() == Some("NOGROUP") => {
-                permits.add_permits(count);
-                let (ask, answer) = oneshot::channel();
-                if lost.send(ask).await.is_err() {
-                    return; // the pump is gone
-                }
-                let Ok(oldest_unsettled) = answer.await else {
-                    return;
-                };
-                let from = match oldest_unsettled {
-                    Some(oldest) => id_before(&oldest),
-                    None => delivered_up_to.clone(),
-                };
-                match create_group_again(&mut connection, &reader, &from).await {
-                    Ok(()) => {
-                        tracing::warn!(broker = BROKER, key, group = %reader.group, after = %from, "the consumer group was gone (destroyed, or the key deleted or lost in a restart) and is created again: it delivers the entries after the last this subscription saw acknowledged; deliveries in flight come again");
-                        claim_cursor = "0-0".to_owned();
-                        backoff = Duration::from_millis(100);
-                    }
-                    Err(e) => {
-                        let error = command_error(e, key, "create the lost consumer group again");
-                        tracing::warn!(broker = BROKER, key, error = %error, retry_in = ?backoff, "cannot read the stream");
-                        tokio::select! {
-                            _ = stop.changed() => return,
-                            _ = tokio::time::sleep(backoff) => {}
-                        }
-                        backoff = (backoff * 2).min(Duration::from_secs(5));
-                    }
-                }
-            }
             Err(e) => {
                 permits.add_permits(count);
-                let error = command_error(e, key, "read");
+                let error = if e.code() == Some("NOGROUP") {
+                    let (ask, answer) = oneshot::channel();
+                    if lost.send(ask).await.is_err() {
+                        return; // the pump is gone
+                    }
+                    let Ok(oldest_unsettled) = answer.await else {
+                        return;
+                    };
+                    let from = match oldest_unsettled {
+                        Some(oldest) => id_before(&oldest),
+                        None => delivered_up_to.clone(),
+                    };
+                    match create_group_again(&mut connection, &reader, &from).await {
+                        Ok(()) => {
+                            tracing::warn!(broker = BROKER, key, group = %reader.group, after = %from, "the consumer group was gone (destroyed, or the key deleted or lost in a restart) and is created again: it delivers the entries after the last this subscription saw acknowledged; deliveries in flight come again");
+                            claim_cursor = "0-0".to_owned();
+                            backoff = Duration::from_millis(100);
+                            continue;
+                        }
+                        Err(e) => command_error(e, key, "create the lost consumer group again"),
+                    }
+                } else {
+                    command_error(e, key, "read")
+                };
                 tracing::warn!(broker = BROKER, key, error = %error, retry_in = ?backoff, "cannot read the stream");
                 tokio::select! {
                     _ = stop.changed() => return,
