@@ -340,16 +340,16 @@ impl FirstDeliveries {
 /// `Pump::in_flight`, and only naks, which are rare, add to `nacked`.
 #[derive(Debug, Default)]
 struct Unacked {
-    /// The highest stream sequence delivered, here or (when the subscription began) to the
-    /// consumer's earlier subscribers: everything above it is new.
-    highest: u64,
+    /// The highest stream sequence the consumer had delivered when the subscription began
+    /// (to earlier subscribers); what this subscription received since is counted by
+    /// [`FirstDeliveries::highest`].
+    delivered_at_start: u64,
     /// Stream sequences nacked (or whose ack could not be sent) and not received again.
     nacked: BTreeSet<u64>,
     /// When the subscription began with deliveries of an earlier subscriber unacknowledged:
     /// the first sequence after the consumer's ack floor then, kept until the server says
-    /// its ack floor has passed `highest` of that time (`pending_until`).
+    /// its ack floor has reached `delivered_at_start`.
     pending_from: Option<u64>,
-    pending_until: u64,
 }
 
 impl Unacked {
@@ -359,15 +359,13 @@ impl Unacked {
         let delivered = info.delivered.stream_sequence;
         let ack_floor = info.ack_floor.stream_sequence;
         Unacked {
-            highest: delivered,
+            delivered_at_start: delivered,
             nacked: BTreeSet::new(),
             pending_from: (ack_floor < delivered).then_some(ack_floor + 1),
-            pending_until: delivered,
         }
     }
 
     fn received(&mut self, stream_sequence: u64) {
-        self.highest = self.highest.max(stream_sequence);
         if !self.nacked.is_empty() {
             self.nacked.remove(&stream_sequence);
         }
@@ -379,14 +377,21 @@ impl Unacked {
 
     /// The server's ack floor, whenever the subscription asks for the consumer's state.
     fn server_acked_up_to(&mut self, ack_floor: u64) {
-        if ack_floor >= self.pending_until {
+        if ack_floor >= self.delivered_at_start {
             self.pending_from = None;
         }
     }
 
-    /// The sequence to create the consumer again from, given the sequences in flight.
-    fn resume_from(&self, in_flight: impl Iterator<Item = u64>) -> u64 {
-        let mut from = self.highest.saturating_add(1);
+    /// The sequence to create the consumer again from, given the highest sequence this
+    /// subscription received as a first delivery and the sequences in flight. (A
+    /// redelivery's sequence was first delivered before, here or to an earlier subscriber,
+    /// so it is not above both; where it was another member's, starting lower only
+    /// delivers more again.)
+    fn resume_from(&self, highest_received: u64, in_flight: impl Iterator<Item = u64>) -> u64 {
+        let mut from = self
+            .delivered_at_start
+            .max(highest_received)
+            .saturating_add(1);
         for sequence in in_flight
             .chain(self.nacked.first().copied())
             .chain(self.pending_from)
@@ -690,8 +695,10 @@ impl Pump {
             })?;
         let same_stream = stream.cached_info().created == self.stream_created;
         let from = if same_stream {
-            self.unacked
-                .resume_from(self.in_flight.values().map(|entry| entry.sequence))
+            self.unacked.resume_from(
+                self.first_deliveries.highest,
+                self.in_flight.values().map(|entry| entry.sequence),
+            )
         } else {
             1
         };
@@ -976,52 +983,53 @@ mod tests {
 
     #[test]
     fn a_lost_consumer_resumes_at_the_first_message_not_seen_acknowledged() {
-        let fresh = Unacked {
-            highest: 10, // a new consumer (`latest`) at a stream holding 10 messages
+        let mut unacked = Unacked {
+            delivered_at_start: 10, // a new consumer (`latest`) at a stream holding 10 messages
             ..Unacked::default()
         };
         assert_eq!(
-            fresh.resume_from([].into_iter()),
+            unacked.resume_from(0, [].into_iter()),
             11,
             "nothing received: what comes next"
         );
-        let mut unacked = fresh;
         for sequence in 11..=20 {
             unacked.received(sequence);
         }
-        assert_eq!(unacked.resume_from([].into_iter()), 21, "all acked");
+        assert_eq!(unacked.resume_from(20, [].into_iter()), 21, "all acked");
         assert_eq!(
-            unacked.resume_from([18, 15].into_iter()),
+            unacked.resume_from(20, [18, 15].into_iter()),
             15,
             "the oldest in flight"
         );
         unacked.nacked(13);
         unacked.nacked(17);
         assert_eq!(
-            unacked.resume_from([18].into_iter()),
+            unacked.resume_from(20, [18].into_iter()),
             13,
             "the oldest nacked"
         );
         unacked.received(13); // redelivered: now in flight, or acked
-        assert_eq!(unacked.resume_from([].into_iter()), 17);
+        assert_eq!(unacked.resume_from(20, [].into_iter()), 17);
         unacked.received(17);
-        assert_eq!(unacked.resume_from([].into_iter()), 21);
+        assert_eq!(unacked.resume_from(20, [].into_iter()), 21);
     }
 
     #[test]
     fn an_earlier_subscribers_unacknowledged_deliveries_hold_the_resume_point() {
         let mut unacked = Unacked {
-            highest: 50,
+            delivered_at_start: 50,
             pending_from: Some(41), // acked up to 40, delivered up to 50
-            pending_until: 50,
             ..Unacked::default()
         };
-        unacked.received(51);
-        assert_eq!(unacked.resume_from([].into_iter()), 41);
+        assert_eq!(unacked.resume_from(51, [].into_iter()), 41);
         unacked.server_acked_up_to(49);
-        assert_eq!(unacked.resume_from([].into_iter()), 41, "not all acked yet");
+        assert_eq!(
+            unacked.resume_from(51, [].into_iter()),
+            41,
+            "not all acked yet"
+        );
         unacked.server_acked_up_to(50);
-        assert_eq!(unacked.resume_from([].into_iter()), 52);
+        assert_eq!(unacked.resume_from(51, [].into_iter()), 52);
     }
 
     #[test]
