@@ -71,7 +71,15 @@
 //! - `publish` resolves on the stream's PubAck, with the stream sequence as position. The
 //!   message id travels in `Nats-Msg-Id`, so a publish retried inside the stream's duplicate
 //!   window is stored once; the receipt then says `duplicate`. A subject no stream captures
-//!   is a permanent error naming it.
+//!   is a permanent error naming it. A refusal JetStream marks 503 (a full stream that
+//!   discards new messages, a stream without quorum) is retryable; any other refusal is
+//!   permanent, with JetStream's reason and error code. When no PubAck comes within 5 s,
+//!   the publish asks whether a stream captures the subject: if one does, the error is
+//!   retryable.
+//! - `publish_batch` sends the whole batch, then waits for the PubAcks together. All
+//!   PubAcks of a connection come back on one wildcard subscription (`_INBOX.<id>.*.*`,
+//!   one reply subject per publish), made at the first JetStream publish; a user whose
+//!   permissions list subjects must allow subscribing to `_INBOX.>`, as for any request.
 //! - A subscription is a pull consumer on the stream that captures its subject (or on
 //!   `stream`), created if absent: durable, named after the group, for a subscription with a
 //!   group (members share it); for one without a group, a durable named `pb-<random>` that
@@ -147,6 +155,7 @@
 mod config;
 mod jetstream;
 pub mod mapping;
+mod puback;
 mod publisher;
 mod subscriber;
 
@@ -178,6 +187,8 @@ pub struct NatsBroker {
     server_max_payload: usize,
     /// Counts the client's reconnections (JetStream pulls and publishes watch it).
     reconnects: Reconnects,
+    /// The subscription JetStream publishes are answered on, made at the first publish.
+    pub_acks: tokio::sync::OnceCell<puback::PubAcks>,
     closed: AtomicBool,
 }
 
@@ -246,6 +257,7 @@ impl NatsBroker {
             url: url.clone(),
             server_max_payload,
             reconnects,
+            pub_acks: tokio::sync::OnceCell::new(),
             closed: AtomicBool::new(false),
         })
     }

@@ -2,12 +2,11 @@
 
 use std::sync::atomic::Ordering;
 
-use async_nats::jetstream::context::PublishErrorKind;
 use async_nats::HeaderMap;
 use async_trait::async_trait;
-use futures::stream::{FuturesUnordered, StreamExt};
 use polybridge_core::{Deadline, Error, Message, Outgoing, Position, Publisher, Receipt, Result};
 
+use crate::puback::{Answer, PubAcks, PUBACK_TIMEOUT};
 use crate::{mapping, NatsBroker, BROKER};
 
 #[async_trait]
@@ -29,17 +28,17 @@ impl Publisher for NatsBroker {
                     })
                     .await
             }
-            Some(_) => deadline
-                .run(BROKER, "publish", destination, async {
-                    let sent_on = self.reconnects.count();
-                    let ack = self.send_jetstream(destination, message).await?;
-                    tokio::select! {
-                        biased;
-                        receipt = self.await_puback(destination, ack) => receipt,
-                        () = self.reconnected_since(sent_on) => Err(lost_before_ack(destination)),
-                    }
-                })
-                .await,
+            Some(_) => self
+                .publish_jetstream(
+                    &[Outgoing {
+                        destination,
+                        message,
+                    }],
+                    deadline,
+                )
+                .await
+                .pop()
+                .unwrap_or_else(|| Err(lost_before_ack(destination))),
         }
     }
 
@@ -90,64 +89,7 @@ impl Publisher for NatsBroker {
                     })
                     .collect()
             }
-            Some(_) => {
-                // Send every message first, then wait for all the PubAcks together; once the
-                // client has reconnected, those not answered yet fail (`lost_before_ack`).
-                let sent_on = self.reconnects.count();
-                let mut pending = Vec::with_capacity(batch.len());
-                for o in batch {
-                    let sent = deadline
-                        .run(
-                            BROKER,
-                            "publish",
-                            o.destination,
-                            self.send_jetstream(o.destination, o.message),
-                        )
-                        .await;
-                    pending.push((o.destination, sent));
-                }
-                let mut acks: FuturesUnordered<_> = pending
-                    .into_iter()
-                    .enumerate()
-                    .map(|(i, (destination, sent))| async move {
-                        let receipt = match sent {
-                            Ok(ack) => {
-                                deadline
-                                    .run(
-                                        BROKER,
-                                        "publish",
-                                        destination,
-                                        self.await_puback(destination, ack),
-                                    )
-                                    .await
-                            }
-                            Err(e) => Err(e),
-                        };
-                        (i, receipt)
-                    })
-                    .collect();
-                let mut results: Vec<Option<Result<Receipt>>> =
-                    batch.iter().map(|_| None).collect();
-                let reconnected = self.reconnected_since(sent_on);
-                tokio::pin!(reconnected);
-                loop {
-                    tokio::select! {
-                        biased;
-                        next = acks.next() => match next {
-                            Some((i, receipt)) => results[i] = Some(receipt),
-                            None => break,
-                        },
-                        () = &mut reconnected => break,
-                    }
-                }
-                results
-                    .into_iter()
-                    .zip(batch)
-                    .map(|(receipt, o)| {
-                        receipt.unwrap_or_else(|| Err(lost_before_ack(o.destination)))
-                    })
-                    .collect()
-            }
+            Some(_) => self.publish_jetstream(batch, deadline).await,
         }
     }
 
@@ -177,6 +119,91 @@ fn lost_before_ack(destination: &str) -> Error {
         "the connection was lost before JetStream acknowledged; sending it again is safe \
          (JetStream drops the copy by its message id)",
     )
+}
+
+/// Where one publish of a JetStream batch stands.
+enum Slot {
+    /// Checked, with its headers; not sent yet.
+    Ready(HeaderMap),
+    /// Sent; no answer yet.
+    Sent,
+    /// "No responders", or no answer in time: whether a stream captures the subject tells
+    /// which error it is (`no_stream_error`).
+    AskForStream,
+    /// Settled.
+    Done(Result<Receipt>),
+}
+
+/// Why a batch stopped waiting for the answers still missing.
+enum Unanswered {
+    /// JetStream had [`PUBACK_TIMEOUT`] to answer.
+    TimedOut,
+    /// The client reconnected: the lost connection's answers never come.
+    Reconnected,
+    /// The client is closed.
+    Closed,
+    /// The publish's deadline passed.
+    PastDeadline,
+}
+
+/// What JetStream's answer means for the publish.
+fn settled(destination: &str, answer: Answer) -> Slot {
+    Slot::Done(match answer {
+        Answer::Stored {
+            sequence,
+            duplicate,
+        } => Ok(Receipt {
+            position: Some(Position::Sequence(sequence)),
+            duplicate,
+        }),
+        Answer::NoResponders => return Slot::AskForStream,
+        // 503: JetStream cannot take it now (a full stream that discards new messages, a
+        // stream without quorum); later it may.
+        Answer::Refused {
+            status: 503,
+            code,
+            description,
+        } => Err(Error::transient(
+            BROKER,
+            destination,
+            format!("JetStream cannot store the message now: {description} (error {code})"),
+        )),
+        Answer::Refused {
+            status,
+            code,
+            description,
+        } => Err(Error::permanent(
+            BROKER,
+            destination,
+            format!("JetStream refused the message: {description} (status {status}, error {code})"),
+        )),
+        Answer::Unreadable(why) => Err(Error::transient(
+            BROKER,
+            destination,
+            format!(
+                "JetStream's answer is no PubAck ({why}); sending it again is safe (JetStream \
+                 drops the copy by its message id)"
+            ),
+        )),
+    })
+}
+
+/// Settles every publish of `slots` not sent yet with `error`.
+fn settle_unsent(slots: &mut [Slot], batch: &[Outgoing<'_>], error: impl Fn(&str) -> Error) {
+    for (slot, o) in slots.iter_mut().zip(batch) {
+        if let Slot::Ready(_) = slot {
+            *slot = Slot::Done(Err(error(o.destination)));
+        }
+    }
+}
+
+fn cannot_send(destination: &str, e: async_nats::PublishError) -> Error {
+    Error::Transient {
+        broker: BROKER,
+        destination: destination.to_owned(),
+        reason: format!("cannot send: {e}"),
+        source: Some(Box::new(e)),
+    }
 }
 
 impl NatsBroker {
@@ -239,12 +266,7 @@ impl NatsBroker {
                     .await
             }
         };
-        result.map_err(|e| Error::Transient {
-            broker: BROKER,
-            destination: destination.to_owned(),
-            reason: format!("cannot send: {e}"),
-            source: Some(Box::new(e)),
-        })
+        result.map_err(|e| cannot_send(destination, e))
     }
 
     async fn flush(&self, destination: &str) -> Result<()> {
@@ -256,71 +278,139 @@ impl NatsBroker {
         })
     }
 
-    async fn send_jetstream(
+    /// Publishes a batch to JetStream ([`crate::puback`]): checks every message and builds
+    /// its headers, registers the batch for its PubAcks, sends each message with its reply
+    /// subject, then waits for the answers. A publish is settled by its answer; those still
+    /// unanswered when the client reconnects fail as `lost_before_ack` (the lost
+    /// connection's answers never come); after [`PUBACK_TIMEOUT`] the publisher asks
+    /// whether a stream still captures the subject (`no_stream_error`), as after "no
+    /// responders"; at the deadline they time out.
+    async fn publish_jetstream(
         &self,
-        destination: &str,
-        message: &Message,
-    ) -> Result<async_nats::jetstream::context::PublishAckFuture> {
-        let headers = self.prepare(destination, message, true)?;
-        let Some(js) = &self.jetstream else {
-            return Err(Error::unsupported(
-                BROKER,
-                "JetStream publish on a core connection",
-            ));
-        };
-        js.publish_with_headers(destination.to_owned(), headers, message.payload.clone())
-            .await
-            .map_err(|e| self.publish_error(destination, e))
-    }
-
-    async fn await_puback(
-        &self,
-        destination: &str,
-        ack: async_nats::jetstream::context::PublishAckFuture,
-    ) -> Result<Receipt> {
-        match ack.await {
-            Ok(ack) => Ok(Receipt {
-                position: Some(Position::Sequence(ack.sequence)),
-                duplicate: ack.duplicate,
-            }),
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    PublishErrorKind::StreamNotFound | PublishErrorKind::TimedOut
-                ) =>
-            {
-                // No answer: no stream captures the subject (a permanent error), or the
-                // stream is busy or restarting (retry). Ask which.
-                Err(self.no_stream_error(destination).await)
-            }
-            Err(e) => Err(self.publish_error(destination, e)),
+        batch: &[Outgoing<'_>],
+        deadline: Deadline,
+    ) -> Vec<Result<Receipt>> {
+        let mut slots: Vec<Slot> = batch
+            .iter()
+            .map(|o| match self.prepare(o.destination, o.message, true) {
+                Ok(headers) => Slot::Ready(headers),
+                Err(e) => Slot::Done(Err(e)),
+            })
+            .collect();
+        let ready = slots.iter().filter(|s| matches!(s, Slot::Ready(_))).count();
+        if ready > 0 {
+            self.send_and_wait(batch, &mut slots, ready, deadline).await;
         }
+        let mut results = Vec::with_capacity(batch.len());
+        for (slot, o) in slots.into_iter().zip(batch) {
+            results.push(match slot {
+                Slot::Done(result) => result,
+                Slot::AskForStream => {
+                    let asking = async { Err(self.no_stream_error(o.destination).await) };
+                    deadline.run(BROKER, "publish", o.destination, asking).await
+                }
+                // `send_and_wait` settles every publish it was given.
+                Slot::Ready(_) | Slot::Sent => Err(lost_before_ack(o.destination)),
+            });
+        }
+        results
     }
 
-    fn publish_error(
+    /// Sends the `ready` publishes of `slots` and waits for their answers (see
+    /// [`Self::publish_jetstream`]); every `Ready` slot ends `Done` or `AskForStream`.
+    async fn send_and_wait(
         &self,
-        destination: &str,
-        e: async_nats::jetstream::context::PublishError,
-    ) -> Error {
-        let destination = destination.to_owned();
-        match e.kind() {
-            PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe => Error::Transient {
-                broker: BROKER,
-                destination,
-                reason: format!("JetStream did not acknowledge: {e}"),
-                source: Some(Box::new(e)),
-            },
-            PublishErrorKind::StreamNotFound => Error::transient(
-                BROKER,
-                destination,
-                "JetStream did not answer (no responders)",
-            ),
-            _ => Error::Permanent {
-                broker: BROKER,
-                destination,
-                reason: format!("JetStream refused the message: {e}"),
-                source: Some(Box::new(e)),
-            },
+        batch: &[Outgoing<'_>],
+        slots: &mut [Slot],
+        ready: usize,
+        deadline: Deadline,
+    ) {
+        let started = tokio::time::Instant::now();
+        let pub_acks = match self
+            .pub_acks
+            .get_or_try_init(|| PubAcks::start(&self.client))
+            .await
+        {
+            Ok(pub_acks) => pub_acks,
+            Err(e) => {
+                let reason = format!("cannot subscribe to JetStream's acknowledgements: {e}");
+                return settle_unsent(slots, batch, |d| {
+                    Error::transient(BROKER, d, reason.as_str())
+                });
+            }
+        };
+        let Some((number, mut answers)) = pub_acks.register(ready).await else {
+            return settle_unsent(slots, batch, |_| Error::closed(BROKER, "the publisher"));
+        };
+        let sent_on = self.reconnects.count();
+        let destination_bytes = batch.iter().map(|o| o.destination.len()).sum();
+        let mut subjects = pub_acks.subjects(ready, destination_bytes);
+        let mut sent = 0;
+        for (index, (slot, o)) in slots.iter_mut().zip(batch).enumerate() {
+            let headers = match std::mem::replace(slot, Slot::Sent) {
+                Slot::Ready(headers) => headers,
+                other => {
+                    *slot = other;
+                    continue;
+                }
+            };
+            let subject = subjects.subject(o.destination);
+            let reply = pub_acks.reply_subject(&mut subjects, number, index);
+            let payload = o.message.payload.clone();
+            let sending = async {
+                self.client
+                    .publish_with_reply_and_headers(subject, reply, headers, payload)
+                    .await
+                    .map_err(|e| cannot_send(o.destination, e))
+            };
+            match deadline
+                .run(BROKER, "publish", o.destination, sending)
+                .await
+            {
+                Ok(()) => sent += 1,
+                Err(e) => *slot = Slot::Done(Err(e)),
+            }
+        }
+        let answer_timeout = tokio::time::sleep(PUBACK_TIMEOUT);
+        let past_deadline = tokio::time::sleep_until(deadline.instant());
+        let reconnected = self.reconnected_since(sent_on);
+        tokio::pin!(answer_timeout, past_deadline, reconnected);
+        let mut answered = 0;
+        let unanswered = loop {
+            if answered == sent {
+                return;
+            }
+            tokio::select! {
+                biased;
+                answer = answers.recv() => match answer {
+                    Some((index, answer)) => {
+                        if let (Some(slot @ Slot::Sent), Some(o)) = (slots.get_mut(index), batch.get(index)) {
+                            *slot = settled(o.destination, answer);
+                            answered += 1;
+                        }
+                    }
+                    None => break Unanswered::Closed,
+                },
+                () = &mut reconnected => break Unanswered::Reconnected,
+                () = &mut answer_timeout => break Unanswered::TimedOut,
+                () = &mut past_deadline => break Unanswered::PastDeadline,
+            }
+        };
+        for (slot, o) in slots.iter_mut().zip(batch) {
+            if let Slot::Sent = slot {
+                *slot = match unanswered {
+                    Unanswered::TimedOut => Slot::AskForStream,
+                    Unanswered::Reconnected | Unanswered::Closed => {
+                        Slot::Done(Err(lost_before_ack(o.destination)))
+                    }
+                    Unanswered::PastDeadline => Slot::Done(Err(Error::Timeout {
+                        broker: BROKER,
+                        operation: "publish",
+                        destination: o.destination.to_owned(),
+                        after: started.elapsed(),
+                    })),
+                };
+            }
         }
     }
 

@@ -212,6 +212,155 @@ async fn jetstream_drops_a_retried_publish_with_the_same_message_id() {
     nothing_within(&mut sub, Duration::from_millis(500), "the duplicate").await;
 }
 
+/// Every publish of a JetStream batch gets its own answer, whatever the others' fate (the
+/// PubAcks of a batch come back on one subscription and are told apart by their reply
+/// subjects): the stored ones their stream sequences, a bad subject its own error, a subject
+/// no stream captures a permanent error, a full stream that discards new messages a
+/// retryable one naming JetStream's reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_publish_of_a_jetstream_batch_gets_its_own_answer() {
+    let Some(server) = Server::start() else {
+        return;
+    };
+    let js = server.connect(JETSTREAM).await;
+    let context = async_nats::jetstream::new(js.client().clone());
+    context
+        .create_stream(async_nats::jetstream::stream::Config {
+            name: "FULL".into(),
+            subjects: vec!["full.>".into()],
+            max_messages: 1,
+            discard: async_nats::jetstream::stream::DiscardPolicy::New,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let destinations = [
+        "pbt.batch.a",
+        "full.one",
+        "pbt.batch.b",
+        "a..b",
+        "full.two",
+        "nostream.here",
+        "pbt.batch.c",
+    ];
+    let messages: Vec<Message> = destinations
+        .iter()
+        .map(|d| Message::new(format!("to {d}")))
+        .collect();
+    let batch: Vec<Outgoing> = destinations
+        .iter()
+        .zip(&messages)
+        .map(|(destination, message)| Outgoing {
+            destination,
+            message,
+        })
+        .collect();
+    let results = js.publish_batch(&batch, deadline()).await;
+    assert_eq!(results.len(), destinations.len());
+    let sequence = |i: usize| match &results[i] {
+        Ok(receipt) => receipt.position.clone(),
+        Err(e) => panic!("{}: {e}", destinations[i]),
+    };
+    use polybridge_core::Position::Sequence;
+    assert_eq!(
+        [sequence(0), sequence(2), sequence(6)],
+        [Some(Sequence(1)), Some(Sequence(2)), Some(Sequence(3))],
+        "the stored ones, in the order sent"
+    );
+    assert_eq!(sequence(1), Some(Sequence(1)), "FULL takes its first");
+    let error = |i: usize| match &results[i] {
+        Ok(receipt) => panic!("{}: stored as {receipt:?}", destinations[i]),
+        Err(e) => e,
+    };
+    assert!(
+        matches!(error(3), Error::Permanent { .. })
+            && error(3).to_string().contains("invalid subject"),
+        "{}",
+        error(3)
+    );
+    assert!(
+        error(4).is_retryable() && error(4).to_string().contains("maximum messages"),
+        "{}",
+        error(4)
+    );
+    assert!(
+        matches!(error(5), Error::Permanent { .. })
+            && error(5)
+                .to_string()
+                .contains("no JetStream stream captures"),
+        "{}",
+        error(5)
+    );
+}
+
+/// Batches published at once from many tasks share the connection's one PubAck
+/// subscription: each publish gets the answer to its own message, none is lost or swapped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_jetstream_batches_each_get_their_own_pubacks() {
+    let Some(server) = Server::start() else {
+        return;
+    };
+    let js = std::sync::Arc::new(server.connect(JETSTREAM).await);
+    let (tasks, batches, size) = (8, 25, 20);
+    let mut running = Vec::new();
+    for task in 0..tasks {
+        let js = js.clone();
+        running.push(tokio::spawn(async move {
+            let mut stored = Vec::new();
+            for batch in 0..batches {
+                let messages: Vec<Message> = (0..size)
+                    .map(|i| Message::new("x").with_id(format!("{task}-{batch}-{i}")))
+                    .collect();
+                let outgoing: Vec<Outgoing> = messages
+                    .iter()
+                    .map(|message| Outgoing {
+                        destination: "pbt.many",
+                        message,
+                    })
+                    .collect();
+                for (message, result) in messages
+                    .iter()
+                    .zip(js.publish_batch(&outgoing, deadline()).await)
+                {
+                    let receipt = result.unwrap_or_else(|e| panic!("{}: {e}", message.id));
+                    assert!(!receipt.duplicate, "{}", message.id);
+                    stored.push((receipt.position, message.id.clone()));
+                }
+            }
+            stored
+        }));
+    }
+    let mut by_sequence = std::collections::HashMap::new();
+    for task in running {
+        for (position, id) in task.await.unwrap() {
+            let Some(polybridge_core::Position::Sequence(sequence)) = position else {
+                panic!("{id}: no sequence");
+            };
+            assert!(
+                by_sequence.insert(sequence, id).is_none(),
+                "sequence {sequence} twice"
+            );
+        }
+    }
+    let total = tasks * batches * size;
+    assert_eq!(by_sequence.len(), total);
+    // Each receipt names the sequence at which the stream holds that very message.
+    let context = async_nats::jetstream::new(js.client().clone());
+    let stream = context.get_stream("PBT").await.unwrap();
+    for sequence in [1, 77, 1234, total as u64 / 2, total as u64] {
+        let stored = stream.get_raw_message(sequence).await.unwrap();
+        let id = stored
+            .headers
+            .get(async_nats::header::NATS_MESSAGE_ID)
+            .map(|v| v.as_str().to_owned());
+        assert_eq!(
+            id.as_deref(),
+            by_sequence.get(&sequence).map(String::as_str),
+            "sequence {sequence}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nack_after_redelivers_after_the_delay_with_the_attempt_counted() {
     let Some(server) = Server::start() else {

@@ -140,17 +140,19 @@ pub fn from_fields(entry_id: &str, fields: Vec<(Vec<u8>, Vec<u8>)>) -> Message {
     let mut id = None;
     let mut headers = Headers::new();
     for (field, value) in fields {
-        let text = || String::from_utf8_lossy(&value).into_owned();
         match field.as_slice() {
             f if f == PAYLOAD.as_bytes() => message.payload = Bytes::from(value),
-            f if f == ID.as_bytes() => id = Some(text()),
+            f if f == ID.as_bytes() => id = Some(owned_text(value)),
             f if f == KEY.as_bytes() => message.key = Some(Bytes::from(value)),
-            f if f == CONTENT_TYPE.as_bytes() => message.content_type = Some(text()),
+            f if f == CONTENT_TYPE.as_bytes() => message.content_type = Some(owned_text(value)),
             f if f == TIMESTAMP.as_bytes() => {
-                message.timestamp = text().parse::<u64>().ok().map(from_millis)
+                message.timestamp = std::str::from_utf8(&value)
+                    .ok()
+                    .and_then(|t| t.parse::<u64>().ok())
+                    .map(from_millis)
             }
-            f if f == REPLY_TO.as_bytes() => message.reply_to = Some(text()),
-            f if f == CORRELATION_ID.as_bytes() => message.correlation_id = Some(text()),
+            f if f == REPLY_TO.as_bytes() => message.reply_to = Some(owned_text(value)),
+            f if f == CORRELATION_ID.as_bytes() => message.correlation_id = Some(owned_text(value)),
             f => {
                 if let Some(name) = f.strip_prefix(BINARY_HEADER.as_bytes()) {
                     headers.append(
@@ -158,10 +160,13 @@ pub fn from_fields(entry_id: &str, fields: Vec<(Vec<u8>, Vec<u8>)>) -> Message {
                         HeaderValue::Binary(Bytes::from(value)),
                     );
                 } else if let Some(name) = f.strip_prefix(TEXT_HEADER.as_bytes()) {
-                    headers.append(String::from_utf8_lossy(name).into_owned(), text());
+                    headers.append(
+                        String::from_utf8_lossy(name).into_owned(),
+                        owned_text(value),
+                    );
                 } else {
                     // A field another program added: keep it as a header.
-                    headers.append(String::from_utf8_lossy(f).into_owned(), text());
+                    headers.append(String::from_utf8_lossy(f).into_owned(), owned_text(value));
                 }
             }
         }
@@ -169,6 +174,11 @@ pub fn from_fields(entry_id: &str, fields: Vec<(Vec<u8>, Vec<u8>)>) -> Message {
     message.id = id.unwrap_or_else(|| entry_id.to_owned());
     message.headers = headers;
     message
+}
+
+/// A field's value as text, keeping its buffer when it is UTF-8.
+fn owned_text(value: Vec<u8>) -> String {
+    String::from_utf8(value).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
 fn millis(t: Option<SystemTime>) -> Option<u128> {

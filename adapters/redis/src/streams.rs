@@ -889,6 +889,18 @@ fn text(v: &Value) -> Option<String> {
     }
 }
 
+/// Like [`text`], keeping the reply's buffer when it is UTF-8 (an entry id always is).
+fn into_text(v: Value) -> Option<String> {
+    match v {
+        Value::BulkString(b) => Some(
+            String::from_utf8(b)
+                .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
+        ),
+        Value::SimpleString(s) => Some(s),
+        _ => None,
+    }
+}
+
 /// `XREADGROUP` reply: `[[key, [entry…]]]`, or nil when the block timed out.
 fn parse_read(reply: Value) -> Vec<Entry> {
     match reply {
@@ -924,7 +936,7 @@ fn parse_entries(reply: Value) -> Vec<Entry> {
                 return None;
             }
             let fields = parts.pop()?;
-            let id = text(&parts[0])?;
+            let id = into_text(parts.pop()?)?;
             let Value::Array(flat) = fields else {
                 return None;
             };
