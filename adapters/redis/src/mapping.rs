@@ -177,7 +177,7 @@ pub fn from_fields(entry_id: &str, fields: Vec<(Vec<u8>, Vec<u8>)>) -> Message {
 }
 
 /// A field's value as text, keeping its buffer when it is UTF-8.
-fn owned_text(value: Vec<u8>) -> String {
+pub(crate) fn owned_text(value: Vec<u8>) -> String {
     String::from_utf8(value).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
 }
 
@@ -235,6 +235,26 @@ mod tests {
         let mut args = args.into_iter();
         let fields = std::iter::from_fn(|| Some((args.next()?, args.next()?))).collect();
         same(&from_fields("1-0", fields), &m);
+    }
+
+    #[test]
+    fn text_fields_that_are_not_utf8_are_read_lossily_and_a_bad_timestamp_is_dropped() {
+        let m = from_fields(
+            "7-0",
+            vec![
+                (b"payload".to_vec(), vec![0xff, 0x00]),
+                (b"id".to_vec(), b"order-\xff".to_vec()),
+                (b"timestamp".to_vec(), b"12\xff".to_vec()),
+                (b"h:note".to_vec(), "caf\u{e9}".as_bytes().to_vec()),
+            ],
+        );
+        assert_eq!(m.id, "order-\u{fffd}");
+        assert_eq!(&m.payload[..], &[0xff, 0x00]);
+        assert_eq!(m.timestamp, None);
+        assert_eq!(
+            m.headers.get("note"),
+            Some(&HeaderValue::Text("caf\u{e9}".into()))
+        );
     }
 
     #[test]

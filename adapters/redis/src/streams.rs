@@ -892,10 +892,7 @@ fn text(v: &Value) -> Option<String> {
 /// Like [`text`], keeping the reply's buffer when it is UTF-8 (an entry id always is).
 fn into_text(v: Value) -> Option<String> {
     match v {
-        Value::BulkString(b) => Some(
-            String::from_utf8(b)
-                .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
-        ),
+        Value::BulkString(b) => Some(mapping::owned_text(b)),
         Value::SimpleString(s) => Some(s),
         _ => None,
     }
