@@ -21,6 +21,13 @@
 //!   message.
 //!
 //! What is left per message is the client's own: the header map, and the answer's message.
+//!
+//! An answer can still be lost on the way: the client drops messages for a subscription
+//! 65 536 behind (its "slow consumer" case), and the task keeps answers seen before their
+//! batch's registration for [`EARLY_BATCHES`] batches at most. A publish whose answer is
+//! lost is treated as one JetStream did not answer: after [`PUBACK_TIMEOUT`] the publisher
+//! asks whether a stream captures the subject, and fails it retryably if one does; sent
+//! again, it is dropped by JetStream as a copy (`Nats-Msg-Id`).
 
 use std::borrow::Cow;
 use std::collections::HashMap;
