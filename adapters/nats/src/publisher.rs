@@ -297,10 +297,7 @@ impl NatsBroker {
                 Err(e) => Slot::Done(Err(e)),
             })
             .collect();
-        let ready = slots.iter().filter(|s| matches!(s, Slot::Ready(_))).count();
-        if ready > 0 {
-            self.send_and_wait(batch, &mut slots, ready, deadline).await;
-        }
+        self.send_and_wait(batch, &mut slots, deadline).await;
         let mut results = Vec::with_capacity(batch.len());
         for (slot, o) in slots.into_iter().zip(batch) {
             results.push(match slot {
@@ -316,15 +313,13 @@ impl NatsBroker {
         results
     }
 
-    /// Sends the `ready` publishes of `slots` and waits for their answers (see
+    /// Sends the `Ready` publishes of `slots` and waits for their answers (see
     /// [`Self::publish_jetstream`]); every `Ready` slot ends `Done` or `AskForStream`.
-    async fn send_and_wait(
-        &self,
-        batch: &[Outgoing<'_>],
-        slots: &mut [Slot],
-        ready: usize,
-        deadline: Deadline,
-    ) {
+    async fn send_and_wait(&self, batch: &[Outgoing<'_>], slots: &mut [Slot], deadline: Deadline) {
+        let ready = slots.iter().filter(|s| matches!(s, Slot::Ready(_))).count();
+        if ready == 0 {
+            return;
+        }
         let started = tokio::time::Instant::now();
         let pub_acks = match self
             .pub_acks
