@@ -21,14 +21,19 @@ ALLOCATOR = (
     "malloc", "calloc", "realloc", "memalign", "aligned_alloc", "__rust_alloc",
     "__rust_realloc", "__rdl_", "alloc::alloc::", "alloc::raw_vec::", "RawVec", "RawVecInner",
     "finish_grow", "do_reserve_and_handle", "grow_one", "grow_amortized", "rd_malloc",
-    "rd_calloc", "rd_realloc", "rd_strdup", "strdup", "exchange_malloc",
+    "rd_calloc", "rd_realloc", "rd_strdup", "strdup", "exchange_malloc", "GlobalAlloc",
 )
+# Inlined allocator frames that perf names by their bare function name.
+ALLOCATOR_FRAMES = {
+    "alloc", "alloc_impl", "alloc_impl_runtime", "grow", "grow_impl", "grow_impl_runtime",
+    "allocate", "allocate_in", "try_allocate_in", "with_capacity_in", "realloc_impl",
+}
 
 
 def site(frames):
     for i, frame in enumerate(frames):
-        if not any(a in frame for a in ALLOCATOR):
-            return tuple(f[:110] for f in frames[i:i + 3])
+        if frame not in ALLOCATOR_FRAMES and not any(a in frame for a in ALLOCATOR):
+            return tuple(f[:110] for f in frames[i:i + 4])
     return ("(the allocator only)",)
 
 

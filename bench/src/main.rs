@@ -72,7 +72,8 @@ struct Args {
     /// Tiny counts, one round, no result files; exit 0 if everything ran.
     #[arg(long)]
     smoke: bool,
-    /// The route's `max_in_flight` (default: the bridge's default, 256).
+    /// The route's `max_in_flight` (default: the bridge's default, 256), and the raw
+    /// clients' window: both sides of a ratio keep the same number of messages in flight.
     #[arg(long)]
     max_in_flight: Option<usize>,
     /// The route's `max_batch` (default: the bridge's default, 64; 1 turns batching off).
@@ -205,6 +206,10 @@ fn main() -> Result<()> {
         args.idle_secs = args.idle_secs.min(1);
         args.outage_secs = args.outage_secs.min(3);
     }
+    raw::set_window(
+        args.max_in_flight
+            .unwrap_or(polybridge::DEFAULT_MAX_IN_FLIGHT),
+    );
     if let Some(dir) = &args.broker_dir {
         if !dir.is_dir() {
             bail!("--broker-dir {}: no such directory", dir.display());

@@ -3,17 +3,17 @@
 //!
 //! | endpoint | publish | consume |
 //! |---|---|---|
-//! | JetStream | `async-nats` `jetstream::Context::publish_with_headers`, each message with a unique `Nats-Msg-Id` (as the adapter: JetStream deduplicates on it), PubAcks awaited in a window of [`WINDOW`] | pull consumer (`messages()`), explicit `ack` per message |
-//! | Redis streams | `redis` multiplexed connection, `XADD`s pipelined [`WINDOW`] per round trip | `XREADGROUP COUNT` [`WINDOW`], one `XACK` per batch |
-//! | MQTT QoS 1 | `rumqttc` (3.1.1), PUBACKs awaited with an in-flight window of [`WINDOW`] | `rumqttc` QoS 1 subscription, automatic PUBACK |
-//! | RabbitMQ | `lapin`, confirm mode, persistent, confirms awaited in a window of [`WINDOW`] | `basic.consume`, prefetch [`WINDOW`], `basic.ack` per message |
-//! | STOMP (ActiveMQ) | no raw client crate exists: the polybridge STOMP adapter itself (own codec), [`WINDOW`] receipts outstanding | the adapter, `ACK` per message |
-//! | memory | the in-process memory broker itself, [`WINDOW`] publishes outstanding | the memory broker, ack per message |
-//! | Kafka (Tansu) | `rdkafka` `FutureProducer` with the adapter's settings (`KafkaConfig::producer`: acks=all, idempotent, `linger` 5 ms, batches of 128 records), [`WINDOW`] delivery futures outstanding | `rdkafka` `StreamConsumer` with the adapter's settings (`KafkaConfig::consumer`) in a new group (in the consume run opened after the pre-fill: [`subscriber_of_filled`]), offsets stored after each message and committed asynchronously every [`WINDOW`] |
+//! | JetStream | `async-nats` `jetstream::Context::publish_with_headers`, each message with a unique `Nats-Msg-Id` (as the adapter: JetStream deduplicates on it), PubAcks awaited in a window of [`window`] | pull consumer (`messages()`), explicit `ack` per message |
+//! | Redis streams | `redis` multiplexed connection, `XADD`s pipelined [`window`] per round trip | `XREADGROUP COUNT` [`window`], one `XACK` per batch |
+//! | MQTT QoS 1 | `rumqttc` (3.1.1), PUBACKs awaited with an in-flight window of [`window`] | `rumqttc` QoS 1 subscription, automatic PUBACK |
+//! | RabbitMQ | `lapin`, confirm mode, persistent, confirms awaited in a window of [`window`] | `basic.consume`, prefetch [`window`], `basic.ack` per message |
+//! | STOMP (ActiveMQ) | no raw client crate exists: the polybridge STOMP adapter itself (own codec), [`window`] receipts outstanding | the adapter, `ACK` per message |
+//! | memory | the in-process memory broker itself, [`window`] publishes outstanding | the memory broker, ack per message |
+//! | Kafka (Tansu) | `rdkafka` `FutureProducer` with the adapter's settings (`KafkaConfig::producer`: acks=all, idempotent, `linger` 5 ms, batches of 128 records), [`window`] delivery futures outstanding | `rdkafka` `StreamConsumer` with the adapter's settings (`KafkaConfig::consumer`) in a new group (in the consume run opened after the pre-fill: [`subscriber_of_filled`]), offsets stored after each message and committed asynchronously every [`window`] |
 
 use std::collections::VecDeque;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,9 +24,25 @@ use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use polybridge::{Broker, Deadline, DeliveryStream, Message, StartPosition, Subscription};
 
-/// Publishes (or deliveries) outstanding at once in the raw clients; the bridge's
-/// `max_in_flight` default is the same (256).
-pub const WINDOW: usize = 256;
+/// Publishes (or deliveries) outstanding at once in the raw clients: the route's window,
+/// so both sides of a ratio have the same one ([`set_window`]).
+static WINDOW: AtomicUsize = AtomicUsize::new(polybridge::DEFAULT_MAX_IN_FLIGHT);
+
+/// Sets the raw clients' window: the route's `max_in_flight` (`--max-in-flight`, by default
+/// the bridge's default, 256). Call before any raw client starts.
+pub fn set_window(messages: usize) {
+    WINDOW.store(messages.max(1), Ordering::Relaxed);
+}
+
+/// The raw clients' window (see [`set_window`]).
+pub fn window() -> usize {
+    WINDOW.load(Ordering::Relaxed)
+}
+
+/// The window as a protocol's 16-bit field (RabbitMQ's prefetch, MQTT's in-flight count).
+fn window_u16() -> u16 {
+    u16::try_from(window()).unwrap_or(u16::MAX)
+}
 
 /// An endpoint kind of the benchmark.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -308,7 +324,7 @@ pub async fn subscriber(ep: &Endpoint, name: &str) -> Result<Box<dyn RawSub>> {
                     filter_subject: raw,
                     deliver_policy: consumer::DeliverPolicy::All,
                     ack_policy: consumer::AckPolicy::Explicit,
-                    max_ack_pending: (WINDOW * 16) as i64,
+                    max_ack_pending: (window() * 16) as i64,
                     inactive_threshold: Duration::from_secs(600),
                     ..Default::default()
                 })
@@ -316,7 +332,7 @@ pub async fn subscriber(ep: &Endpoint, name: &str) -> Result<Box<dyn RawSub>> {
                 .map_err(|e| anyhow!("{e}"))?;
             let messages = consumer
                 .stream()
-                .max_messages_per_batch(WINDOW)
+                .max_messages_per_batch(window())
                 .messages()
                 .await
                 .map_err(|e| anyhow!("{e}"))?;
@@ -343,7 +359,7 @@ pub async fn subscriber(ep: &Endpoint, name: &str) -> Result<Box<dyn RawSub>> {
         Kind::Amqp => {
             let conn = amqp_connect(&ep.url).await?;
             let ch = conn.create_channel().await?;
-            ch.basic_qos(WINDOW as u16, Default::default()).await?;
+            ch.basic_qos(window_u16(), Default::default()).await?;
             let consumer = ch
                 .basic_consume(&raw, "raw", Default::default(), Default::default())
                 .await?;
@@ -366,7 +382,7 @@ pub async fn subscriber(ep: &Endpoint, name: &str) -> Result<Box<dyn RawSub>> {
                     Subscription::new(pattern)
                         .group(format!("raw{name}"))
                         .start(StartPosition::Latest)
-                        .max_in_flight(WINDOW),
+                        .max_in_flight(window()),
                 )
                 .await?;
             Box::new(AdapterSub {
@@ -404,7 +420,7 @@ struct JsPub {
 impl RawPub for JsPub {
     fn publish(&mut self, payload: Bytes) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
-            if self.window.len() >= WINDOW {
+            if self.window.len() >= window() {
                 if let Some(ack) = self.window.pop_front() {
                     ack.await.map_err(|e| anyhow!("PubAck: {e}"))?;
                 }
@@ -476,7 +492,7 @@ impl RawPub for RedisPub {
                 .arg("payload")
                 .arg(payload.as_ref());
             self.queued += 1;
-            if self.queued >= WINDOW {
+            if self.queued >= window() {
                 self.flush().await?;
             }
             Ok(())
@@ -516,7 +532,7 @@ impl RawSub for RedisSub {
             while self.buffer.is_empty() {
                 let opts = StreamReadOptions::default()
                     .group("raw", "c")
-                    .count(WINDOW)
+                    .count(window())
                     .block(1000);
                 let reply: StreamReadReply =
                     self.con.xread_options(&[&self.key], &[">"], &opts).await?;
@@ -551,7 +567,7 @@ fn mqtt_options(url: &str, id: &str) -> Result<rumqttc::MqttOptions> {
     let host = u.host().unwrap_or("127.0.0.1").to_string();
     let port = u.port().unwrap_or(1883);
     let mut o = rumqttc::MqttOptions::new(id, host, port);
-    o.set_inflight(WINDOW as u16);
+    o.set_inflight(window_u16());
     o.set_keep_alive(Duration::from_secs(30));
     o.set_max_packet_size(1 << 20, 1 << 20);
     Ok(o)
@@ -578,7 +594,7 @@ struct MqttPub {
 impl MqttPub {
     async fn connect(url: &str, topic: String) -> Result<MqttPub> {
         let (client, mut events) =
-            rumqttc::AsyncClient::new(mqtt_options(url, &unique("rawp"))?, WINDOW);
+            rumqttc::AsyncClient::new(mqtt_options(url, &unique("rawp"))?, window());
         let acked = Arc::new(AtomicU64::new(0));
         let notify = Arc::new(tokio::sync::Notify::new());
         let (a, n) = (acked.clone(), notify.clone());
@@ -661,11 +677,11 @@ struct MqttSub {
 impl MqttSub {
     async fn connect(url: &str, topic: String) -> Result<MqttSub> {
         let (client, mut events) =
-            rumqttc::AsyncClient::new(mqtt_options(url, &unique("raws"))?, WINDOW);
+            rumqttc::AsyncClient::new(mqtt_options(url, &unique("raws"))?, window());
         client
             .subscribe(topic.clone(), rumqttc::QoS::AtLeastOnce)
             .await?;
-        let (tx, rx) = tokio::sync::mpsc::channel(WINDOW);
+        let (tx, rx) = tokio::sync::mpsc::channel(window());
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         let mut ready_tx = Some(ready_tx);
         let task = tokio::spawn(async move {
@@ -727,7 +743,7 @@ struct AmqpPub {
 impl RawPub for AmqpPub {
     fn publish(&mut self, payload: Bytes) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
-            if self.window.len() >= WINDOW {
+            if self.window.len() >= window() {
                 if let Some(c) = self.window.pop_front() {
                     check_confirm(c.await?)?;
                 }
@@ -843,7 +859,7 @@ fn check_delivery(
 impl RawPub for KafkaPub {
     fn publish(&mut self, payload: Bytes) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
-            if self.window.len() >= WINDOW {
+            if self.window.len() >= window() {
                 if let Some(d) = self.window.next().await {
                     check_delivery(d)?;
                 }
@@ -942,7 +958,7 @@ impl RawSub for KafkaSub {
             self.consumer.store_offset_from_message(&m)?;
             drop(m);
             self.uncommitted += 1;
-            if self.uncommitted >= WINDOW {
+            if self.uncommitted >= window() {
                 self.uncommitted = 0;
                 self.consumer.commit_consumer_state(CommitMode::Async)?;
             }
@@ -962,7 +978,7 @@ struct AdapterPub {
 impl AdapterPub {
     /// Waits for the oldest outstanding publishes while the window is full.
     async fn make_room(&mut self) -> Result<()> {
-        while self.window.len() >= WINDOW {
+        while self.window.len() >= window() {
             if let Some(r) = self.window.next().await {
                 r?;
             }
