@@ -693,6 +693,8 @@ async fn bench_route(
     let (dir, filesystem) = broker_storage([source.kind, sink.kind]);
     result["broker_dir"] = dir;
     result["broker_dir_filesystem"] = filesystem;
+    // The window of both the route and the raw clients.
+    result["max_in_flight"] = json!(raw::window());
     // Outside the `json!` above: its macro expansion is at the recursion limit.
     for (q, suffix) in [(0.5, "p50_us"), (0.99, "p99_us"), (0.999, "p999_us")] {
         result[format!("raw_source_loaded_{suffix}")] = json!(quantile_us(&hop_src, q).round());
