@@ -7,7 +7,9 @@ SAMPLES per allocation site. Used by scripts/profile-route.sh (ALLOCS=1, ALLOCS=
 COUNTS is `perf stat --per-thread -x,` of uprobes on glibc's malloc, calloc, realloc, …
 over a span in which the route acknowledged MESSAGES messages. SAMPLES is
 `perf script -F comm,event,ip,sym` of the same calls recorded with call chains; a site is
-the first frame of a chain outside the allocator, shown with the two frames that called it.
+the first frame of a chain that is not the allocator's (inlined allocator frames, which perf
+names by their bare function name, such as `alloc` or `grow`, count as the allocator's),
+shown with the three frames that called it.
 perf drops samples of call chains this frequent, so the samples only give each site's share
 of its thread's calls, and COUNTS the thread's calls per message.
 """
