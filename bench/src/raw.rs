@@ -9,7 +9,7 @@
 //! | RabbitMQ | `lapin`, confirm mode, persistent, confirms awaited in a window of [`window`] | `basic.consume`, prefetch [`window`], `basic.ack` per message |
 //! | STOMP (ActiveMQ) | no raw client crate exists: the polybridge STOMP adapter itself (own codec), [`window`] receipts outstanding | the adapter, `ACK` per message |
 //! | memory | the in-process memory broker itself, [`window`] publishes outstanding | the memory broker, ack per message |
-//! | Kafka (Tansu) | `rdkafka` `FutureProducer` with the adapter's settings (`KafkaConfig::producer`: acks=all, idempotent, `linger` 5 ms, batches of 128 records), [`window`] delivery futures outstanding | `rdkafka` `StreamConsumer` with the adapter's settings (`KafkaConfig::consumer`) in a new group (in the consume run opened after the pre-fill: [`subscriber_of_filled`]), offsets stored after each message and committed asynchronously every [`window`] |
+//! | Kafka (Tansu) | `rdkafka` `FutureProducer` with the adapter's settings (`KafkaConfig::producer`: acks=all, idempotent, `linger` 5 ms, batches of 128 records), [`window`] delivery futures outstanding, from a producer that holds its producer id (one warm-up record delivered first: `KafkaPub::new`) | `rdkafka` `StreamConsumer` with the adapter's settings (`KafkaConfig::consumer`) in a new group (in the consume run opened after the pre-fill: [`subscriber_of_filled`]), offsets stored after each message and committed asynchronously every [`window`] |
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -80,6 +80,10 @@ impl Kind {
 
 /// The JetStream stream every benchmark subject lives in.
 pub const JS_STREAM: &str = "BENCH";
+
+/// The Kafka topic each raw producer sends one record to before it is used
+/// ([`KafkaPub::new`]); nothing reads it.
+const KAFKA_WARMUP_TOPIC: &str = "bench-warmup";
 
 /// A broker endpoint: its kind and URL (as the adapter takes it).
 #[derive(Clone, Debug)]
@@ -820,7 +824,15 @@ struct KafkaPub {
 
 impl KafkaPub {
     /// A producer to `topic`, returned once the topic exists (a metadata request, which
-    /// auto-creates it, so the first publish does not wait for that).
+    /// auto-creates it, so the first publish does not wait for that) and the producer can
+    /// send.
+    ///
+    /// An idempotent producer sends nothing before it holds a producer id. librdkafka asks
+    /// for one when a metadata response arrives while a broker connection is up, else when
+    /// a 500 ms timer fires (`rd_kafka_idemp_pid_timer_restart`); a producer created and
+    /// asked for metadata at once, as here, often waits for the timer. Timed runs must not
+    /// include that wait (a route's producer is connected before its run), so one record is
+    /// sent to [`KAFKA_WARMUP_TOPIC`] and its delivery awaited first.
     async fn new(url: &str, topic: String) -> Result<KafkaPub> {
         use rdkafka::producer::Producer as _;
         // The adapter's producer settings, `--url-option`s included.
@@ -835,6 +847,16 @@ impl KafkaPub {
                 .with_context(|| format!("reading the metadata of {t}"))
         })
         .await??;
+        let warmup: rdkafka::producer::FutureRecord<'_, [u8], [u8]> =
+            rdkafka::producer::FutureRecord::to(KAFKA_WARMUP_TOPIC).payload(&[]);
+        let delivery = producer
+            .send_result(warmup)
+            .map_err(|(e, _)| anyhow!("Kafka produce to {KAFKA_WARMUP_TOPIC} failed: {e}"))?;
+        tokio::time::timeout(Duration::from_secs(10), delivery)
+            .await
+            .map_err(|_| anyhow!("no delivery report from {KAFKA_WARMUP_TOPIC} within 10 s"))
+            .and_then(check_delivery)
+            .context("the Kafka producer's warm-up record")?;
         Ok(KafkaPub {
             producer,
             topic,
