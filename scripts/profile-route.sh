@@ -266,14 +266,20 @@ threads_cpu >"$work/threads1"
 threads_switches >"$work/switches1"
 g1=$(route_metric polybridge_route_received_total); n1=$(route_metric polybridge_route_batches_total)
 tick=$(getconf CLK_TCK)
-python3 - "$r0" "$r1" "$t0" "$t1" "$p0" "$p1" "$m0" "$m1" "$tick" "$s0" "$s1" "$b0" "$b1" <<'PY'
+python3 - "$r0" "$r1" "$t0" "$t1" "$p0" "$p1" "$m0" "$m1" "$tick" "$s0" "$s1" "$b0" "$b1" "$messages" <<'PY'
 import sys
 r0, r1, t0, t1, p0, p1, m0, m1, tick, s0, s1 = map(float, sys.argv[1:12])
 b0, b1 = (dict(kv.split("=") for kv in arg.split(",")) for arg in sys.argv[12:14])
+messages = float(sys.argv[14])
 n = r1 - r0
 if n <= 0:
     sys.exit("the bridge moved nothing while measured: see its log")
 print(f"rate {n / (t1 - t0):.0f} msg/s over {t1 - t0:.1f} s ({n:.0f} messages)")
+if r1 >= messages:
+    # The span is fixed (4 s of sampling or profiling): a route that finished inside it
+    # idled for the rest, so the rate above is only a lower bound.
+    print(f"warning: all {messages:.0f} messages were done before the measured span ended, "
+          "so the rate is a lower bound; run with more MESSAGES")
 print(f"bridge process CPU {(p1 - p0) / tick * 1e6 / n:.2f} us/msg; whole machine {(m1 - m0) / tick * 1e6 / n:.2f} us/msg; stolen {(s1 - s0) / tick / (t1 - t0):.2f} cores")
 print("brokers' CPU: " + "; ".join(f"{name} {(float(b1[name]) - float(b0[name])) / tick * 1e6 / n:.2f} us/msg" for name in b0))
 PY
