@@ -251,18 +251,18 @@ impl Route {
     }
 
     /// Runs one slot's work; returns the number of deliveries it carried.
-    async fn process_work(self: Arc<Self>, work: Work) -> usize {
+    ///
+    /// Not an `async fn`: that would keep `work` in its state beside the `process` future
+    /// it was moved into, and each message's future is moved into a slot.
+    fn process_work(self: Arc<Self>, work: Work) -> impl std::future::Future<Output = usize> {
+        use futures::future::{Either, FutureExt as _};
         match work {
-            Work::One(delivery) => {
-                self.process(delivery).await;
-                1
-            }
+            Work::One(delivery) => Either::Left(self.process(delivery).map(|()| 1)),
             Work::Batch(deliveries) => {
                 let n = deliveries.len();
                 // Boxed (one allocation per batch) so the slots, sized for this future, stay
-                // as small as `process` needs: each message's future is moved into one.
-                Box::pin(self.process_batch(deliveries)).await;
-                n
+                // as small as `process` needs.
+                Either::Right(Box::pin(self.process_batch(deliveries)).map(move |()| n))
             }
         }
     }
@@ -545,7 +545,9 @@ impl Route {
                 m.filtered.fetch_add(1, AtomicOrdering::Relaxed);
                 settle(&self.config.name, handle.ack());
             }
-            Outcome::Failed(failure) => self.fail(handle, message, info, failure).await,
+            // Boxed: failing is rare, and its state inline (about 300 bytes) would grow
+            // every message's future, which is moved into a slot.
+            Outcome::Failed(failure) => Box::pin(self.fail(handle, message, info, failure)).await,
         }
     }
 
