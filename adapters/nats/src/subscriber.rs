@@ -24,6 +24,7 @@ impl Subscriber for NatsBroker {
                     context,
                     &self.config,
                     self.reconnects.clone(),
+                    &self.single_readers,
                     subscription,
                 )
                 .await
