@@ -118,8 +118,8 @@ async fn messages_settled_together_take_a_few_acks_not_one_each() {
     }
     let js_operator = operator(&server).await;
     all_acknowledged(&js_operator, "cumulative-count").await;
-    // Every ack the subscription sent reached the watcher before the server's state said all
-    // were acknowledged? Not necessarily: flush the watcher's view with a round trip.
+    // The server forwards each ack to the watcher as it takes it in, so all were forwarded
+    // by now; a round trip on the watcher's connection brings them all in.
     watcher.flush().await.unwrap();
     let mut seen = 0;
     while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(200), acks.next()).await {
