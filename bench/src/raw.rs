@@ -3,7 +3,7 @@
 //!
 //! | endpoint | publish | consume |
 //! |---|---|---|
-//! | JetStream | `async-nats` `jetstream::Context::publish_with_headers`, each message with a unique `Nats-Msg-Id` (as the adapter: JetStream deduplicates on it), PubAcks awaited in a window of [`window`] | pull consumer (`messages()`), explicit `ack` per message; with `ack_policy=all` in the URL, as the adapter, ack policy all and an ack every [`JS_CUMULATIVE_ACK_EVERY`] messages |
+//! | JetStream | `async-nats` `jetstream::Context::publish_with_headers`, each message with a unique `Nats-Msg-Id` (as the adapter: JetStream deduplicates on it), PubAcks awaited in a window of [`window`] | pull consumer (`messages()`), explicit `ack` per message |
 //! | Redis streams | `redis` multiplexed connection, `XADD`s pipelined [`window`] per round trip | `XREADGROUP COUNT` [`window`], one `XACK` per batch |
 //! | MQTT QoS 1 | `rumqttc` (3.1.1), PUBACKs awaited with an in-flight window of [`window`] | `rumqttc` QoS 1 subscription, automatic PUBACK |
 //! | RabbitMQ | `lapin`, confirm mode, persistent, confirms awaited in a window of [`window`] | `basic.consume`, prefetch [`window`], `basic.ack` per message |
@@ -320,13 +320,6 @@ pub async fn subscriber(ep: &Endpoint, name: &str) -> Result<Box<dyn RawSub>> {
     Ok(match ep.kind {
         Kind::JetStream => {
             use async_nats::jetstream::consumer;
-            // As the adapter: `ack_policy=all` in the URL (`--url-option nats:ack_policy=all`)
-            // acks cumulatively.
-            let url: polybridge::BrokerUrl = ep.url.parse()?;
-            let ack_every = match url.option("ack_policy") {
-                Some("all") => JS_CUMULATIVE_ACK_EVERY,
-                _ => 1,
-            };
             let client = async_nats::connect(nats_addr(&ep.url)).await?;
             let js = async_nats::jetstream::new(client);
             let stream = js.get_stream(JS_STREAM).await.map_err(|e| anyhow!("{e}"))?;
@@ -334,11 +327,7 @@ pub async fn subscriber(ep: &Endpoint, name: &str) -> Result<Box<dyn RawSub>> {
                 .create_consumer(consumer::pull::Config {
                     filter_subject: raw,
                     deliver_policy: consumer::DeliverPolicy::All,
-                    ack_policy: if ack_every > 1 {
-                        consumer::AckPolicy::All
-                    } else {
-                        consumer::AckPolicy::Explicit
-                    },
+                    ack_policy: consumer::AckPolicy::Explicit,
                     max_ack_pending: (window() * 16) as i64,
                     inactive_threshold: Duration::from_secs(600),
                     ..Default::default()
@@ -351,11 +340,7 @@ pub async fn subscriber(ep: &Endpoint, name: &str) -> Result<Box<dyn RawSub>> {
                 .messages()
                 .await
                 .map_err(|e| anyhow!("{e}"))?;
-            Box::new(JsSub {
-                messages,
-                ack_every,
-                received: 0,
-            })
+            Box::new(JsSub { messages })
         }
         Kind::Redis => {
             let client = redis::Client::open(ep.url.as_str())?;
@@ -472,16 +457,8 @@ impl RawPub for JsPub {
     }
 }
 
-/// With ack policy all, the raw consumer acks every this many messages (each ack covers
-/// those before it); the adapter acks once per run of settlements, which the route makes
-/// per sink batch (up to 64).
-const JS_CUMULATIVE_ACK_EVERY: u64 = 32;
-
 struct JsSub {
     messages: async_nats::jetstream::consumer::pull::Stream,
-    /// 1: an explicit ack per message; more: ack policy all, an ack every this many.
-    ack_every: u64,
-    received: u64,
 }
 
 impl RawSub for JsSub {
@@ -494,10 +471,7 @@ impl RawSub for JsSub {
                 .ok_or_else(|| anyhow!("JetStream consumer ended"))?
                 .map_err(|e| anyhow!("{e}"))?;
             let arrival = Arrival::now(m.message.payload.clone());
-            self.received += 1;
-            if self.received.is_multiple_of(self.ack_every) {
-                m.ack().await.map_err(|e| anyhow!("ack: {e}"))?;
-            }
+            m.ack().await.map_err(|e| anyhow!("ack: {e}"))?;
             Ok(arrival)
         })
     }

@@ -146,8 +146,6 @@ enum Adapter {
     Amqp,
     Kafka,
     Nats,
-    /// JetStream with `ack_policy=all`: one ack for a run of settled messages.
-    NatsAckPolicyAll,
     Redis,
     Mqtt,
     Stomp,
@@ -158,7 +156,7 @@ impl Adapter {
         match self {
             Adapter::Amqp => BrokerKind::RabbitMq,
             Adapter::Kafka => BrokerKind::Kafka,
-            Adapter::Nats | Adapter::NatsAckPolicyAll => BrokerKind::Nats,
+            Adapter::Nats => BrokerKind::Nats,
             Adapter::Redis => BrokerKind::Redis,
             Adapter::Mqtt => BrokerKind::Mosquitto,
             Adapter::Stomp => BrokerKind::ActiveMq,
@@ -169,7 +167,7 @@ impl Adapter {
         match self {
             Adapter::Amqp => Endpoint::Amqp,
             Adapter::Kafka => Endpoint::Kafka,
-            Adapter::Nats | Adapter::NatsAckPolicyAll => Endpoint::Nats,
+            Adapter::Nats => Endpoint::Nats,
             Adapter::Redis => Endpoint::Redis,
             Adapter::Mqtt => Endpoint::Mqtt,
             Adapter::Stomp => Endpoint::Stomp,
@@ -185,11 +183,6 @@ impl Adapter {
             // messages of a dead bridge come back after ack_wait.
             Adapter::Nats => format!(
                 "mode=jetstream&stream=S{}&create_stream=true&stream_subjects={}&ack_wait=5s",
-                topics[0],
-                topics.join(",")
-            ),
-            Adapter::NatsAckPolicyAll => format!(
-                "mode=jetstream&stream=S{}&create_stream=true&stream_subjects={}&ack_wait=5s&ack_policy=all",
                 topics[0],
                 topics.join(",")
             ),
@@ -756,35 +749,6 @@ fn restart_source_nats_to_amqp() {
         name: "restart_source_nats_to_amqp",
         from: Adapter::Nats,
         to: Adapter::Amqp,
-        fault: Fault::RestartSource,
-        per_key: false,
-        short_n: 4000,
-    });
-}
-
-/// With `ack_policy=all`, a restarted bridge binds the consumer with the messages the
-/// killed one had in flight unacknowledged: it must not ack a newer message before they
-/// are back (the ack would cover them).
-#[test]
-fn kill_bridge_nats_ack_policy_all_to_redis() {
-    run_scenario(Scenario {
-        name: "kill_bridge_nats_ack_policy_all_to_redis",
-        from: Adapter::NatsAckPolicyAll,
-        to: Adapter::Redis,
-        fault: Fault::KillBridge,
-        per_key: false,
-        // Enough that the kills land while messages are in flight (4000 are routed in
-        // about a second, before the first kill).
-        short_n: 30000,
-    });
-}
-
-#[test]
-fn restart_source_nats_ack_policy_all_to_redis() {
-    run_scenario(Scenario {
-        name: "restart_source_nats_ack_policy_all_to_redis",
-        from: Adapter::NatsAckPolicyAll,
-        to: Adapter::Redis,
         fault: Fault::RestartSource,
         per_key: false,
         short_n: 4000,

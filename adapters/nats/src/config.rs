@@ -20,18 +20,6 @@ pub enum Mode {
     JetStream,
 }
 
-/// How a JetStream subscription acknowledges the messages it settled (`ack_policy`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum AckPolicy {
-    /// One ack per message (`explicit`, the default): any number of subscribers may share
-    /// a consumer.
-    #[default]
-    Explicit,
-    /// One ack for the settled messages at the front (`all`): an ack covers every message
-    /// up to its stream sequence, so only one subscriber may read the consumer.
-    All,
-}
-
 /// Where a created stream keeps its messages.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Storage {
@@ -69,11 +57,8 @@ pub struct NatsConfig {
     /// default unlimited).
     pub max_deliver: Option<i64>,
     /// How many members a consumer group may have (`group_members`, default 16): the
-    /// consumer's `max_ack_pending` is the in-flight limit times this. With
-    /// `ack_policy=all` it is 1, and `max_ack_pending` is twice the in-flight limit.
+    /// consumer's `max_ack_pending` is the in-flight limit times this.
     pub group_members: usize,
-    /// How subscriptions acknowledge (`ack_policy=explicit|all`, default explicit).
-    pub ack_policy: AckPolicy,
     /// How long a pull request waits for messages before it is renewed (`fetch_wait`,
     /// default 5s).
     pub fetch_wait: Duration,
@@ -101,7 +86,6 @@ const OPTIONS: &[&str] = &[
     "ack_wait",
     "max_deliver",
     "group_members",
-    "ack_policy",
     "fetch_wait",
     "inactive_threshold",
     "connect_timeout",
@@ -204,31 +188,6 @@ impl NatsConfig {
                 format!("option group_members in {url} must be at least 1"),
             ));
         }
-        let ack_policy = match url.option("ack_policy") {
-            None | Some("explicit") => AckPolicy::Explicit,
-            Some("all") => AckPolicy::All,
-            Some(other) => {
-                return Err(Error::config(
-                    BROKER,
-                    format!("option ack_policy={other:?} in {url}: use explicit or all"),
-                ))
-            }
-        };
-        let group_members = match (ack_policy, url.option("group_members")) {
-            (AckPolicy::Explicit, _) => group_members,
-            (AckPolicy::All, None) => 1,
-            (AckPolicy::All, Some(_)) if group_members == 1 => 1,
-            (AckPolicy::All, Some(_)) => {
-                return Err(Error::config(
-                    BROKER,
-                    format!(
-                        "options ack_policy=all and group_members={group_members} in {url} \
-                         contradict each other: with ack_policy=all an ack covers every \
-                         message before it, so one subscriber only may read a consumer"
-                    ),
-                ))
-            }
-        };
         let max_deliver = url.parse_option::<i64>(BROKER, "max_deliver")?;
         if matches!(max_deliver, Some(n) if n < 1) {
             return Err(Error::config(
@@ -275,7 +234,6 @@ impl NatsConfig {
             ack_wait,
             max_deliver,
             group_members,
-            ack_policy,
             fetch_wait: url
                 .duration_option(BROKER, "fetch_wait")?
                 .unwrap_or(Duration::from_secs(5))
@@ -319,11 +277,6 @@ mod tests {
         assert_eq!(c.mode, Mode::JetStream);
         assert_eq!(c.stream_subjects, ["a.>", "b.*"]);
         assert_eq!(c.ack_wait, Duration::from_secs(2));
-        assert_eq!((c.ack_policy, c.group_members), (AckPolicy::Explicit, 16));
-        let c = config("jetstream://h1?ack_policy=all").unwrap();
-        assert_eq!((c.ack_policy, c.group_members), (AckPolicy::All, 1));
-        let c = config("jetstream://h1?ack_policy=all&group_members=1").unwrap();
-        assert_eq!((c.ack_policy, c.group_members), (AckPolicy::All, 1));
     }
 
     #[test]
@@ -335,11 +288,6 @@ mod tests {
             ("nats://u:pw@h?ack_wait=soon", "invalid duration"),
             ("nats://u:pw@h?streem=x", "unknown option \"streem\""),
             ("jetstream://u:pw@h?mode=core", "contradicts"),
-            ("jetstream://u:pw@h?ack_policy=none", "use explicit or all"),
-            (
-                "jetstream://u:pw@h?ack_policy=all&group_members=2",
-                "one subscriber only",
-            ),
             ("redis://u:pw@h", "expected a nats://"),
         ] {
             let e = config(url).unwrap_err().to_string();

@@ -6,10 +6,10 @@
 //! deliveries are settled by sending `(token, settlement)` to it over a bounded channel, so
 //! the hot path has no lock.
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use async_nats::jetstream::consumer::pull::Config as PullConfig;
@@ -27,8 +27,7 @@ use polybridge_core::{
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use crate::config::{self, NatsConfig, Storage};
-use crate::cumulative::{Arrival, CumulativeAcks};
+use crate::config::{NatsConfig, Storage};
 use crate::{mapping, Reconnects, BROKER};
 
 /// Creates the stream named by the URL when it does not exist yet.
@@ -60,38 +59,6 @@ pub(crate) async fn ensure_stream(context: &Context, config: &NatsConfig) -> Res
         })
 }
 
-/// The consumers (`stream/consumer`) that a subscription of one connection reads with ack
-/// policy all: an ack covers every message delivered before it, including another
-/// subscriber's still in flight, so no second subscription may read one at the same time.
-/// Locked only when a subscription begins or ends.
-#[derive(Clone, Debug, Default)]
-pub(crate) struct SingleReaders(Arc<Mutex<HashSet<String>>>);
-
-impl SingleReaders {
-    /// Claims `consumer` for one subscription; `None` when another holds it.
-    fn claim(&self, consumer: String) -> Option<SingleReader> {
-        let mut held = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        held.insert(consumer.clone()).then(|| SingleReader {
-            readers: self.clone(),
-            consumer,
-        })
-    }
-}
-
-/// A claim on a consumer, given up when the subscription has ended (or dropped).
-#[derive(Debug)]
-struct SingleReader {
-    readers: SingleReaders,
-    consumer: String,
-}
-
-impl Drop for SingleReader {
-    fn drop(&mut self) {
-        let mut held = self.readers.0.lock().unwrap_or_else(|e| e.into_inner());
-        held.remove(&self.consumer);
-    }
-}
-
 /// Binds `subscription` to its stream's pull consumer and starts the task that serves it.
 /// With `create_stream`, creates the stream again if it is gone (a memory stream after a
 /// restart).
@@ -100,7 +67,6 @@ pub(crate) async fn subscribe(
     context: &Context,
     config: &NatsConfig,
     reconnects: Reconnects,
-    single_readers: &SingleReaders,
     subscription: Subscription,
 ) -> Result<DeliveryStream> {
     let filter = subscription.pattern.to_nats()?;
@@ -139,41 +105,15 @@ pub(crate) async fn subscribe(
             true,
         ),
     };
-    let single_reader = match config.ack_policy {
-        config::AckPolicy::Explicit => None,
-        config::AckPolicy::All => Some(
-            single_readers
-                .claim(format!("{stream_name}/{consumer_name}"))
-                .ok_or_else(|| {
-                    Error::config(
-                        BROKER,
-                        format!(
-                            "consumer group {consumer_name:?} of stream {stream_name} is read by \
-                             another subscription of this connection: with ack_policy=all an ack \
-                             covers every message before it, so one subscriber only may read a \
-                             consumer (close the other first, or use explicit acks)"
-                        ),
-                    )
-                })?,
-        ),
-    };
     let max_in_flight = subscription.max_in_flight.max(1);
-    let (ack_policy, max_ack_pending) = match config.ack_policy {
-        config::AckPolicy::Explicit => (
-            AckPolicy::Explicit,
-            max_in_flight.saturating_mul(config.group_members),
-        ),
-        // Settled messages behind one not settled yet stay unacknowledged on the server:
-        // room for a window of them besides the window in flight.
-        config::AckPolicy::All => (AckPolicy::All, max_in_flight.saturating_mul(2)),
-    };
     let consumer_config = PullConfig {
         durable_name: Some(consumer_name.clone()),
         filter_subject: filter.clone(),
-        ack_policy,
+        ack_policy: AckPolicy::Explicit,
         ack_wait: config.ack_wait,
         max_deliver: config.max_deliver.unwrap_or(-1),
-        max_ack_pending: i64::try_from(max_ack_pending).unwrap_or(i64::MAX),
+        max_ack_pending: i64::try_from(max_in_flight.saturating_mul(config.group_members))
+            .unwrap_or(i64::MAX),
         deliver_policy: deliver_policy(&subscription.start, &filter)?,
         inactive_threshold: if temporary {
             config.inactive_threshold
@@ -193,19 +133,6 @@ pub(crate) async fn subscribe(
             ),
             source: Some(Box::new(e)),
         })?;
-    let existing_policy = consumer.cached_info().config.ack_policy;
-    if existing_policy != ack_policy {
-        return Err(Error::permanent(
-            BROKER,
-            &filter,
-            format!(
-                "consumer group {consumer_name:?} already exists on stream {stream_name} with \
-                 ack policy {existing_policy:?}, and this connection asks for {ack_policy:?} \
-                 (the URL's ack_policy): connect with the consumer's policy, or use another \
-                 group name"
-            ),
-        ));
-    }
     let existing_filter = consumer.cached_info().config.filter_subject.clone();
     if existing_filter != filter {
         return Err(Error::permanent(
@@ -218,14 +145,6 @@ pub(crate) async fn subscribe(
         ));
     }
     let unacked = Unacked::from_consumer(consumer.cached_info());
-    let cumulative = (ack_policy == AckPolicy::All).then(|| {
-        let info = consumer.cached_info();
-        CumulativeAcks::new(
-            info.ack_floor.stream_sequence,
-            u64::try_from(info.num_ack_pending).unwrap_or(u64::MAX),
-            info.delivered.stream_sequence,
-        )
-    });
     let stream_created = stream.cached_info().created;
     let (deliveries_tx, deliveries_rx) = mpsc::channel(max_in_flight);
     let (settle_tx, settle_rx) = mpsc::channel(max_in_flight);
@@ -259,8 +178,6 @@ pub(crate) async fn subscribe(
         next_token: 0,
         first_deliveries: FirstDeliveries::default(),
         unacked,
-        cumulative,
-        single_reader,
     };
     tokio::spawn(pump.run(settle_rx, reconnects, close_rx, closed_tx));
     Ok(DeliveryStream::new(deliveries_rx, close_tx, closed_rx))
@@ -378,12 +295,6 @@ struct Pump {
     next_token: u64,
     first_deliveries: FirstDeliveries,
     unacked: Unacked,
-    /// With ack policy `all` (`ack_policy=all`): the settled messages not yet covered by
-    /// an ack, see [`CumulativeAcks`].
-    cumulative: Option<CumulativeAcks>,
-    /// With ack policy all: this subscription's claim on the consumer, given up when it
-    /// has ended.
-    single_reader: Option<SingleReader>,
 }
 
 /// Watches the first deliveries (delivery count 1) of a consumer for the server delivering
@@ -593,7 +504,6 @@ impl Pump {
                     }))
                     .await;
                 self.closed.store(true, Ordering::Release);
-                self.single_reader = None;
                 let _ = closed.send(());
                 return;
             }
@@ -632,20 +542,11 @@ impl Pump {
             tokio::select! {
                 biased;
                 _ = &mut close => break,
-                Some((token, settlement)) = settlements.recv() => {
-                    self.settle(token, settlement).await;
-                    // Those queued meanwhile too, then one ack for them all (ack policy all).
-                    while let Ok((token, settlement)) = settlements.try_recv() {
-                        self.settle(token, settlement).await;
-                    }
-                    self.send_cumulative_ack().await;
-                }
+                Some((token, settlement)) = settlements.recv() => self.settle(token, settlement).await,
                 _ = keep_alive.tick() => {
                     self.keep_alive().await;
-                    // Until the earlier subscribers' deliveries are acknowledged, see
-                    // [`Unacked`]; with ack policy all, until those owed have come back.
-                    let owes = self.cumulative.as_ref().is_some_and(CumulativeAcks::owes);
-                    if (self.unacked.pending_from.is_some() || owes) && self.check_consumer(&mut pulls).await.is_err() {
+                    // Until the earlier subscribers' deliveries are acknowledged, see [`Unacked`].
+                    if self.unacked.pending_from.is_some() && self.check_consumer(&mut pulls).await.is_err() {
                         break;
                     }
                 }
@@ -699,8 +600,6 @@ impl Pump {
         // Nak only once the server has dropped our pull requests (see `Pulls::gone_in`).
         let requests_gone = pulls.gone_in(lifetime, Instant::now());
         self.shut_down(&mut settlements, requests_gone).await;
-        // Given up before the owner hears of the end, so it can subscribe again at once.
-        self.single_reader = None;
         let _ = closed.send(());
     }
 
@@ -734,10 +633,6 @@ impl Pump {
             Ok(info) => {
                 self.unacked
                     .server_acked_up_to(info.ack_floor.stream_sequence);
-                if let Some(cumulative) = &mut self.cumulative {
-                    cumulative
-                        .server_pending(u64::try_from(info.num_ack_pending).unwrap_or(u64::MAX));
-                }
                 return Ok(Some(info.num_waiting));
             }
             Err(e)
@@ -827,10 +722,6 @@ impl Pump {
         );
         self.stream_created = stream.cached_info().created;
         self.unacked = Unacked::from_consumer(self.consumer.cached_info());
-        if self.cumulative.is_some() {
-            // A new consumer: nothing delivered, and everything before `from` done here.
-            self.cumulative = Some(CumulativeAcks::new(from - 1, 0, 0));
-        }
         self.first_deliveries = FirstDeliveries {
             highest: from - 1,
             replaying: false,
@@ -850,18 +741,6 @@ impl Pump {
         };
         let (stream_sequence, delivered) = (metadata.stream_sequence, metadata.delivered);
         self.unacked.received(stream_sequence);
-        if let Some(cumulative) = &mut self.cumulative {
-            match cumulative.received(stream_sequence, &reply) {
-                Arrival::HandOut => {}
-                Arrival::Hold => return true,
-                Arrival::AckAgain => {
-                    if let Err(e) = self.client.publish(reply, AckKind::Ack.into()).await {
-                        tracing::debug!(broker = BROKER, subject = %self.filter, error = %e, "cannot ack again a redelivery of a message settled here; it comes again");
-                    }
-                    return true;
-                }
-            }
-        }
         if let Some(span) = self.first_deliveries.observe(delivered, stream_sequence) {
             tracing::warn!(
                 broker = BROKER,
@@ -929,10 +808,6 @@ impl Pump {
             Settlement::Ack => AckKind::Ack,
             Settlement::Nack { delay } => AckKind::Nak(delay),
             Settlement::Reject { reason } => match &self.dead_letter {
-                None if self.cumulative.is_some() => {
-                    tracing::info!(broker = BROKER, topic = %entry.topic, %reason, "rejected without a dead-letter subject: acknowledged (with ack policy all, a terminate would acknowledge the messages before it too)");
-                    AckKind::Ack
-                }
                 None => {
                     tracing::info!(broker = BROKER, topic = %entry.topic, %reason, "rejected without a dead-letter subject: terminated");
                     AckKind::Term
@@ -948,26 +823,11 @@ impl Pump {
         };
         if matches!(kind, AckKind::Nak(_)) {
             self.unacked.nacked(entry.sequence);
-        } else if let Some(cumulative) = &mut self.cumulative {
-            // Done: covered by the next ack of the settled run at the front.
-            cumulative.settled(entry.sequence, entry.reply);
-            return;
         }
         if let Err(e) = self.client.publish(entry.reply, kind.into()).await {
             // The server redelivers after ack_wait: at least once still holds.
             self.unacked.nacked(entry.sequence);
             tracing::warn!(broker = BROKER, topic = %entry.topic, error = %e, "cannot send the settlement to JetStream; the message will be redelivered");
-        }
-    }
-
-    /// With ack policy all: acks the settled run at the front, if it grew.
-    async fn send_cumulative_ack(&mut self) {
-        let Some(reply) = self.cumulative.as_mut().and_then(CumulativeAcks::next_ack) else {
-            return;
-        };
-        if let Err(e) = self.client.publish(reply, AckKind::Ack.into()).await {
-            // The server redelivers them after ack_wait, and they are acked then.
-            tracing::warn!(broker = BROKER, subject = %self.filter, error = %e, "cannot send an ack to JetStream; its messages will be redelivered and acked then");
         }
     }
 
@@ -1023,24 +883,6 @@ impl Pump {
         settlements.close();
         while let Some((token, settlement)) = settlements.recv().await {
             self.settle(token, settlement).await;
-        }
-        self.send_cumulative_ack().await;
-        // With ack policy all, the settled messages an ack could not cover yet (behind one
-        // in flight) are nacked too: the next subscriber gets them again now, not after
-        // `ack_wait`, and can ack again.
-        let settled: Vec<async_nats::Subject> = self
-            .cumulative
-            .as_mut()
-            .map(|c| c.take_settled().collect())
-            .unwrap_or_default();
-        for reply in settled {
-            if let Err(e) = self
-                .client
-                .publish(reply, AckKind::Nak(nak_delay).into())
-                .await
-            {
-                tracing::debug!(broker = BROKER, subject = %self.filter, error = %e, "nak on close failed; redelivered after ack_wait");
-            }
         }
         for (_, entry) in self.in_flight.drain() {
             let nak = AckKind::Nak(nak_delay).into();

@@ -34,8 +34,7 @@
 //! | `storage` | `file` | JetStream: `file` or `memory` storage of a created stream |
 //! | `ack_wait` | `30s` | JetStream: redelivery after this long without an ack (held deliveries are kept alive, see below) |
 //! | `max_deliver` | unlimited | JetStream: deliveries of one message before the server stops trying |
-//! | `group_members` | `16` | JetStream: a consumer's `max_ack_pending` is the in-flight limit times this (1 with `ack_policy=all`) |
-//! | `ack_policy` | `explicit` | JetStream: `explicit` (an ack per message) or `all` (one ack for the settled messages at the front; one subscriber per consumer, see below) |
+//! | `group_members` | `16` | JetStream: a consumer's `max_ack_pending` is the in-flight limit times this |
 //! | `fetch_wait` | `5s` | JetStream: how long one pull request waits for messages |
 //! | `inactive_threshold` | `1h` | JetStream: lifetime on the server of an abandoned consumer of a subscription without a group |
 //! | `connect_timeout` | `5s` | time allowed for the first connection |
@@ -85,8 +84,8 @@
 //!   `stream`), created if absent: durable, named after the group, for a subscription with a
 //!   group (members share it); for one without a group, a durable named `pb-<random>` that
 //!   is deleted when the subscription closes and expires on the server after
-//!   `inactive_threshold` if the process dies. Explicit ack (or ack policy all with
-//!   `ack_policy=all`, below); `max_ack_pending` = in-flight limit × `group_members`. Messages are pulled in batches as large as the free in-flight
+//!   `inactive_threshold` if the process dies. Explicit ack; `max_ack_pending` = in-flight
+//!   limit × `group_members`. Messages are pulled in batches as large as the free in-flight
 //!   slots, never one per round trip. The start position applies when the consumer is
 //!   created: `Latest` = new messages, `Earliest` = all, `Time`, or `Position("SEQ")`.
 //! - A message is acked only when its delivery is acked, never on hand-off. `nack` =
@@ -101,37 +100,6 @@
 //!   request (up to `fetch_wait` plus 1 s): the group's other members get them then.
 //! - The delivery count from the JetStream metadata is [`DeliveryInfo::attempt`]
 //!   (`redelivered` when above 1); the position is the stream sequence.
-//!
-//! ## `ack_policy=all`: one ack for many messages
-//! Each ack costs the server work. On the benchmark's 2-core VM, a raw JetStream consume
-//! of 256-byte messages cost the machine 8.9 µs per message with an ack each and 6.1 with
-//! one ack per 32, and a JetStream→Kafka route ran 14 % faster with this option (medians,
-//! `docs/benchmarks/README.md`, "NATS(JetStream) source: one ack for many"). With
-//! `ack_policy=all` the consumer is created with JetStream's ack policy `all`, where an ack
-//! of one message acknowledges every message delivered before it, and the subscription
-//! sends one ack for the longest run of settled messages at the front of the stream, never
-//! past a message still unsettled. What changes:
-//! - **One subscriber per consumer.** An ack would cover another subscriber's messages
-//!   in flight, so a second subscription of the same connection to the group is refused
-//!   while the first runs, and [`Capabilities::consumer_groups`] is false. Another process
-//!   must not read the group at the same time either (stop the old instance before
-//!   starting the new one): the adapter cannot see it.
-//! - **A slow message holds back the acks of those after it.** They stay unacknowledged on
-//!   the server until it is settled; `max_ack_pending` is twice the in-flight limit, so the
-//!   server stops delivering after another window of them. If it is held past `ack_wait`,
-//!   the server redelivers the ones behind it: a redelivery of a message settled here is
-//!   not handed out again (it is acked once an ack can cover it).
-//! - **Messages an earlier subscriber left unacknowledged** (one that stopped without
-//!   settling them) are delivered again after `ack_wait`; until they have all come back,
-//!   the subscription sends no ack, since an ack would cover them. A restart after a crash
-//!   can therefore wait up to `ack_wait` before its acks resume.
-//! - `reject` without a `dead_letter` subject acknowledges the message (a `TERM` would
-//!   acknowledge the messages before it too); with one, it is dead-lettered, then covered
-//!   by the next ack. `nack` is a `NAK` as before.
-//! - Closing naks the deliveries in flight and the settled messages no ack could cover
-//!   yet: the next subscriber gets those again (duplicates; at least once holds).
-//! - A consumer that exists with the other ack policy is refused with an error naming its
-//!   policy (JetStream cannot change it): delete it, or use its policy.
 //!
 //! # Headers and metadata
 //! See [`mapping`]: ids, keys, content type, timestamp, correlation id and reply-to have
@@ -172,7 +140,7 @@
 //! | confirmed publish | no (flushed) | yes (PubAck) |
 //! | ordering | per topic | per topic |
 //! | persistence, replay | no | yes |
-//! | consumer groups | queue groups | shared durable consumers (one subscriber at a time with `ack_policy=all`) |
+//! | consumer groups | queue groups | shared durable consumers |
 //! | headers | binary (encoded) | binary (encoded) |
 //! | keys | yes (header) | yes (header) |
 //! | native delay | no | yes (`NAK` with delay) |
@@ -181,12 +149,10 @@
 //!
 //! [`DeliveryInfo::attempt`]: polybridge_core::DeliveryInfo::attempt
 //! [`Capabilities::max_payload`]: polybridge_core::Capabilities::max_payload
-//! [`Capabilities::consumer_groups`]: polybridge_core::Capabilities::consumer_groups
 //! [`Error::PayloadTooLarge`]: polybridge_core::Error::PayloadTooLarge
 //! [`Error::Auth`]: polybridge_core::Error::Auth
 
 mod config;
-mod cumulative;
 mod jetstream;
 pub mod mapping;
 mod puback;
@@ -202,7 +168,7 @@ use polybridge_core::{
 };
 use tokio::sync::watch;
 
-pub use config::{AckPolicy, Mode, NatsConfig, Storage, DEFAULT_PORT};
+pub use config::{Mode, NatsConfig, Storage, DEFAULT_PORT};
 
 /// The broker name in errors and metrics.
 pub const BROKER: &str = "nats";
@@ -223,9 +189,6 @@ pub struct NatsBroker {
     reconnects: Reconnects,
     /// The subscription JetStream publishes are answered on, made at the first publish.
     pub_acks: tokio::sync::OnceCell<puback::PubAcks>,
-    /// With `ack_policy=all`: the consumers a subscription of this connection reads, which
-    /// no other may read at the same time.
-    single_readers: jetstream::SingleReaders,
     closed: AtomicBool,
 }
 
@@ -287,7 +250,7 @@ impl NatsBroker {
             }
         };
         Ok(NatsBroker {
-            capabilities: capabilities(&config, server_max_payload),
+            capabilities: capabilities(config.mode, server_max_payload),
             client,
             jetstream,
             config,
@@ -295,7 +258,6 @@ impl NatsBroker {
             server_max_payload,
             reconnects,
             pub_acks: tokio::sync::OnceCell::new(),
-            single_readers: jetstream::SingleReaders::default(),
             closed: AtomicBool::new(false),
         })
     }
@@ -304,7 +266,7 @@ impl NatsBroker {
     /// server default (1 MiB) minus the header reserve until connected.
     pub fn capabilities_for(url: &BrokerUrl) -> Result<Capabilities> {
         let config = NatsConfig::from_url(url)?;
-        Ok(capabilities(&config, 1024 * 1024))
+        Ok(capabilities(config.mode, 1024 * 1024))
     }
 
     /// The underlying async-nats client, for what the contract does not cover.
@@ -370,8 +332,8 @@ async fn on_event(event: Event, connected: watch::Sender<u64>) {
     }
 }
 
-fn capabilities(config: &NatsConfig, server_max_payload: usize) -> Capabilities {
-    let jetstream = config.mode == Mode::JetStream;
+fn capabilities(mode: Mode, server_max_payload: usize) -> Capabilities {
+    let jetstream = mode == Mode::JetStream;
     Capabilities {
         delivery: if jetstream {
             DeliveryGuarantee::AtLeastOnce
@@ -382,8 +344,7 @@ fn capabilities(config: &NatsConfig, server_max_payload: usize) -> Capabilities 
         ordering: Ordering::PerTopic,
         persistence: jetstream,
         replay: jetstream,
-        // With ack policy all, one subscriber at a time reads a group's consumer.
-        consumer_groups: !(jetstream && config.ack_policy == AckPolicy::All),
+        consumer_groups: true,
         headers: HeaderSupport::Binary,
         keys: true,
         native_delay: jetstream,

@@ -24,7 +24,6 @@ impl Subscriber for NatsBroker {
                     context,
                     &self.config,
                     self.reconnects.clone(),
-                    &self.single_readers,
                     subscription,
                 )
                 .await

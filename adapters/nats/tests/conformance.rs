@@ -1,5 +1,4 @@
-//! The conformance suite against a real nats-server, in core and in JetStream mode (with
-//! each ack policy).
+//! The conformance suite against a real nats-server, in core and in JetStream mode.
 
 mod common;
 
@@ -9,10 +8,6 @@ use async_trait::async_trait;
 use common::{Server, JETSTREAM};
 use polybridge_conformance::Fixture;
 use polybridge_core::{Broker, Result};
-
-/// JetStream, the settled messages at the front acknowledged with one ack.
-const JETSTREAM_ACK_POLICY_ALL: &str =
-    "mode=jetstream&stream=PBT&create_stream=true&stream_subjects=pbt.>&ack_wait=5s&ack_policy=all";
 
 /// One server per test; `options` pick the mode.
 struct NatsFixture {
@@ -32,13 +27,6 @@ impl NatsFixture {
         NatsFixture {
             server: Server::start(),
             options: JETSTREAM,
-        }
-    }
-
-    fn jetstream_ack_policy_all() -> Self {
-        NatsFixture {
-            server: Server::start(),
-            options: JETSTREAM_ACK_POLICY_ALL,
         }
     }
 }
@@ -75,9 +63,4 @@ mod core_nats {
 mod jetstream {
     use super::*;
     polybridge_conformance::conformance_tests!(NatsFixture::jetstream());
-}
-
-mod jetstream_ack_policy_all {
-    use super::*;
-    polybridge_conformance::conformance_tests!(NatsFixture::jetstream_ack_policy_all());
 }

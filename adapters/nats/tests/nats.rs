@@ -9,11 +9,30 @@ mod common;
 use std::collections::HashSet;
 use std::time::Duration;
 
-use common::{deadline, next, subject, Server, JETSTREAM, WAIT};
+use common::{Server, JETSTREAM};
 use futures::StreamExt;
 use polybridge_core::{
-    Deadline, DeliveryStream, Error, Message, Outgoing, Publisher, StartPosition, Subscriber,
+    Deadline, Delivery, DeliveryStream, Error, Message, Outgoing, Publisher, StartPosition,
+    Subscriber, Subscription, TopicPattern,
 };
+
+const WAIT: Duration = Duration::from_secs(10);
+
+fn deadline() -> Deadline {
+    Deadline::after(WAIT)
+}
+
+fn subject(pattern: &str) -> Subscription {
+    Subscription::new(TopicPattern::from_nats(pattern).unwrap())
+}
+
+async fn next(stream: &mut DeliveryStream, what: &str) -> Delivery {
+    tokio::time::timeout(WAIT, stream.next())
+        .await
+        .unwrap_or_else(|_| panic!("{what}: nothing within {WAIT:?}"))
+        .unwrap_or_else(|| panic!("{what}: stream ended"))
+        .unwrap_or_else(|e| panic!("{what}: {e}"))
+}
 
 async fn nothing_within(stream: &mut DeliveryStream, period: Duration, what: &str) {
     if let Ok(Some(d)) = tokio::time::timeout(period, stream.next()).await {

@@ -3,33 +3,8 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
-use std::time::Duration;
-
-use polybridge_core::{Deadline, Delivery, DeliveryStream, Subscription, TopicPattern};
 use polybridge_nats::NatsBroker;
 use polybridge_testkit::{BrokerKind, Endpoint, TestBroker};
-
-/// How long a test waits for what it expects.
-pub const WAIT: Duration = Duration::from_secs(10);
-
-/// A deadline [`WAIT`] from now.
-pub fn deadline() -> Deadline {
-    Deadline::after(WAIT)
-}
-
-/// A subscription to a NATS subject pattern.
-pub fn subject(pattern: &str) -> Subscription {
-    Subscription::new(TopicPattern::from_nats(pattern).unwrap())
-}
-
-/// The next delivery of `stream`, within [`WAIT`]; panics naming `what` otherwise.
-pub async fn next(stream: &mut DeliveryStream, what: &str) -> Delivery {
-    tokio::time::timeout(WAIT, stream.next())
-        .await
-        .unwrap_or_else(|_| panic!("{what}: nothing within {WAIT:?}"))
-        .unwrap_or_else(|| panic!("{what}: stream ended"))
-        .unwrap_or_else(|e| panic!("{what}: {e}"))
-}
 
 /// Options that make a JetStream connection create the test stream `PBT` over `pbt.>`.
 pub const JETSTREAM: &str =
