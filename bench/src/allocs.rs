@@ -24,7 +24,9 @@
 //!
 //! `--mapping` counts instead what each broker source adapter allocates to rebuild one
 //! received record as a [`Message`] (its mapping function, called `--messages` times on a
-//! record as the benchmark's raw publisher writes it, the record built outside the count):
+//! record as the benchmark's raw publisher wrote it until 2026-12-07: NATS with its
+//! `Nats-Msg-Id`, the others with no id, so the adapter makes one; the record built
+//! outside the count):
 //! Kafka `from_record`, Redis streams `from_fields`, NATS `from_nats`, AMQP `message`.
 
 use std::alloc::System;
@@ -175,7 +177,8 @@ fn per_call<I>(n: u64, mut make: impl FnMut() -> I, mut f: impl FnMut(I)) -> ser
 /// What each source adapter's mapping allocates per received record (`--mapping`).
 fn mappings(n: u64, payload: &Bytes) -> serde_json::Value {
     use polybridge::{amqp, kafka, nats, redis};
-    // Kafka: a record without headers, as the raw `FutureProducer` writes it.
+    // Kafka: a record without headers (the raw `FutureProducer` wrote such records until
+    // 2026-12-07; it now adds the adapter's `pb-id`).
     let record = rdkafka::message::OwnedMessage::new(
         Some(payload.to_vec()),
         None,
@@ -192,8 +195,9 @@ fn mappings(n: u64, payload: &Bytes) -> serde_json::Value {
             std::hint::black_box(kafka::mapping::from_record(&record));
         },
     );
-    // Redis streams: an entry with one `payload` field, as the raw `XADD` writes it; the
-    // reply's fields are the client's (built before the count).
+    // Redis streams: an entry with one `payload` field (the raw `XADD` wrote such entries
+    // until 2026-12-07; it now adds the adapter's `id` and `timestamp`); the reply's fields
+    // are the client's (built before the count).
     let redis = per_call(
         n,
         || vec![(b"payload".to_vec(), payload.to_vec())],
@@ -216,7 +220,8 @@ fn mappings(n: u64, payload: &Bytes) -> serde_json::Value {
             ));
         },
     );
-    // AMQP: a delivery without properties, as the raw `basic_publish` sends it.
+    // AMQP: a delivery without properties (the raw `basic_publish` sent such messages until
+    // 2026-12-07; it now adds the adapter's message id and timestamp).
     let properties = lapin::BasicProperties::default();
     let amqp = per_call(
         n,

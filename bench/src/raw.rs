@@ -4,12 +4,12 @@
 //! | endpoint | publish | consume |
 //! |---|---|---|
 //! | JetStream | `async-nats` `jetstream::Context::publish_with_headers`, each message with a unique `Nats-Msg-Id` (as the adapter: JetStream deduplicates on it), PubAcks awaited in a window of [`window`] | pull consumer (`messages()`), explicit `ack` per message |
-//! | Redis streams | `redis` multiplexed connection, `XADD`s pipelined [`window`] per round trip | `XREADGROUP COUNT` [`window`], one `XACK` per batch |
+//! | Redis streams | `redis` multiplexed connection, `XADD`s of the entry the adapter writes (`payload`, `id`, `timestamp`) pipelined [`window`] per round trip | `XREADGROUP COUNT` [`window`], one `XACK` per batch |
 //! | MQTT QoS 1 | `rumqttc` (3.1.1), PUBACKs awaited with an in-flight window of [`window`] | `rumqttc` QoS 1 subscription, automatic PUBACK |
-//! | RabbitMQ | `lapin`, confirm mode, persistent, confirms awaited in a window of [`window`] | `basic.consume`, prefetch [`window`], `basic.ack` per message |
+//! | RabbitMQ | `lapin`, confirm mode, persistent, with the properties the adapter sends (message id, timestamp, an empty header table), confirms awaited in a window of [`window`] | `basic.consume`, prefetch [`window`], `basic.ack` per message |
 //! | STOMP (ActiveMQ) | no raw client crate exists: the polybridge STOMP adapter itself (own codec), [`window`] receipts outstanding | the adapter, `ACK` per message |
 //! | memory | the in-process memory broker itself, [`window`] publishes outstanding | the memory broker, ack per message |
-//! | Kafka (Tansu) | `rdkafka` `FutureProducer` with the adapter's settings (`KafkaConfig::producer`: acks=all, idempotent, `linger` 5 ms, batches of 128 records), [`window`] delivery futures outstanding, from a producer that holds its producer id (one warm-up record delivered first: `KafkaPub::new`) | `rdkafka` `StreamConsumer` with the adapter's settings (`KafkaConfig::consumer`) in a new group (in the consume run opened after the pre-fill: [`subscriber_of_filled`]), offsets stored after each message and committed asynchronously every [`window`] |
+//! | Kafka (Tansu) | `rdkafka` `FutureProducer` with the adapter's settings (`KafkaConfig::producer`: acks=all, idempotent, `linger` 5 ms, batches of 128 records), each record with the message id in a `pb-id` header as the adapter sends it, [`window`] delivery futures outstanding, from a producer that holds its producer id (one warm-up record delivered first: `KafkaPub::new`) | `rdkafka` `StreamConsumer` with the adapter's settings (`KafkaConfig::consumer`) in a new group (in the consume run opened after the pre-fill: [`subscriber_of_filled`]), offsets stored after each message and committed asynchronously every [`window`] |
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -265,6 +265,8 @@ pub async fn publisher(ep: &Endpoint, name: &str) -> Result<Box<dyn RawPub>> {
                 key: raw,
                 pipe: redis::pipe(),
                 queued: 0,
+                sent: 0,
+                id: String::new(),
             })
         }
         Kind::Mqtt => Box::new(MqttPub::connect(&ep.url, raw).await?),
@@ -277,6 +279,8 @@ pub async fn publisher(ep: &Endpoint, name: &str) -> Result<Box<dyn RawPub>> {
                 ch,
                 queue: raw,
                 window: VecDeque::new(),
+                sent: 0,
+                id: String::new(),
             })
         }
         Kind::Kafka => Box::new(KafkaPub::new(&ep.url, raw).await?),
@@ -411,6 +415,24 @@ async fn amqp_connect(url: &str) -> Result<lapin::Connection> {
         .context("connecting to RabbitMQ")
 }
 
+/// The id a raw publisher writes with its `sent`-th message, where the adapter writes the
+/// message id: `<name>-<sent>`, formatted into `buf` (kept, so no allocation per message).
+/// The adapters' ids on the benchmark's routes are of this length (tens of bytes).
+fn message_id<'a>(buf: &'a mut String, name: &str, sent: u64) -> &'a str {
+    use std::fmt::Write as _;
+    buf.clear();
+    // Writing to a `String` cannot fail.
+    let _ = write!(buf, "{name}-{sent}");
+    buf.as_str()
+}
+
+/// Now, in milliseconds since the Unix epoch (as the adapters write a message's timestamp).
+fn now_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
 // ---- JetStream ----
 
 struct JsPub {
@@ -484,17 +506,31 @@ struct RedisPub {
     key: String,
     pipe: redis::Pipeline,
     queued: usize,
+    /// Messages written: the id of the next one ([`message_id`]).
+    sent: u64,
+    /// The id's buffer.
+    id: String,
 }
 
 impl RawPub for RedisPub {
     fn publish(&mut self, payload: Bytes) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
+            // The entry the adapter writes for a message with an id and a timestamp
+            // (`polybridge_redis::mapping::write_fields`), as every message of the benchmark's
+            // routes has: Redis stores and indexes each field, so the raw rate is that of the
+            // same entries.
+            let id = message_id(&mut self.id, &self.key, self.sent);
             self.pipe
                 .cmd("XADD")
                 .arg(&self.key)
                 .arg("*")
-                .arg("payload")
-                .arg(payload.as_ref());
+                .arg(polybridge::redis::mapping::PAYLOAD)
+                .arg(payload.as_ref())
+                .arg("id")
+                .arg(id)
+                .arg("timestamp")
+                .arg(now_millis());
+            self.sent += 1;
             self.queued += 1;
             if self.queued >= window() {
                 self.flush().await?;
@@ -742,6 +778,10 @@ struct AmqpPub {
     ch: lapin::Channel,
     queue: String,
     window: VecDeque<lapin::publisher_confirm::PublisherConfirm>,
+    /// Messages sent: the id of the next one ([`message_id`]).
+    sent: u64,
+    /// The id's buffer.
+    id: String,
 }
 
 impl RawPub for AmqpPub {
@@ -762,9 +802,16 @@ impl RawPub for AmqpPub {
                         ..Default::default()
                     },
                     &payload,
-                    lapin::BasicProperties::default().with_delivery_mode(2),
+                    // The properties the adapter sends for a message with an id and a
+                    // timestamp and no headers (`polybridge_amqp::mapping::properties`).
+                    lapin::BasicProperties::default()
+                        .with_delivery_mode(2)
+                        .with_message_id(message_id(&mut self.id, &self.queue, self.sent).into())
+                        .with_headers(Default::default())
+                        .with_timestamp(now_millis() / 1000),
                 )
                 .await?;
+            self.sent += 1;
             self.window.push_back(confirm);
             Ok(())
         })
@@ -820,6 +867,10 @@ struct KafkaPub {
     producer: rdkafka::producer::FutureProducer,
     topic: String,
     window: FuturesUnordered<rdkafka::producer::DeliveryFuture>,
+    /// Records sent: the id of the next one ([`message_id`]).
+    sent: u64,
+    /// The id's buffer.
+    id: String,
 }
 
 impl KafkaPub {
@@ -861,6 +912,8 @@ impl KafkaPub {
             producer,
             topic,
             window: FuturesUnordered::new(),
+            sent: 0,
+            id: String::new(),
         })
     }
 }
@@ -886,8 +939,21 @@ impl RawPub for KafkaPub {
                     check_delivery(d)?;
                 }
             }
+            // The record the adapter sends for a message without a key, content type or
+            // headers: the message id in its `pb-id` header (`polybridge_kafka::mapping`),
+            // the timestamp native.
+            let id = message_id(&mut self.id, &self.topic, self.sent);
+            self.sent += 1;
+            let headers = rdkafka::message::OwnedHeaders::new_with_capacity(1).insert(
+                rdkafka::message::Header {
+                    key: polybridge::kafka::mapping::ID,
+                    value: Some(id.as_bytes()),
+                },
+            );
             let record: rdkafka::producer::FutureRecord<'_, [u8], [u8]> =
-                rdkafka::producer::FutureRecord::to(&self.topic).payload(&payload[..]);
+                rdkafka::producer::FutureRecord::to(&self.topic)
+                    .payload(&payload[..])
+                    .headers(headers);
             let future = self
                 .producer
                 .send_result(record)
