@@ -255,7 +255,7 @@ pub async fn publisher(ep: &Endpoint, name: &str) -> Result<Box<dyn RawPub>> {
                 js: async_nats::jetstream::new(client),
                 subject: raw,
                 window: VecDeque::new(),
-                sent: 0,
+                ids: MessageIds::default(),
             })
         }
         Kind::Redis => {
@@ -265,8 +265,7 @@ pub async fn publisher(ep: &Endpoint, name: &str) -> Result<Box<dyn RawPub>> {
                 key: raw,
                 pipe: redis::pipe(),
                 queued: 0,
-                sent: 0,
-                id: String::new(),
+                ids: MessageIds::default(),
             })
         }
         Kind::Mqtt => Box::new(MqttPub::connect(&ep.url, raw).await?),
@@ -279,8 +278,7 @@ pub async fn publisher(ep: &Endpoint, name: &str) -> Result<Box<dyn RawPub>> {
                 ch,
                 queue: raw,
                 window: VecDeque::new(),
-                sent: 0,
-                id: String::new(),
+                ids: MessageIds::default(),
             })
         }
         Kind::Kafka => Box::new(KafkaPub::new(&ep.url, raw).await?),
@@ -415,15 +413,27 @@ async fn amqp_connect(url: &str) -> Result<lapin::Connection> {
         .context("connecting to RabbitMQ")
 }
 
-/// The id a raw publisher writes with its `sent`-th message, where the adapter writes the
-/// message id: `<name>-<sent>`, formatted into `buf` (kept, so no allocation per message).
-/// The adapters' ids on the benchmark's routes are of this length (tens of bytes).
-fn message_id<'a>(buf: &'a mut String, name: &str, sent: u64) -> &'a str {
-    use std::fmt::Write as _;
-    buf.clear();
-    // Writing to a `String` cannot fail.
-    let _ = write!(buf, "{name}-{sent}");
-    buf.as_str()
+/// The ids a raw publisher writes where its adapter writes the message id: `<name>-<n>` for
+/// its `n`-th message, unique in a run's destination (as JetStream's duplicate window
+/// needs) and of the length of the adapters' ids on the benchmark's routes (tens of bytes).
+#[derive(Default)]
+struct MessageIds {
+    /// Ids handed out so far.
+    sent: u64,
+    /// The last id, formatted here (kept, so no allocation per message).
+    buf: String,
+}
+
+impl MessageIds {
+    /// The next message's id.
+    fn next(&mut self, name: &str) -> &str {
+        use std::fmt::Write as _;
+        self.buf.clear();
+        // Writing to a `String` cannot fail.
+        let _ = write!(self.buf, "{name}-{}", self.sent);
+        self.sent += 1;
+        &self.buf
+    }
 }
 
 /// Now, in milliseconds since the Unix epoch (as the adapters write a message's timestamp).
@@ -439,8 +449,8 @@ struct JsPub {
     js: async_nats::jetstream::Context,
     subject: String,
     window: VecDeque<async_nats::jetstream::context::PublishAckFuture>,
-    /// Messages sent: the `Nats-Msg-Id` of the next one.
-    sent: u64,
+    /// The `Nats-Msg-Id`s.
+    ids: MessageIds,
 }
 
 impl RawPub for JsPub {
@@ -457,9 +467,8 @@ impl RawPub for JsPub {
             // Unique in the stream (its duplicate window spans every benchmark subject).
             headers.insert(
                 async_nats::header::NATS_MESSAGE_ID,
-                format!("{}-{}", self.subject, self.sent).as_str(),
+                self.ids.next(&self.subject),
             );
-            self.sent += 1;
             let ack = self
                 .js
                 .publish_with_headers(self.subject.clone(), headers, payload)
@@ -506,10 +515,8 @@ struct RedisPub {
     key: String,
     pipe: redis::Pipeline,
     queued: usize,
-    /// Messages written: the id of the next one ([`message_id`]).
-    sent: u64,
-    /// The id's buffer.
-    id: String,
+    /// The entries' `id`s.
+    ids: MessageIds,
 }
 
 impl RawPub for RedisPub {
@@ -519,18 +526,17 @@ impl RawPub for RedisPub {
             // (`polybridge_redis::mapping::write_fields`), as every message of the benchmark's
             // routes has: Redis stores and indexes each field, so the raw rate is that of the
             // same entries.
-            let id = message_id(&mut self.id, &self.key, self.sent);
+            let id = self.ids.next(&self.key);
             self.pipe
                 .cmd("XADD")
                 .arg(&self.key)
                 .arg("*")
                 .arg(polybridge::redis::mapping::PAYLOAD)
                 .arg(payload.as_ref())
-                .arg("id")
+                .arg(polybridge::redis::mapping::ID)
                 .arg(id)
-                .arg("timestamp")
+                .arg(polybridge::redis::mapping::TIMESTAMP)
                 .arg(now_millis());
-            self.sent += 1;
             self.queued += 1;
             if self.queued >= window() {
                 self.flush().await?;
@@ -778,10 +784,8 @@ struct AmqpPub {
     ch: lapin::Channel,
     queue: String,
     window: VecDeque<lapin::publisher_confirm::PublisherConfirm>,
-    /// Messages sent: the id of the next one ([`message_id`]).
-    sent: u64,
-    /// The id's buffer.
-    id: String,
+    /// The message ids.
+    ids: MessageIds,
 }
 
 impl RawPub for AmqpPub {
@@ -806,12 +810,11 @@ impl RawPub for AmqpPub {
                     // timestamp and no headers (`polybridge_amqp::mapping::properties`).
                     lapin::BasicProperties::default()
                         .with_delivery_mode(2)
-                        .with_message_id(message_id(&mut self.id, &self.queue, self.sent).into())
+                        .with_message_id(self.ids.next(&self.queue).into())
                         .with_headers(Default::default())
                         .with_timestamp(now_millis() / 1000),
                 )
                 .await?;
-            self.sent += 1;
             self.window.push_back(confirm);
             Ok(())
         })
@@ -867,10 +870,8 @@ struct KafkaPub {
     producer: rdkafka::producer::FutureProducer,
     topic: String,
     window: FuturesUnordered<rdkafka::producer::DeliveryFuture>,
-    /// Records sent: the id of the next one ([`message_id`]).
-    sent: u64,
-    /// The id's buffer.
-    id: String,
+    /// The records' `pb-id`s.
+    ids: MessageIds,
 }
 
 impl KafkaPub {
@@ -912,8 +913,7 @@ impl KafkaPub {
             producer,
             topic,
             window: FuturesUnordered::new(),
-            sent: 0,
-            id: String::new(),
+            ids: MessageIds::default(),
         })
     }
 }
@@ -942,8 +942,7 @@ impl RawPub for KafkaPub {
             // The record the adapter sends for a message without a key, content type or
             // headers: the message id in its `pb-id` header (`polybridge_kafka::mapping`),
             // the timestamp native.
-            let id = message_id(&mut self.id, &self.topic, self.sent);
-            self.sent += 1;
+            let id = self.ids.next(&self.topic);
             let headers = rdkafka::message::OwnedHeaders::new_with_capacity(1).insert(
                 rdkafka::message::Header {
                     key: polybridge::kafka::mapping::ID,

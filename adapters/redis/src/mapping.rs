@@ -36,10 +36,12 @@ use serde_json::{Map, Value as Json};
 
 /// Stream field of the payload.
 pub const PAYLOAD: &str = "payload";
-const ID: &str = "id";
+/// Stream field of the message id.
+pub const ID: &str = "id";
 const KEY: &str = "key";
 const CONTENT_TYPE: &str = "content_type";
-const TIMESTAMP: &str = "timestamp";
+/// Stream field of the timestamp (milliseconds since the Unix epoch).
+pub const TIMESTAMP: &str = "timestamp";
 const REPLY_TO: &str = "reply_to";
 const CORRELATION_ID: &str = "correlation_id";
 const TEXT_HEADER: &str = "h:";
